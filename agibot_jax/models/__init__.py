@@ -1,0 +1,1 @@
+"""Networks: the multiview control DiT, the Wan2.1 VAE, the text encoder."""

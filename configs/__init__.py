@@ -1,0 +1,1 @@
+"""ml_collections configs, one per control type, sharing `configs/base.py`."""

@@ -1,0 +1,191 @@
+"""Shared post-training config of the Agibot 3-view control models.
+
+Values are the reference's `transfer2_agibot_posttrain_<ct>_example` settings after all
+merges (shared/spec/training.md §10). The tree mirrors the reference's override keys, so a
+reference command ports key by key, e.g.
+
+  python -m agibot_jax.train --config configs/seg.py --workdir runs/seg \
+      --config.dataloader_train.dataset.dataset_dir=DIR \
+      --config.trainer.max_iter=10000 --config.optimizer.lr=1e-4
+
+`get_config(control_type, arg)` returns the full-size setting for `arg=""`/`"2b"` and a
+CPU-sized variant of the same architecture for `arg="tiny"` (`configs/seg.py:tiny`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+CONTROL_TYPES = ("edge", "depth", "seg", "vis")
+VIEWS = ("head_color", "hand_left", "hand_right")
+
+
+def dit_2b() -> ml_collections.ConfigDict:
+  """`cosmos_v1_2B_multiview_crossview_control` with the Agibot overrides (spec/network.md §1)."""
+  net = ml_collections.ConfigDict()
+  net.model_channels = 2048
+  net.num_blocks = 28
+  net.num_heads = 16
+  net.mlp_ratio = 4.0
+  net.in_channels = 16
+  net.out_channels = 16
+  net.patch_spatial = 2
+  net.patch_temporal = 1
+  net.concat_padding_mask = True
+  net.adaln_lora_dim = 256
+  net.crossattn_proj_in_channels = 100352
+  net.crossattn_emb_channels = 1024
+  net.text_tokens_per_view = 512
+  net.n_cameras_emb = 3
+  # view id -> neighbour view ids (head_color=0, hand_left=1, hand_right=2).
+  net.cross_view_attn_map = ((1, 2), (0, 2), (0, 1))
+  net.state_t = 24
+  net.max_img_h = 240
+  net.max_img_w = 240
+  net.max_frames = 128
+  net.rope_h_extrapolation_ratio = 3.0
+  net.rope_w_extrapolation_ratio = 3.0
+  net.rope_t_extrapolation_ratio = 1.0
+  net.timestep_scale = 0.001
+  net.vace_block_every_n = 7
+  net.num_max_modalities = 1
+  # Numerics / kernels (not in the reference's net config).
+  net.param_dtype = "float32"
+  net.dtype = "bfloat16"
+  net.attention = "auto"  # xla | cudnn | auto
+  net.remat_policy = "save_attention"  # none | full | save_attention | save_dots
+  net.scan_layers = True
+  return net
+
+
+def tiny_net(net: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Same architecture, CPU-sized (the golden `dit_tiny` sizes, 3 latent frames)."""
+  net.model_channels = 128
+  net.num_heads = 4
+  net.num_blocks = 4
+  net.vace_block_every_n = 2
+  net.adaln_lora_dim = 32
+  net.crossattn_proj_in_channels = 96
+  net.crossattn_emb_channels = 64
+  net.state_t = 3
+  net.param_dtype = "float32"
+  net.dtype = "float32"
+  net.attention = "xla"
+  net.remat_policy = "none"
+  return net
+
+
+def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
+  if control_type not in CONTROL_TYPES:
+    raise ValueError(f"control type must be one of {CONTROL_TYPES}, got {control_type!r}")
+  arg = (arg or "").strip()
+  if arg not in ("", "2b", "tiny"):
+    raise ValueError(f"config argument must be '', '2b' or 'tiny', got {arg!r}")
+
+  config = ml_collections.ConfigDict()
+  config.control_type = control_type
+  config.seed = 0
+
+  config.job = ml_collections.ConfigDict()
+  config.job.project = "cosmos_transfer_v2p5"
+  config.job.group = "agibot_posttrain"
+  config.job.name = f"transfer2_agibot_posttrain_{control_type}_example"
+
+  # --- data -------------------------------------------------------------------------
+  config.dataloader_train = ml_collections.ConfigDict()
+  config.dataloader_train.batch_size = 1
+  config.dataloader_train.num_workers = 4
+  config.dataloader_train.prefetch_buffer_size = 2
+  config.dataloader_train.shuffle = True
+  ds = config.dataloader_train.dataset = ml_collections.ConfigDict()
+  ds.dataset_dir = ""
+  ds.control_input_type = control_type
+  ds.views = VIEWS
+  ds.resolution_hw = (432, 768)
+  ds.num_video_frames = 93
+  ds.random_start_frame = False
+  ds.skip_invalid = False
+  ds.video_backend = "auto"  # auto | imageio | opencv
+  ds.text_cache_dir = ""
+  ds.latent_cache_dir = ""
+
+  # --- model ------------------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.net = dit_2b()
+  config.model.train_base = False
+  config.model.precision = "bfloat16"
+  config.model.shift = 5.0
+  config.model.conditional_frames_probs = (0.5, 0.5, 0.0)  # P(n conditional latent frames per view)
+  config.model.text_dropout = 0.2
+  config.model.use_video_condition_dropout = 0.2
+  config.model.hint_keys = control_type
+  config.model.tokenizer = ml_collections.ConfigDict()
+  config.model.tokenizer.dim = 96
+  config.model.tokenizer.z_dim = 16
+  config.model.tokenizer.temporal_window = 16
+  config.model.tokenizer.dtype = "bfloat16"
+  config.model.text_encoder = ml_collections.ConfigDict()
+  config.model.text_encoder.num_tokens = 512
+  config.model.text_encoder.compute_online = True
+  config.model.text_encoder.path = ""
+
+  # --- optimisation -----------------------------------------------------------------
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.lr = 1e-4
+  config.optimizer.weight_decay = 0.1
+  config.optimizer.betas = (0.9, 0.99)
+  config.optimizer.eps = 1e-8
+  config.optimizer.clip_norm = 1.0
+
+  config.scheduler = ml_collections.ConfigDict()
+  config.scheduler.f_start = (1e-6,)
+  config.scheduler.f_max = (0.99,)
+  config.scheduler.f_min = (0.4,)
+  config.scheduler.warm_up_steps = (500,)
+  config.scheduler.cycle_lengths = (30000,)
+
+  config.ema = ml_collections.ConfigDict()
+  config.ema.enabled = True
+  config.ema.rate = 0.10
+  config.ema.iteration_shift = 0
+
+  # --- loop, checkpoints, parallelism -------------------------------------------------
+  config.trainer = ml_collections.ConfigDict()
+  config.trainer.max_iter = 10_000
+  config.trainer.logging_iter = 100
+  config.trainer.grad_accum_iter = 1
+  config.trainer.callbacks = ml_collections.ConfigDict()
+  config.trainer.callbacks.every_n_sample = ml_collections.ConfigDict()
+  config.trainer.callbacks.every_n_sample.every_n = 200
+  config.trainer.callbacks.every_n_sample.guidance = (0.0, 3.0, 5.0)
+  config.trainer.callbacks.every_n_sample.num_cond_frames = (0, 1)
+  config.trainer.callbacks.every_n_sample.num_sampling_step = 35
+  config.trainer.callbacks.every_n_sample.fps = 10
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.save_iter = 500
+  config.checkpoint.load_path = ""
+  config.checkpoint.keep = 3
+  config.checkpoint.async_save = True
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = 1
+  config.mesh.fsdp = -1  # -1: all remaining devices
+  config.mesh.context = 1
+
+  if arg == "tiny":
+    tiny_net(config.model.net)
+    config.model.precision = "float32"
+    config.model.tokenizer.dim = 16
+    config.model.text_encoder.num_tokens = 512
+    ds.resolution_hw = (64, 96)
+    ds.num_video_frames = 4 * (config.model.net.state_t - 1) + 1
+    config.dataloader_train.num_workers = 0
+    config.trainer.max_iter = 4
+    config.trainer.logging_iter = 1
+    config.trainer.callbacks.every_n_sample.every_n = 4
+    config.trainer.callbacks.every_n_sample.num_sampling_step = 4
+    config.checkpoint.save_iter = 2
+    config.scheduler.warm_up_steps = (2,)
+    config.scheduler.cycle_lengths = (100,)
+  return config
