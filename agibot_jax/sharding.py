@@ -13,7 +13,10 @@ MESH_AXES = ("data", "fsdp", "context")
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Parameters: FSDP over the model width; everything else replicated.
     ("embed", "fsdp"),
+    ("text_in", "fsdp"),
     ("mlp", None),
+    ("patch", None),
+    ("lora", None),
     ("heads", None),
     ("kv", None),
     ("layers", None),

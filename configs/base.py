@@ -54,7 +54,6 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.dtype = "bfloat16"
   net.attention = "auto"  # xla | cudnn | auto
   net.remat_policy = "save_attention"  # none | full | save_attention | save_dots
-  net.scan_layers = True
   return net
 
 

@@ -1,0 +1,651 @@
+"""The Cosmos-Transfer2.5 multiview control DiT (Agibot 3-view), in Flax Linen.
+
+Contract: shared/spec/network.md. Layout conventions (channels-last, views view-major in time):
+
+  x_BTHWC        latent video, T = V·T_view frames, frames [v·T_view, (v+1)·T_view) are view v
+  x_BVLD         token stream, L = T_view·H'·W' tokens per view (t-major, then h, then w)
+  crossattn_emb  (B, V·512, C_in) text embeddings, 512 tokens per view, view-major
+
+The 28 main blocks and the 4 control blocks are each one `nn.scan` over stacked parameters, so the
+network compiles one block body per branch whatever its depth. Control hints enter the main scan
+as a broadcast stack and are added after the main blocks 0, n, 2n, ... (`vace_block_every_n`).
+
+Precision follows the reference's `use_wan_fp32_strategy` (§6): timestep/view embeddings, the adaLN
+modulation MLPs, RoPE and the final layer run in float32; everything else in `dtype`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.ad_checkpoint import checkpoint_name
+
+from agibot_jax.models.attention import dot_product_attention
+
+Array = jax.Array
+F32 = jnp.float32
+
+# Top-level parameter groups that post-training updates (the VACE control branch).
+TRAINABLE_GROUPS = ("control_blocks", "control_embedder", "control_before_proj")
+
+
+def is_trainable(path: Sequence[Any]) -> bool:
+  """Whether the parameter at `path` (tuple of keys/DictKeys) belongs to the control branch."""
+  first = path[0]
+  first = getattr(first, "key", first)
+  return str(first) in TRAINABLE_GROUPS
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Hyperparameters of `MultiViewControlDiT` (names follow the reference's net config)."""
+
+  model_channels: int = 2048
+  num_blocks: int = 28
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  in_channels: int = 16
+  out_channels: int = 16
+  patch_spatial: int = 2
+  patch_temporal: int = 1
+  concat_padding_mask: bool = True
+  adaln_lora_dim: int = 256
+  crossattn_proj_in_channels: int = 100352
+  crossattn_emb_channels: int = 1024
+  text_tokens_per_view: int = 512
+  n_cameras_emb: int = 3
+  cross_view_attn_map: tuple[tuple[int, ...], ...] = ((1, 2), (0, 2), (0, 1))
+  state_t: int = 24
+  max_img_h: int = 240
+  max_img_w: int = 240
+  max_frames: int = 128
+  rope_h_extrapolation_ratio: float = 3.0
+  rope_w_extrapolation_ratio: float = 3.0
+  rope_t_extrapolation_ratio: float = 1.0
+  timestep_scale: float = 0.001
+  vace_block_every_n: int = 7
+  num_max_modalities: int = 1
+  param_dtype: str = "float32"
+  dtype: str = "bfloat16"
+  attention: str = "auto"
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.patch_temporal != 1:
+      raise ValueError("only patch_temporal=1 is supported (the reference's setting)")
+    if self.model_channels % self.num_heads:
+      raise ValueError(f"model_channels {self.model_channels} not divisible by num_heads {self.num_heads}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.model_channels // self.num_heads
+
+  @property
+  def mlp_hidden(self) -> int:
+    return int(self.model_channels * self.mlp_ratio)
+
+  @property
+  def control_layers(self) -> tuple[int, ...]:
+    """Main blocks after which a control hint is added ("spaced" strategy)."""
+    return tuple(range(0, self.num_blocks, self.vace_block_every_n))
+
+  @property
+  def num_control_blocks(self) -> int:
+    return len(self.control_layers)
+
+  @property
+  def patch_features(self) -> int:
+    """Input features per patch: latent + condition mask (+ padding mask) channels × p²."""
+    channels = self.in_channels + 1 + int(self.concat_padding_mask)
+    return channels * self.patch_spatial**2
+
+  @property
+  def rope_dims(self) -> tuple[int, int]:
+    """(dim_h (= dim_w), dim_t) of the head dimension split of 3D RoPE."""
+    dim_h = self.head_dim // 6 * 2
+    return dim_h, self.head_dim - 2 * dim_h
+
+  @classmethod
+  def from_config(cls, net: Mapping[str, Any]) -> "DiTConfig":
+    """From `config.model.net` (configs/base.py); unknown keys are an error."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(net)
+    unknown = set(values) - fields
+    if unknown:
+      raise KeyError(f"unknown model.net keys: {sorted(unknown)}")
+    values["cross_view_attn_map"] = tuple(tuple(v) for v in values.get("cross_view_attn_map", cls.cross_view_attn_map))
+    return cls(**values)
+
+  @classmethod
+  def from_reference_kwargs(cls, kwargs: Mapping[str, Any], **overrides) -> "DiTConfig":
+    """From the reference constructor kwargs (e.g. a golden file's JSON `constructor_kwargs`)."""
+    ids = kwargs.get("camera_to_view_id", {"head_color": 0, "hand_left": 1, "hand_right": 2})
+    n_cam = int(kwargs.get("n_cameras_emb", 3))
+    nbr_map = [()] * n_cam
+    for cam, nbrs in kwargs.get("cross_view_attn_map_str", {}).items():
+      nbr_map[ids[cam]] = tuple(ids[n] for n in nbrs)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in kwargs.items() if k in fields}
+    values["cross_view_attn_map"] = tuple(nbr_map)
+    values.update(overrides)
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small building blocks
+
+
+def _init(std: float, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.truncated_normal(std, lower=-3.0, upper=3.0), axes)
+
+
+def _zeros(axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def dense(features, name, *, in_dim, axes, cfg, dtype=None, use_bias=False, zero_init=False):
+  """Bias-free (by default) linear with the reference's truncated-normal init (§8)."""
+  return nn.Dense(
+      features,
+      use_bias=use_bias,
+      dtype=jnp.dtype(dtype or cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=_zeros(axes) if zero_init else _init(1.0 / math.sqrt(in_dim), axes),
+      bias_init=_zeros((axes[-1],)),
+      name=name,
+  )
+
+
+class RMSNorm(nn.Module):
+  """x·rsqrt(mean(x²) + eps)·scale over the last axis, computed in float32."""
+
+  param_dtype: str = "float32"
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                       (x.shape[-1],), jnp.dtype(self.param_dtype))
+    xf = x.astype(F32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(F32)).astype(x.dtype)
+
+
+def layer_norm(x, eps: float = 1e-6):
+  """Non-affine LayerNorm (biased variance), float32 statistics, output in x's dtype."""
+  xf = x.astype(F32)
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class AffineLayerNorm(nn.Module):
+  param_dtype: str = "float32"
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    pd = jnp.dtype(self.param_dtype)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), (d,), pd)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)), (d,), pd)
+    y = layer_norm(x.astype(F32), self.eps) * scale.astype(F32) + bias.astype(F32)
+    return y.astype(x.dtype)
+
+
+def modulate(x, shift, scale):
+  return x * (1 + scale) + shift
+
+
+def timestep_sinusoid(t_B: Array, dim: int) -> Array:
+  """[cos | sin] embedding of τ (B,) -> (B, dim), float32 (spec §5.1)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=F32) / half)
+  angles = t_B.astype(F32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def rope_angles(cfg: DiTConfig, spatial_range, temporal_range, t: int, h: int, w: int) -> Array:
+  """Angles (t·h·w, head_dim) of 3D RoPE for one view (t-major), float32 (spec §5.2).
+
+  `spatial_range`/`temporal_range` are the checkpoint's exponent buffers (bf16-rounded in released
+  checkpoints), so the frequencies match whichever weights are loaded.
+  """
+  if h > cfg.max_img_h // cfg.patch_spatial or w > cfg.max_img_w // cfg.patch_spatial or t > cfg.max_frames:
+    raise ValueError(f"token grid {t}x{h}x{w} exceeds the RoPE tables "
+                     f"({cfg.max_frames}x{cfg.max_img_h // cfg.patch_spatial}x{cfg.max_img_w // cfg.patch_spatial})")
+  dim_h, dim_t = cfg.rope_dims
+  theta = lambda ratio, dim: F32(10000.0 * ratio ** (dim / (dim - 2)))
+  freq_h = 1.0 / theta(cfg.rope_h_extrapolation_ratio, dim_h) ** spatial_range.astype(F32)
+  freq_w = 1.0 / theta(cfg.rope_w_extrapolation_ratio, dim_h) ** spatial_range.astype(F32)
+  freq_t = 1.0 / theta(cfg.rope_t_extrapolation_ratio, dim_t) ** temporal_range.astype(F32)
+  ang_t = jnp.arange(t, dtype=F32)[:, None] * freq_t
+  ang_h = jnp.arange(h, dtype=F32)[:, None] * freq_h
+  ang_w = jnp.arange(w, dtype=F32)[:, None] * freq_w
+  grid = jnp.concatenate([
+      jnp.broadcast_to(ang_t[:, None, None, :], (t, h, w, ang_t.shape[-1])),
+      jnp.broadcast_to(ang_h[None, :, None, :], (t, h, w, ang_h.shape[-1])),
+      jnp.broadcast_to(ang_w[None, None, :, :], (t, h, w, ang_w.shape[-1])),
+  ], axis=-1).reshape(t * h * w, -1)
+  return jnp.concatenate([grid, grid], axis=-1)
+
+
+def apply_rope(x_NLHK: Array, cos_LK: Array, sin_LK: Array) -> Array:
+  """Rotate-half RoPE in float32, result cast back to x's dtype."""
+  xf = x_NLHK.astype(F32)
+  half = xf.shape[-1] // 2
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  out = xf * cos_LK[None, :, None, :] + rotated * sin_LK[None, :, None, :]
+  return out.astype(x_NLHK.dtype)
+
+
+def patchify(x_BTHWC: Array, p: int) -> Array:
+  """(B, T, H, W, C) -> (B, T, H/p, W/p, C·p·p), feature index c·p² + m·p + n (channel-major)."""
+  b, t, h, w, c = x_BTHWC.shape
+  x = x_BTHWC.reshape(b, t, h // p, p, w // p, p, c)
+  return x.transpose(0, 1, 2, 4, 6, 3, 5).reshape(b, t, h // p, w // p, c * p * p)
+
+
+def unpatchify(y_BTHWF: Array, p: int, c: int) -> Array:
+  """(B, T, H', W', p·p·C) with feature index p1·p·C + p2·C + c -> (B, T, H'p, W'p, C)."""
+  b, t, h, w, _ = y_BTHWF.shape
+  y = y_BTHWF.reshape(b, t, h, w, p, p, c)
+  return y.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h * p, w * p, c)
+
+
+def resize_nearest(mask_BHW: Array, h: int, w: int) -> Array:
+  """torch `interpolate(mode="nearest")`: source index floor(dst · in/out)."""
+  in_h, in_w = mask_BHW.shape[-2:]
+  rows = jnp.minimum(jnp.floor(jnp.arange(h, dtype=F32) * F32(in_h / h)).astype(jnp.int32), in_h - 1)
+  cols = jnp.minimum(jnp.floor(jnp.arange(w, dtype=F32) * F32(in_w / w)).astype(jnp.int32), in_w - 1)
+  return mask_BHW[:, rows][:, :, cols]
+
+
+def cross_view_neighbors(cfg: DiTConfig, view_ids_BV: Array) -> tuple[Array, Array]:
+  """Positions of each view's neighbours in the sample, and how many are present.
+
+  Neighbours come from `cross_view_attn_map` by view id; a neighbour missing from the sample gets
+  position −1. Positions are sorted descending so that present neighbours form a prefix (the
+  reference's order), which lets attention mask missing ones by a key length.
+  Returns (gather positions (B, V, K) int32 with missing ones clamped to 0, present count (B, V)).
+  """
+  k = max(len(n) for n in cfg.cross_view_attn_map)
+  table = jnp.array([tuple(n) + (-1,) * (k - len(n)) for n in cfg.cross_view_attn_map], jnp.int32)
+  nbr_ids_BVK = table[view_ids_BV]
+  match_BVKV = (nbr_ids_BVK[..., None] == view_ids_BV[:, None, None, :]) & (nbr_ids_BVK[..., None] >= 0)
+  pos_BVK = jnp.where(match_BVKV.any(-1), jnp.argmax(match_BVKV, axis=-1), -1).astype(jnp.int32)
+  pos_BVK = -jnp.sort(-pos_BVK, axis=-1)
+  return jnp.maximum(pos_BVK, 0), jnp.sum(pos_BVK >= 0, axis=-1).astype(jnp.int32)
+
+
+@struct.dataclass
+class BlockContext:
+  """Inputs every block shares (computed once per forward)."""
+
+  emb_BD: Array  # RMSNorm(sinusoid(τ)), float32: the adaLN conditioning vector e
+  adaln_lora_B3D: Array  # timestep-MLP output a, float32
+  view_mod_BV9D: Array  # adaLN view modulation u, float32
+  text_ctx_BVMC: Array  # projected text context per view
+  rope_cos_LK: Array
+  rope_sin_LK: Array
+  nbr_pos_BVK: Array  # cross-view neighbour positions
+  nbr_count_BV: Array  # present neighbours per view
+
+
+# ----------------------------------------------------------------------------------------------
+# Block
+
+
+class AdaLNModulation(nn.Module):
+  """silu(e) -> D->r -> r->n·D (both bias-free) + a, in float32 (adaLN-LoRA)."""
+
+  cfg: DiTConfig
+  chunks: int = 3
+
+  @nn.compact
+  def __call__(self, emb_BD, adaln_lora_B3D):
+    cfg, d = self.cfg, self.cfg.model_channels
+    h = dense(cfg.adaln_lora_dim, "lora_down", in_dim=d, axes=("embed", "lora"), cfg=cfg, dtype=F32)(nn.silu(emb_BD))
+    m = dense(self.chunks * d, "lora_up", in_dim=d, axes=("lora", "embed"), cfg=cfg, dtype=F32, zero_init=True)(h)
+    return m + adaln_lora_B3D[:, : self.chunks * d]
+
+
+class AttentionProjections(nn.Module):
+  """q/k/v/output projections with per-head qk-RMSNorm (spec §5.3); attention itself is outside."""
+
+  cfg: DiTConfig
+  context_dim: int
+  zero_init_output: bool = False
+
+  def setup(self):
+    cfg, d = self.cfg, self.cfg.model_channels
+    self.q_proj = dense(d, "q_proj", in_dim=d, axes=("embed", "heads"), cfg=cfg)
+    self.k_proj = dense(d, "k_proj", in_dim=self.context_dim, axes=("kv" if self.context_dim != d else "embed", "heads"), cfg=cfg)
+    self.v_proj = dense(d, "v_proj", in_dim=self.context_dim, axes=("kv" if self.context_dim != d else "embed", "heads"), cfg=cfg)
+    self.output_proj = dense(d, "output_proj", in_dim=d, axes=("heads", "embed"), cfg=cfg, zero_init=self.zero_init_output)
+    self.q_norm = RMSNorm(cfg.param_dtype, name="q_norm")
+    self.k_norm = RMSNorm(cfg.param_dtype, name="k_norm")
+
+  def _heads(self, x):
+    return x.reshape(*x.shape[:-1], self.cfg.num_heads, self.cfg.head_dim)
+
+  def queries(self, x):
+    return self.q_norm(self._heads(self.q_proj(x)))
+
+  def keys_values(self, ctx):
+    return self.k_norm(self._heads(self.k_proj(ctx))), self._heads(self.v_proj(ctx))
+
+  def out(self, o):
+    return self.output_proj(o.reshape(*o.shape[:-2], self.cfg.model_channels))
+
+
+class Block(nn.Module):
+  """One multiview cross block (spec §5.4): self-attn per view, cross-view attn, text attn, MLP."""
+
+  cfg: DiTConfig
+  frames_per_view: int
+  tokens_per_frame: int
+
+  def block(self, x_BVLD: Array, ctx: BlockContext) -> Array:
+    cfg, d = self.cfg, self.cfg.model_channels
+    b, v, l, _ = x_BVLD.shape
+    t, s = self.frames_per_view, self.tokens_per_frame
+    dtype = jnp.dtype(cfg.dtype)
+    x_BVLD = x_BVLD.astype(dtype)
+    x_BVLD = nn.with_logical_constraint(x_BVLD, ("activation_batch", "activation_view", "activation_length", "activation_embed"))
+
+    def mod_chunks(name, first_view_chunk):
+      m = AdaLNModulation(cfg, name=name)(ctx.emb_BD, ctx.adaln_lora_B3D).astype(dtype)
+      u = ctx.view_mod_BV9D.astype(dtype)
+      return [m[:, None, None, i * d:(i + 1) * d]
+              + u[:, :, None, (first_view_chunk + i) * d:(first_view_chunk + i + 1) * d] for i in range(3)]
+
+    # Self-attention, strictly within each view, with 3D RoPE.
+    shift, scale, gate = mod_chunks("adaln_modulation_self_attn", 0)
+    h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
+    sa = AttentionProjections(cfg, d, name="self_attn")
+    q = apply_rope(sa.queries(h), ctx.rope_cos_LK, ctx.rope_sin_LK)
+    k, val = sa.keys_values(h)
+    k = apply_rope(k, ctx.rope_cos_LK, ctx.rope_sin_LK)
+    o = dot_product_attention(q, k, val, implementation=cfg.attention)
+    o = checkpoint_name(o, "attention_out")
+    x_BVLD = x_BVLD + gate * sa.out(o).reshape(b, v, l, d)
+
+    # Cross-view attention: each token sees its neighbour views' tokens at the same frame.
+    # k/v are projected once per token and then gathered (equal to projecting the gathered tokens).
+    y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVLD)
+    cv = AttentionProjections(cfg, d, zero_init_output=True, name="cross_view_attn")
+    q = cv.queries(y).reshape(b * v * t, s, cfg.num_heads, cfg.head_dim)
+    k, val = cv.keys_values(y)
+    gather = jax.vmap(lambda a, pos: a[pos])  # (V, ...) x (V, K) -> (V, K, ...)
+    kn = gather(k, ctx.nbr_pos_BVK)  # (B, V, K, L, H, hd)
+    vn = gather(val, ctx.nbr_pos_BVK)
+    n_nbr = kn.shape[2]
+    to_frames = lambda a: a.reshape(b, v, n_nbr, t, s, cfg.num_heads, cfg.head_dim).transpose(0, 1, 3, 2, 4, 5, 6).reshape(
+        b * v * t, n_nbr * s, cfg.num_heads, cfg.head_dim)
+    kv_len = jnp.repeat((ctx.nbr_count_BV * s).reshape(b * v), t)
+    o = dot_product_attention(q, to_frames(kn), to_frames(vn), kv_lengths_B=kv_len, implementation=cfg.attention)
+    o = checkpoint_name(o, "attention_out")
+    # A view with no neighbour present gets no cross-view update.
+    o = o * (kv_len > 0).astype(o.dtype)[:, None, None, None]
+    x_BVLD = x_BVLD + cv.out(o).reshape(b, v, l, d)
+
+    # Text cross-attention, per view, over that view's 512 tokens (padding tokens attended).
+    shift, scale, gate = mod_chunks("adaln_modulation_cross_attn", 3)
+    h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
+    ca = AttentionProjections(cfg, cfg.crossattn_emb_channels, name="cross_attn")
+    k, val = ca.keys_values(ctx.text_ctx_BVMC.reshape(b * v, -1, cfg.crossattn_emb_channels).astype(dtype))
+    o = dot_product_attention(ca.queries(h), k, val, implementation=cfg.attention)
+    o = checkpoint_name(o, "attention_out")
+    x_BVLD = x_BVLD + gate * ca.out(o).reshape(b, v, l, d)
+
+    # GELU MLP.
+    shift, scale, gate = mod_chunks("adaln_modulation_mlp", 6)
+    h = modulate(layer_norm(x_BVLD), shift, scale)
+    h = dense(cfg.mlp_hidden, "mlp_layer1", in_dim=d, axes=("embed", "mlp"), cfg=cfg)(h)
+    h = dense(d, "mlp_layer2", in_dim=cfg.mlp_hidden, axes=("mlp", "embed"), cfg=cfg)(nn.gelu(h, approximate=False))
+    return x_BVLD + gate * h
+
+
+class MainBlock(Block):
+  """A main block; after it, hint `hint_index` is added when `has_hint` (scan carries x)."""
+
+  @nn.compact
+  def __call__(self, x_BVLD, layer_BI, ctx: BlockContext, hints_KBVLD, scale_B):
+    hint_index, has_hint = layer_BI
+    x_BVLD = self.block(x_BVLD, ctx)
+    hint = jax.lax.dynamic_index_in_dim(hints_KBVLD, hint_index, axis=0, keepdims=False)
+    weight = (scale_B * has_hint).astype(x_BVLD.dtype)[:, None, None, None]
+    return x_BVLD + hint.astype(x_BVLD.dtype) * weight, None
+
+
+class ControlBlock(Block):
+  """A control (VACE encoder) block: full block math, then `after_proj` gives its hint."""
+
+  @nn.compact
+  def __call__(self, c_BVLD, _, ctx: BlockContext):
+    c_BVLD = self.block(c_BVLD, ctx)
+    d = self.cfg.model_channels
+    hint = dense(d, "after_proj", in_dim=d, axes=("embed", "heads"), cfg=self.cfg, use_bias=True, zero_init=True)(c_BVLD)
+    return c_BVLD, hint
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_attention": jax.checkpoint_policies.save_only_these_names("attention_out"),
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _scanned(block_cls, cfg: DiTConfig, length: int, in_axes):
+  if cfg.remat_policy != "none":
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+  return nn.scan(
+      block_cls,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=in_axes,
+      length=length,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+
+
+class MultiViewControlDiT(nn.Module):
+  """`MultiViewCrossControlDiT` of the reference (spec §4)."""
+
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      x_BTHWC: Array,
+      timesteps_B: Array,
+      crossattn_emb_BMC: Array,
+      latent_control_BTHWC: Array,
+      condition_mask_BTHW1: Array,
+      view_indices_BT: Array,
+      padding_mask_BHW: Array | None = None,
+      control_context_scale: float | Array = 1.0,
+  ) -> Array:
+    """Velocity prediction (B, V·T, H, W, out_channels), float32.
+
+    Args:
+      x_BTHWC: noisy latent, conditioned frames already substituted (V·T frames, view-major).
+      timesteps_B: (B,) or (B, 1) time on the 0..1000 scale (multiplied by `timestep_scale`).
+      crossattn_emb_BMC: (B, V·512, crossattn_proj_in_channels) text embeddings, view-major.
+      latent_control_BTHWC: control latent (≤ in_channels·num_max_modalities channels; zero-padded).
+      condition_mask_BTHW1: 1 on conditioned latent frames.
+      view_indices_BT: int view id of every latent frame.
+      padding_mask_BHW: pixel-space padding mask (default zeros).
+      control_context_scale: python float or (B,) weight of every control hint.
+    """
+    cfg, d, p = self.cfg, self.cfg.model_channels, self.cfg.patch_spatial
+    dtype = jnp.dtype(cfg.dtype)
+    b, vt, h, w, _ = x_BTHWC.shape
+    t = cfg.state_t
+    if vt % t:
+      raise ValueError(f"{vt} latent frames is not a multiple of state_t={t}")
+    v = vt // t
+    if not 1 <= v <= cfg.n_cameras_emb:
+      raise ValueError(f"{v} views; the network supports 1..{cfg.n_cameras_emb}")
+    hp, wp = h // p, w // p
+    l = t * hp * wp
+
+    # 1-3. Inputs: control zero-padded to all modality channels; condition mask and padding mask
+    # appended to both branches; patchified.
+    ctrl_ch = cfg.in_channels * cfg.num_max_modalities
+    if latent_control_BTHWC.shape[-1] > ctrl_ch:
+      raise ValueError(f"control latent has {latent_control_BTHWC.shape[-1]} channels, at most {ctrl_ch} allowed")
+    latent_control_BTHWC = jnp.pad(latent_control_BTHWC, [(0, 0)] * 4 + [(0, ctrl_ch - latent_control_BTHWC.shape[-1])])
+    extra = [condition_mask_BTHW1.astype(x_BTHWC.dtype)]
+    if cfg.concat_padding_mask:
+      if padding_mask_BHW is None:
+        padding_mask_BHW = jnp.zeros((b, h * 8, w * 8), x_BTHWC.dtype)
+      pm = resize_nearest(padding_mask_BHW.astype(x_BTHWC.dtype), h, w)
+      extra.append(jnp.broadcast_to(pm[:, None, :, :, None], (b, vt, h, w, 1)))
+    x_in = jnp.concatenate([x_BTHWC] + extra, axis=-1)
+    c_in = jnp.concatenate([latent_control_BTHWC.astype(x_BTHWC.dtype)] + extra, axis=-1)
+    x_tok = dense(d, "x_embedder", in_dim=cfg.patch_features, axes=("patch", "embed"), cfg=cfg)(
+        patchify(x_in.astype(dtype), p)).reshape(b, v, l, d)
+    c_tok = dense(d, "control_embedder", in_dim=cfg.patch_features, axes=("patch", "embed"), cfg=cfg)(
+        patchify(c_in.astype(dtype), p)).reshape(b, v, l, d)
+
+    # RoPE table of one view (every view uses the same positions).
+    dim_h, dim_t = cfg.rope_dims
+    rope = RopeBuffers(cfg, name="rope_buffers")(v)
+    angles = rope_angles(cfg, rope["dim_spatial_range"], rope["dim_temporal_range"], t, hp, wp)
+
+    # 5. Text projection: 100352 -> 1024, exact GELU; 512 tokens per view.
+    m_tok = cfg.text_tokens_per_view
+    if crossattn_emb_BMC.shape[1] != v * m_tok:
+      raise ValueError(f"crossattn_emb has {crossattn_emb_BMC.shape[1]} tokens; expected {v}×{m_tok} for {v} views")
+    text_ctx = dense(cfg.crossattn_emb_channels, "crossattn_proj", in_dim=cfg.crossattn_proj_in_channels,
+                     axes=("text_in", "kv"), cfg=cfg, use_bias=True)(crossattn_emb_BMC.astype(dtype))
+    text_ctx = nn.gelu(text_ctx, approximate=False).reshape(b, v, m_tok, cfg.crossattn_emb_channels)
+
+    # 6. Timestep: e = RMSNorm(sinusoid), a = MLP(sinusoid) (float32).
+    tau_B = jnp.reshape(timesteps_B, (b, -1))[:, 0].astype(F32) * cfg.timestep_scale
+    sinusoid = timestep_sinusoid(tau_B, d)
+    adaln_lora = TimestepMLP(cfg, name="t_embedder")(sinusoid)
+    emb = RMSNorm(cfg.param_dtype, name="t_embedding_norm")(sinusoid)
+
+    # 7. View modulation u by view id of each view's first frame.
+    view_ids_BV = view_indices_BT[:, ::t].astype(jnp.int32)
+    view_emb = nn.Embed(cfg.n_cameras_emb, d, param_dtype=jnp.dtype(cfg.param_dtype), dtype=F32,
+                        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.05), (None, "embed")),
+                        name="adaln_view_embedder")(view_ids_BV)
+    view_mod = dense(9 * d, "adaln_view_proj", in_dim=d, axes=("embed", None), cfg=cfg, dtype=F32, use_bias=True,
+                     zero_init=True)(view_emb)
+
+    nbr_pos, nbr_count = cross_view_neighbors(cfg, view_ids_BV)
+    ctx = BlockContext(emb, adaln_lora, view_mod, text_ctx, jnp.cos(angles), jnp.sin(angles), nbr_pos, nbr_count)
+    scale_B = jnp.broadcast_to(jnp.asarray(control_context_scale, F32).reshape(-1), (b,))
+
+    # 8. Control branch: before_proj on the control tokens plus the main tokens, 4 blocks, hints.
+    c = dense(d, "control_before_proj", in_dim=d, axes=("embed", "heads"), cfg=cfg, use_bias=True, zero_init=True)(c_tok)
+    control = _scanned(ControlBlock, cfg, cfg.num_control_blocks, (0, nn.broadcast))(
+        cfg, t, hp * wp, name="control_blocks")
+    _, hints_KBVLD = control(c + x_tok, None, ctx)
+
+    # 9. Main branch; hint k is added after main block k·n.
+    hint_index = jnp.array([i // cfg.vace_block_every_n for i in range(cfg.num_blocks)], jnp.int32)
+    has_hint = jnp.array([i in cfg.control_layers for i in range(cfg.num_blocks)], F32)
+    main = _scanned(MainBlock, cfg, cfg.num_blocks, (0, nn.broadcast, nn.broadcast, nn.broadcast))(
+        cfg, t, hp * wp, name="blocks")
+    x_tok, _ = main(x_tok, (hint_index, has_hint), ctx, hints_KBVLD, scale_B)
+
+    # 10. Final layer (float32) and unpatchify.
+    y = FinalLayer(cfg, name="final_layer")(x_tok, emb, adaln_lora)
+    return unpatchify(y.reshape(b, vt, hp, wp, -1), p, cfg.out_channels)
+
+
+class RopeBuffers(nn.Module):
+  """The RoPE exponent buffers of the reference, one set per camera count (not trained).
+
+  They are read from the checkpoint rather than recomputed: released checkpoints hold them
+  bf16-rounded, and the network uses exactly those frequencies.
+  """
+
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, n_cameras: int):
+    dim_h, dim_t = self.cfg.rope_dims
+    init = lambda n, dim: (lambda key, shape, dtype=F32: jnp.arange(0, dim, 2)[:n].astype(F32) / dim)
+    tables = {}
+    for k in range(1, self.cfg.n_cameras_emb + 1):
+      tables[k] = {
+          "dim_spatial_range": self.param(f"n_cameras_{k}_dim_spatial_range", init(dim_h // 2, dim_h), (dim_h // 2,)),
+          "dim_temporal_range": self.param(f"n_cameras_{k}_dim_temporal_range", init(dim_t // 2, dim_t), (dim_t // 2,)),
+      }
+    return jax.tree.map(jax.lax.stop_gradient, tables[n_cameras])
+
+
+class TimestepMLP(nn.Module):
+  """sinusoid -> D -> SiLU -> 3D, bias-free, float32: the adaLN-LoRA term a."""
+
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, sinusoid_BD):
+    cfg, d = self.cfg, self.cfg.model_channels
+    h = nn.silu(dense(d, "linear_1", in_dim=d, axes=("embed", "mlp"), cfg=cfg, dtype=F32)(sinusoid_BD))
+    return dense(3 * d, "linear_2", in_dim=d, axes=("mlp", "embed"), cfg=cfg, dtype=F32)(h)
+
+
+class FinalLayer(nn.Module):
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x_BVLD, emb_BD, adaln_lora_B3D):
+    cfg, d = self.cfg, self.cfg.model_channels
+    m = AdaLNModulation(cfg, chunks=2, name="adaln_modulation")(emb_BD, adaln_lora_B3D)
+    shift, scale = m[:, None, None, :d], m[:, None, None, d:]
+    h = modulate(layer_norm(x_BVLD.astype(F32)), shift, scale)
+    out = cfg.patch_spatial**2 * cfg.out_channels
+    return dense(out, "linear", in_dim=d, axes=("embed", None), cfg=cfg, dtype=F32)(h)
+
+
+def abstract_params(cfg: DiTConfig, num_views: int = 3, latent_hw: tuple[int, int] = (16, 16)):
+  """Parameter tree of `jax.ShapeDtypeStruct` (with logical partitioning boxes removed).
+
+  Nothing is allocated: `jax.eval_shape` traces `init` only.
+  """
+  model = MultiViewControlDiT(cfg)
+  inputs = example_inputs(cfg, num_views, latent_hw, abstract=True)
+  variables = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *inputs)
+  return nn.unbox(variables["params"])
+
+
+def example_inputs(cfg: DiTConfig, num_views: int = 3, latent_hw=(16, 16), batch: int = 1, abstract: bool = False):
+  """Positional inputs of the right shapes (zeros, or ShapeDtypeStructs when `abstract`)."""
+  h, w = latent_hw
+  vt = num_views * cfg.state_t
+  shapes = [
+      ((batch, vt, h, w, cfg.in_channels), F32),
+      ((batch,), F32),
+      ((batch, num_views * cfg.text_tokens_per_view, cfg.crossattn_proj_in_channels), F32),
+      ((batch, vt, h, w, cfg.in_channels), F32),
+      ((batch, vt, h, w, 1), F32),
+      ((batch, vt), jnp.int32),
+  ]
+  if abstract:
+    out = [jax.ShapeDtypeStruct(s, dt) for s, dt in shapes]
+  else:
+    out = [jnp.zeros(s, dt) for s, dt in shapes]
+    out[5] = jnp.repeat(jnp.arange(num_views, dtype=jnp.int32), cfg.state_t)[None].repeat(batch, 0)
+  return out

@@ -1,0 +1,252 @@
+"""PyTorch <-> Flax conversion of the multiview control DiT.
+
+  python -m convert.dit --src model_ema_bf16.pt --dst ckpt/dit [--ema|--no-ema] [--config configs/edge.py]
+  python -m convert.dit --src hf://nvidia/Cosmos-Experimental/<uuid>/model_ema_bf16.pt --dst ckpt/dit
+  python -m convert.dit --export ckpt/dit --dst model.pt [--dtype bfloat16]
+
+The key table (`key_table`) is this model's only contribution; matching, shape checks, error
+reports and the inverse map come from `convert.mapping`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+
+import numpy as np
+
+from convert import mapping
+from convert.mapping import Entry
+
+_ATTN = ("self_attn", "cross_view_attn", "cross_attn")
+_MODS = ("self_attn", "cross_attn", "mlp")
+# Reference buffers with no effect on the forward (RoPE position index, training counters).
+_IGNORED = re.compile(r"^(pos_embedder_options\.n_cameras_\d+\.seq|accum_[a-z_]+)$")
+_COUNTERS = {"accum_video_sample_counter": np.int64, "accum_image_sample_counter": np.int64,
+             "accum_iteration": np.int64, "accum_train_in_hours": np.float32}
+
+
+def _block_entries(prefix: str, group: str, index: int) -> list[Entry]:
+  e = []
+  for attn in _ATTN:
+    for proj in ("q_proj", "k_proj", "v_proj", "output_proj"):
+      e.append(Entry(f"{prefix}{attn}.{proj}.weight", (group, attn, proj, "kernel"), "linear", index))
+    for norm in ("q_norm", "k_norm"):
+      e.append(Entry(f"{prefix}{attn}.{norm}.weight", (group, attn, norm, "scale"), "identity", index))
+  e.append(Entry(f"{prefix}layer_norm_cross_view_attn.weight", (group, "layer_norm_cross_view_attn", "scale"), "identity", index))
+  e.append(Entry(f"{prefix}layer_norm_cross_view_attn.bias", (group, "layer_norm_cross_view_attn", "bias"), "identity", index))
+  e.append(Entry(f"{prefix}mlp.layer1.weight", (group, "mlp_layer1", "kernel"), "linear", index))
+  e.append(Entry(f"{prefix}mlp.layer2.weight", (group, "mlp_layer2", "kernel"), "linear", index))
+  for mod in _MODS:
+    e.append(Entry(f"{prefix}adaln_modulation_{mod}.1.weight", (group, f"adaln_modulation_{mod}", "lora_down", "kernel"), "linear", index))
+    e.append(Entry(f"{prefix}adaln_modulation_{mod}.2.weight", (group, f"adaln_modulation_{mod}", "lora_up", "kernel"), "linear", index))
+  return e
+
+
+def key_table(cfg) -> list[Entry]:
+  """Every reference state-dict key of the DiT (buffers that matter included) -> Flax path."""
+  e = [
+      Entry("x_embedder.proj.1.weight", ("x_embedder", "kernel"), "linear"),
+      Entry("control_embedder.proj.1.weight", ("control_embedder", "kernel"), "linear"),
+      Entry("t_embedder.1.linear_1.weight", ("t_embedder", "linear_1", "kernel"), "linear"),
+      Entry("t_embedder.1.linear_2.weight", ("t_embedder", "linear_2", "kernel"), "linear"),
+      Entry("t_embedding_norm.weight", ("t_embedding_norm", "scale")),
+      Entry("crossattn_proj.0.weight", ("crossattn_proj", "kernel"), "linear"),
+      Entry("crossattn_proj.0.bias", ("crossattn_proj", "bias")),
+      Entry("adaln_view_embedder.weight", ("adaln_view_embedder", "embedding")),
+      Entry("adaln_view_proj.weight", ("adaln_view_proj", "kernel"), "linear"),
+      Entry("adaln_view_proj.bias", ("adaln_view_proj", "bias")),
+      Entry("final_layer.linear.weight", ("final_layer", "linear", "kernel"), "linear"),
+      Entry("final_layer.adaln_modulation.1.weight", ("final_layer", "adaln_modulation", "lora_down", "kernel"), "linear"),
+      Entry("final_layer.adaln_modulation.2.weight", ("final_layer", "adaln_modulation", "lora_up", "kernel"), "linear"),
+      Entry("control_blocks.0.before_proj.weight", ("control_before_proj", "kernel"), "linear"),
+      Entry("control_blocks.0.before_proj.bias", ("control_before_proj", "bias")),
+  ]
+  for k in range(1, cfg.n_cameras_emb + 1):
+    for rng in ("dim_spatial_range", "dim_temporal_range"):
+      e.append(Entry(f"pos_embedder_options.n_cameras_{k}.{rng}", ("rope_buffers", f"n_cameras_{k}_{rng}")))
+  for i in range(cfg.num_blocks):
+    e += _block_entries(f"blocks.{i}.", "blocks", i)
+  for j in range(cfg.num_control_blocks):
+    e += _block_entries(f"control_blocks.{j}.", "control_blocks", j)
+    e.append(Entry(f"control_blocks.{j}.after_proj.weight", ("control_blocks", "after_proj", "kernel"), "linear", j))
+    e.append(Entry(f"control_blocks.{j}.after_proj.bias", ("control_blocks", "after_proj", "bias"), "identity", j))
+  return e
+
+
+def is_ignored_key(key: str) -> bool:
+  return bool(_IGNORED.match(key))
+
+
+def reference_buffers(cfg) -> dict[str, np.ndarray]:
+  """The reference's forward-inert buffers, regenerated for export (RoPE `seq`, counters)."""
+  seq_len = max(cfg.max_img_h // cfg.patch_spatial, cfg.max_img_w // cfg.patch_spatial, cfg.max_frames // cfg.patch_temporal)
+  out = {f"pos_embedder_options.n_cameras_{k}.seq": np.arange(seq_len, dtype=np.float32)
+         for k in range(1, cfg.n_cameras_emb + 1)}
+  out.update({k: np.zeros((), dt) for k, dt in _COUNTERS.items()})
+  return out
+
+
+def torch_state_to_params(state, cfg, *, source: str = "", progress=lambda it: it):
+  """Reference state dict (numpy, no `net.` prefix) -> Flax params (numpy), checked against the abstract model."""
+  from agibot_jax.models import dit
+
+  abstract = dit.abstract_params(cfg)
+  return mapping.torch_to_flax(state, key_table(cfg), abstract, ignore=is_ignored_key, source=source, progress=progress)
+
+
+def params_to_torch_state(params, cfg, dtype: str | None = None) -> dict[str, np.ndarray]:
+  """Flax params -> reference state dict (keys without `net.`), optionally cast to `dtype`."""
+  state = mapping.flax_to_torch(params, key_table(cfg))
+  state.update(reference_buffers(cfg))
+  if dtype is not None:
+    import ml_dtypes
+
+    target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    state = {k: v.astype(target) if np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16 else v
+             for k, v in state.items()}
+  return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Golden parity
+
+
+def _golden_tensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+
+  return load_file(path)
+
+
+def params_from_golden(path: str, cfg) -> dict:
+  """Flax params (numpy) from the `params/` entries of a golden DiT file."""
+  t = _golden_tensors(path)
+  state = {k[len("params/"):]: v for k, v in t.items() if k.startswith("params/")}
+  return torch_state_to_params(state, cfg, source=path)
+
+
+def _parse_call_args(spec: str) -> dict:
+  """'control_context_scale=0.5, a=1' -> {'control_context_scale': 0.5, 'a': 1.0}."""
+  out = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    k, _, v = part.partition("=")
+    out[k.strip()] = float(v)
+  return out
+
+
+def golden_inputs(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Golden `inputs/` (reference layout, channels-first) -> our call's keyword inputs (channels-last)."""
+  to_last = lambda a: np.moveaxis(a, 1, -1)
+  pm = t.get("inputs/padding_mask")
+  return dict(
+      x_BTHWC=to_last(t["inputs/x_B_C_T_H_W"]),
+      timesteps_B=t["inputs/timesteps_B_T"].reshape(t["inputs/timesteps_B_T"].shape[0], -1)[:, 0],
+      crossattn_emb_BMC=t["inputs/crossattn_emb"],
+      latent_control_BTHWC=to_last(t["inputs/latent_control_input"]),
+      condition_mask_BTHW1=to_last(t["inputs/condition_video_input_mask_B_C_T_H_W"]),
+      view_indices_BT=t["inputs/view_indices_B_T"].astype(np.int32),
+      padding_mask_BHW=None if pm is None else pm[:, 0],
+  )
+
+
+def golden_parity(path: str, meta: dict):
+  import jax
+
+  from agibot_jax.models import dit
+  from convert.parity import OutputCheck
+
+  cfg = dit.DiTConfig.from_reference_kwargs(meta["constructor_kwargs"], param_dtype="float32", dtype="float32",
+                                            attention="xla", remat_policy="none")
+  t = _golden_tensors(path)
+  params = params_from_golden(path, cfg)
+  inputs = golden_inputs(t)
+  model = dit.MultiViewControlDiT(cfg)
+  apply = jax.jit(lambda p, scale, **kw: model.apply({"params": p}, **kw, control_context_scale=scale))
+  outputs = meta.get("non_tensor_args", {}).get("outputs") or {"outputs/x": ""}
+  checks = []
+  for name, call in sorted(outputs.items()):
+    kwargs = _parse_call_args(call)
+    scale = kwargs.pop("control_context_scale", meta.get("non_tensor_args", {}).get("control_context_scale", 1.0))
+    if kwargs:
+      raise ValueError(f"{path}: unsupported call arguments for {name}: {sorted(kwargs)}")
+    got = np.moveaxis(np.asarray(apply(params, scale, **inputs)), -1, 1)
+    want = t[name]
+    if got.shape != want.shape:
+      raise ValueError(f"{path}: {name} has shape {want.shape}, the port produced {got.shape}")
+    checks.append(OutputCheck(name, float(np.max(np.abs(got - want))), 1e-4))
+  return checks
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def _config_from_file(spec: str | None):
+  from agibot_jax.config_utils import load_config
+  from agibot_jax.models import dit
+
+  net = load_config(spec or "configs/edge.py").model.net
+  return dit.DiTConfig.from_config(net)
+
+
+def convert(src: str, dst: str, *, ema: bool = True, config: str | None = None, dtype: str | None = None,
+            force: bool = False) -> None:
+  from tqdm import tqdm
+
+  from agibot_jax import params_io
+  from convert import torch_io
+
+  cfg = _config_from_file(config)
+  state = torch_io.load_state_dict(src, prefix_choice="net_ema" if ema else "net")
+  params = torch_state_to_params(state, cfg, source=src, progress=lambda it: tqdm(it, desc="mapping keys", unit="key"))
+  if dtype is not None:
+    import ml_dtypes
+
+    target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    params = mapping.unflatten_tree({k: v.astype(target) for k, v in mapping.flatten_tree(params).items()})
+  meta = {"model": "dit", "config": dataclasses.asdict(cfg), "source": src, "copy": "net_ema" if ema else "net"}
+  params_io.save_params(dst, params, meta, force=force)
+
+
+def export(src_dir: str, dst: str, *, dtype: str | None = None) -> None:
+  from agibot_jax import params_io
+  from agibot_jax.models import dit
+  from convert import torch_io
+
+  meta = params_io.read_meta(src_dir)
+  if meta.get("model") != "dit":
+    raise ValueError(f"{src_dir} holds a {meta.get('model')!r} checkpoint, not a DiT")
+  cfg = dit.DiTConfig.from_config(meta["config"])
+  params = params_io.to_numpy_tree(params_io.restore_params(src_dir))
+  torch_io.save_state_dict(params_to_torch_state(params, cfg, dtype), dst, prefix="net.")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description="Convert the multiview control DiT between PyTorch and Flax/Orbax.")
+  parser.add_argument("--src", help="PyTorch checkpoint: .pt/.pth, .safetensors, DCP directory or hf://ORG/REPO/PATH[@REV]")
+  parser.add_argument("--export", metavar="DIR", help="converted Orbax checkpoint to export back to PyTorch")
+  parser.add_argument("--dst", required=True, help="output: Orbax directory (convert) or .pt/.safetensors file (export)")
+  parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="take net_ema.* (default)")
+  parser.add_argument("--no-ema", dest="ema", action="store_false", help="take net.* (regular weights)")
+  parser.add_argument("--config", help="config file (architecture), default configs/edge.py")
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="cast floating tensors (default: keep)")
+  parser.add_argument("--force", action="store_true", help="overwrite an existing --dst directory")
+  args = parser.parse_args(argv)
+  if bool(args.src) == bool(args.export):
+    parser.error("give exactly one of --src (convert) or --export (back to PyTorch)")
+  try:
+    if args.src:
+      convert(args.src, args.dst, ema=args.ema, config=args.config, dtype=args.dtype, force=args.force)
+    else:
+      export(args.export, args.dst, dtype=args.dtype)
+  except (mapping.ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {args.dst}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
