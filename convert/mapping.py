@@ -180,5 +180,5 @@ def flax_to_torch(tree: Mapping[str, Any], table: Iterable[Entry]) -> dict[str, 
     if e.index is not None:
       value = value[e.index]
     shape = torch_shape_of(e.transform, value.shape, e.torch_rank)
-    out[e.torch_key] = np.ascontiguousarray(_TRANSFORMS[e.transform][1](value, shape))
+    out[e.torch_key] = np.array(_TRANSFORMS[e.transform][1](value, shape), order="C")
   return out

@@ -66,7 +66,7 @@ def tensor_to_numpy(t) -> np.ndarray:
 
 def numpy_to_tensor(a: np.ndarray):
   torch = _torch()
-  a = np.ascontiguousarray(a)
+  a = np.array(a, order="C", copy=True)
   if a.dtype == ml_dtypes.bfloat16:
     return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
   return torch.from_numpy(a)

@@ -1,0 +1,181 @@
+"""DiT conversion: 2B key coverage on the abstract model, bit-exact round trip, rejections, sources."""
+
+import os
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from agibot_jax.models import dit
+from convert import dit as convert_dit
+from convert import mapping
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _read_2b_keys(golden_dir):
+  rows = []
+  for line in (golden_dir / "dit_2b_keys.tsv").read_text().splitlines():
+    if line.startswith(("#", "key\t")) or not line.strip():
+      continue
+    key, shape, dtype, kind, *_ = line.split("\t")
+    shape = tuple(int(s) for s in shape.split("x")) if shape not in ("", "scalar", "()") else ()
+    rows.append((key, shape, kind))
+  return rows
+
+
+def test_exported_buffers_match_the_reference_list(golden_dir):
+  rows = {k: s for k, s, kind in _read_2b_keys(golden_dir) if convert_dit.is_ignored_key(k)}
+  bufs = convert_dit.reference_buffers(dit.DiTConfig())
+  assert {k: v.shape for k, v in bufs.items()} == rows
+
+
+def test_2b_every_reference_key_maps_to_a_parameter_of_that_shape(golden_dir):
+  cfg = dit.DiTConfig()  # the 2B Agibot preset
+  abstract = dit.abstract_params(cfg)  # eval_shape: nothing allocated
+  flat = mapping.flatten_tree(abstract)
+  table = {e.torch_key: e for e in convert_dit.key_table(cfg)}
+  rows = _read_2b_keys(golden_dir)
+  assert len(rows) == 932
+  for key, shape, kind in rows:
+    if convert_dit.is_ignored_key(key):
+      assert kind == "buffer", key
+      continue
+    assert key in table, f"{key} has no mapping"
+    assert mapping.expected_torch_shape(table[key], flat) == shape, key
+  assert set(table) <= {k for k, _, _ in rows}
+  assert mapping.check_table(table.values(), abstract) == []  # no Flax parameter left unmapped
+
+  count = lambda pred: sum(int(np.prod(v.shape)) for k, v in flat.items() if pred(k))
+  assert count(lambda k: k[0] != "rope_buffers") == 2_931_913_728
+  assert count(lambda k: dit.is_trainable(k)) == 365_081_600
+
+
+def _tiny_cfg():
+  return dit.DiTConfig(model_channels=64, num_heads=2, num_blocks=3, vace_block_every_n=2, adaln_lora_dim=8,
+                       crossattn_proj_in_channels=24, crossattn_emb_channels=16, state_t=2)
+
+
+def _random_state(cfg, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  flat = mapping.flatten_tree(dit.abstract_params(cfg))
+  state = {e.torch_key: rng.standard_normal(mapping.expected_torch_shape(e, flat)).astype(dtype)
+           for e in convert_dit.key_table(cfg)}
+  state.update(convert_dit.reference_buffers(cfg))
+  return state
+
+
+def _write_cfg(tmp_path, cfg):
+  path = tmp_path / "tiny_cfg.py"
+  fields = ", ".join(f"{k}={v!r}" for k, v in cfg.__dict__.items())
+  path.write_text(
+      "import ml_collections\n"
+      "def get_config(arg=''):\n"
+      f"  c = ml_collections.ConfigDict(); c.model = ml_collections.ConfigDict(); c.model.net = ml_collections.ConfigDict(dict({fields}))\n"
+      "  return c\n")
+  return str(path)
+
+
+@pytest.fixture
+def torch_mod():
+  return pytest.importorskip("torch", reason="needs the `convert` extra (torch)")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_round_trip_torch_flax_torch_is_bit_exact(tmp_path, torch_mod, dtype):
+  from convert import torch_io
+
+  cfg = _tiny_cfg()
+  ema, reg = _random_state(cfg, dtype, 0), _random_state(cfg, dtype, 1)
+  ckpt = {**{"net." + k: torch_io.numpy_to_tensor(v) for k, v in reg.items()},
+          **{"net_ema." + k: torch_io.numpy_to_tensor(v) for k, v in ema.items()},
+          "net.blocks.0.self_attn.attn_op._extra_state": torch_mod.zeros(3)}
+  torch_mod.save(ckpt, tmp_path / "train.pt")
+  cfg_file = _write_cfg(tmp_path, cfg)
+  assert convert_dit.main(["--src", str(tmp_path / "train.pt"), "--dst", str(tmp_path / "flax"), "--config", cfg_file]) == 0
+  assert convert_dit.main(["--export", str(tmp_path / "flax"), "--dst", str(tmp_path / "back.pt")]) == 0
+  back = torch_mod.load(tmp_path / "back.pt", weights_only=True)
+  assert set(back) == {"net." + k for k in ema}
+  for k, v in ema.items():
+    got = torch_io.tensor_to_numpy(back["net." + k])
+    assert got.dtype == v.dtype, k
+    assert got.shape == v.shape and got.tobytes() == v.tobytes(), k
+  # --no-ema takes the regular copy.
+  assert convert_dit.main(["--src", str(tmp_path / "train.pt"), "--dst", str(tmp_path / "flax_reg"), "--no-ema",
+                           "--config", cfg_file]) == 0
+  from agibot_jax import params_io
+
+  got = params_io.restore_params(str(tmp_path / "flax_reg"))
+  assert np.asarray(got["x_embedder"]["kernel"]).tobytes() == reg["x_embedder.proj.1.weight"].T.tobytes()
+
+
+def test_safetensors_and_dcp_sources(tmp_path, torch_mod):
+  from convert import torch_io
+
+  cfg = _tiny_cfg()
+  state = _random_state(cfg, np.float32)
+  torch_io.save_state_dict(state, str(tmp_path / "m.safetensors"), prefix="net.")
+  params = convert_dit.torch_state_to_params(torch_io.load_state_dict(str(tmp_path / "m.safetensors"), prefix_choice="net_ema"), cfg)
+  np.testing.assert_array_equal(params["crossattn_proj"]["kernel"], state["crossattn_proj.0.weight"].T)
+
+  import torch.distributed.checkpoint as dcp
+
+  dcp.save({"net": {k: torch_io.numpy_to_tensor(v) for k, v in state.items()}}, checkpoint_id=str(tmp_path / "dcp"))
+  loaded = torch_io.load_state_dict(str(tmp_path / "dcp"), prefix_choice="net_ema")
+  np.testing.assert_array_equal(loaded["t_embedding_norm.weight"], state["t_embedding_norm.weight"])
+
+
+@pytest.mark.parametrize("problem", ["missing", "extra", "shape"])
+def test_converter_rejects_bad_checkpoints_naming_the_key(tmp_path, torch_mod, capsys, problem):
+  from convert import torch_io
+
+  cfg = _tiny_cfg()
+  state = _random_state(cfg, np.float32)
+  key = "blocks.1.cross_attn.k_proj.weight"
+  if problem == "missing":
+    del state[key]
+  elif problem == "extra":
+    key = "blocks.1.cross_attn.surprise.weight"
+    state[key] = np.zeros(3, np.float32)
+  else:
+    state[key] = np.zeros((5, 5), np.float32)
+  torch_io.save_state_dict(state, str(tmp_path / "bad.pt"), prefix="net.")
+  dst = tmp_path / "out"
+  rc = convert_dit.main(["--src", str(tmp_path / "bad.pt"), "--dst", str(dst), "--config", _write_cfg(tmp_path, cfg)])
+  err = capsys.readouterr().err
+  assert rc != 0 and key in err
+  assert {"missing": "missing keys", "extra": "unexpected keys", "shape": "wrong shape"}[problem] in err
+  assert not dst.exists()
+
+
+def test_hf_reference_resolves_from_local_cache_offline(tmp_path, monkeypatch):
+  from convert import torch_io
+
+  cache = tmp_path / "hub"
+  rev = "a" * 40
+  repo = cache / "models--nvidia--Cosmos-Experimental"
+  snap = repo / "snapshots" / rev / "uuid-1234"
+  snap.mkdir(parents=True)
+  (snap / "model_ema_bf16.pt").write_bytes(b"weights")
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text(rev)
+  monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  import huggingface_hub.constants as c
+
+  monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+  monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+  path = torch_io.resolve_source("hf://nvidia/Cosmos-Experimental/uuid-1234/model_ema_bf16.pt")
+  assert open(path, "rb").read() == b"weights"
+  with pytest.raises(FileNotFoundError, match="uuid-1234/other.pt"):
+    torch_io.resolve_source("hf://nvidia/Cosmos-Experimental/uuid-1234/other.pt")
+
+
+def test_parity_cli_on_golden(golden_dir):
+  out = subprocess.run([sys.executable, "-m", "convert.parity", "--golden", str(golden_dir / "dit_tiny.safetensors")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  last = out.stdout.strip().splitlines()[-1]
+  assert last.startswith("max_abs_err=") and float(last.split("=")[1]) < 1e-4

@@ -1,0 +1,143 @@
+"""The multiview control DiT: golden parity and the paths no golden exercises (against plain math)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agibot_jax.models import dit
+from convert import dit as convert_dit
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+  path = str(golden_dir / "dit_tiny.safetensors")
+  meta = json.loads((golden_dir / "dit_tiny.json").read_text())
+  cfg = dit.DiTConfig.from_reference_kwargs(meta["constructor_kwargs"], param_dtype="float32", dtype="float32",
+                                            attention="xla")
+  from safetensors.numpy import load_file
+
+  tensors = load_file(path)
+  params = convert_dit.params_from_golden(path, cfg)
+  inputs = convert_dit.golden_inputs(tensors)
+  return dict(path=path, meta=meta, cfg=cfg, tensors=tensors, params=params, inputs=inputs)
+
+
+@pytest.fixture(scope="module")
+def apply(golden):
+  model = dit.MultiViewControlDiT(golden["cfg"])
+  return jax.jit(lambda p, scale, kw: model.apply({"params": p}, **kw, control_context_scale=scale))
+
+
+def test_golden_parity_both_outputs(golden):
+  # A faithful float32 port lands near 1e-6; the issue's acceptance bound is 1e-4.
+  checks = convert_dit.golden_parity(golden["path"], golden["meta"])
+  assert [c.name for c in checks] == ["outputs/x", "outputs/x_control_scale_2"]
+  for c in checks:
+    assert c.max_abs_err < 1e-5, c
+
+
+def _permute_views(inputs, perm, t):
+  """Reorder the views of a sample (frames, view ids and text blocks move together)."""
+  frames = np.concatenate([np.arange(p * t, (p + 1) * t) for p in perm])
+  out = dict(inputs)
+  for k in ("x_BTHWC", "latent_control_BTHWC", "condition_mask_BTHW1", "view_indices_BT"):
+    out[k] = np.asarray(inputs[k])[:, frames]
+  emb = np.asarray(inputs["crossattn_emb_BMC"])
+  m = emb.shape[1] // len(perm)
+  out["crossattn_emb_BMC"] = np.concatenate([emb[:, p * m:(p + 1) * m] for p in perm], axis=1)
+  return out, frames
+
+
+def test_view_permutation_equivariance(golden, apply):
+  # View embedding is looked up by id, text by position, cross-view neighbours by id: permuting
+  # the views of a sample (with their text) permutes the output and changes nothing else.
+  t = golden["cfg"].state_t
+  base = np.asarray(apply(golden["params"], 1.0, golden["inputs"]))
+  permuted_inputs, frames = _permute_views(golden["inputs"], (2, 0, 1), t)
+  permuted = np.asarray(apply(golden["params"], 1.0, permuted_inputs))
+  np.testing.assert_allclose(permuted, base[:, frames], atol=2e-5)
+
+
+def test_batch_two_and_per_sample_control_scale(golden, apply):
+  t = golden["cfg"].state_t
+  other, _ = _permute_views(golden["inputs"], (1, 2, 0), t)
+  other["x_BTHWC"] = np.asarray(other["x_BTHWC"]) * 0.5
+  batch = {k: None if v is None else np.concatenate([np.asarray(golden["inputs"][k]), np.asarray(other[k])])
+           for k, v in golden["inputs"].items()}
+  out = np.asarray(apply(golden["params"], jnp.array([1.0, 0.5]), batch))
+  np.testing.assert_allclose(out[:1], np.moveaxis(golden["tensors"]["outputs/x"], 1, -1), atol=1e-5)
+  single = np.asarray(apply(golden["params"], 0.5, other))
+  np.testing.assert_allclose(out[1:], single, atol=2e-5)
+
+
+def test_control_with_fewer_channels_is_zero_padded(golden, apply):
+  inputs = dict(golden["inputs"])
+  ctrl = np.asarray(inputs["latent_control_BTHWC"]).copy()
+  ctrl[..., 10:] = 0
+  padded = np.asarray(apply(golden["params"], 1.0, {**inputs, "latent_control_BTHWC": ctrl}))
+  short = np.asarray(apply(golden["params"], 1.0, {**inputs, "latent_control_BTHWC": ctrl[..., :10]}))
+  np.testing.assert_array_equal(padded, short)
+
+
+def test_cross_view_neighbors_missing_views():
+  cfg = dit.DiTConfig(model_channels=64, num_heads=2, num_blocks=2, vace_block_every_n=1, state_t=1)
+  # All three views: each sees the other two, positions sorted descending.
+  pos, count = dit.cross_view_neighbors(cfg, jnp.array([[0, 1, 2]]))
+  np.testing.assert_array_equal(pos, [[[2, 1], [2, 0], [1, 0]]])
+  np.testing.assert_array_equal(count, [[2, 2, 2]])
+  # Views 2 and 0 only (in that order): hand_left (id 1) is missing and masked (last, count 1).
+  pos, count = dit.cross_view_neighbors(cfg, jnp.array([[2, 0]]))
+  np.testing.assert_array_equal(pos, [[[1, 0], [0, 0]]])
+  np.testing.assert_array_equal(count, [[1, 1]])
+
+
+def test_missing_view_is_masked_like_an_absent_neighbour(golden):
+  # Views 0 and 2 only: hand_left (id 1) is missing, its gathered key slot is masked. That must equal
+  # a network whose neighbour map never listed id 1.
+  kwargs = golden["meta"]["constructor_kwargs"]
+  common = dict(param_dtype="float32", dtype="float32", attention="xla")
+  cfg = dit.DiTConfig.from_reference_kwargs(kwargs, **common)
+  pruned = dit.DiTConfig.from_reference_kwargs(kwargs, cross_view_attn_map=((2,), (0, 2), (0,)), **common)
+  inputs, t = golden["inputs"], cfg.state_t
+  keep = np.r_[0:t, 2 * t:3 * t]
+  two = {k: np.asarray(inputs[k])[:, keep] for k in ("x_BTHWC", "latent_control_BTHWC", "condition_mask_BTHW1",
+                                                     "view_indices_BT")}
+  emb = inputs["crossattn_emb_BMC"]
+  two.update(crossattn_emb_BMC=np.concatenate([emb[:, :512], emb[:, 1024:]], 1), timesteps_B=inputs["timesteps_B"],
+             padding_mask_BHW=inputs["padding_mask_BHW"])
+  masked = np.asarray(dit.MultiViewControlDiT(cfg).apply({"params": golden["params"]}, **two))
+  absent = np.asarray(dit.MultiViewControlDiT(pruned).apply({"params": golden["params"]}, **two))
+  assert masked.shape == (1, 2 * t, 8, 8, 16)
+  np.testing.assert_allclose(masked, absent, atol=1e-5)
+  # And the missing neighbour matters at all: with 3 views the two views' outputs differ.
+  full = np.asarray(dit.MultiViewControlDiT(cfg).apply({"params": golden["params"]}, **inputs))
+  assert np.abs(full[:, keep] - masked).max() > 1e-2
+
+
+def test_resize_nearest_matches_torch():
+  torch = pytest.importorskip("torch", reason="the convert extra (torch) provides the reference resize")
+  mask = np.random.default_rng(0).random((2, 50, 70)).astype(np.float32)
+  want = torch.nn.functional.interpolate(torch.from_numpy(mask)[:, None], size=(8, 9), mode="nearest")[:, 0].numpy()
+  np.testing.assert_array_equal(np.asarray(dit.resize_nearest(jnp.asarray(mask), 8, 9)), want)
+
+
+def test_patchify_unpatchify_index_conventions():
+  x = jnp.arange(1 * 1 * 4 * 4 * 3, dtype=jnp.float32).reshape(1, 1, 4, 4, 3)
+  tok = np.asarray(dit.patchify(x, 2))
+  # f = c·4 + m·2 + n for pixel (2i+m, 2j+n), channel c.
+  i, j, c, m, n = 1, 0, 2, 1, 1
+  assert tok[0, 0, i, j, c * 4 + m * 2 + n] == x[0, 0, 2 * i + m, 2 * j + n, c]
+  y = jnp.arange(1 * 1 * 2 * 2 * 12, dtype=jnp.float32).reshape(1, 1, 2, 2, 12)
+  img = np.asarray(dit.unpatchify(y, 2, 3))
+  p1, p2 = 1, 0  # o = p1·p·C + p2·C + c
+  assert img[0, 0, 2 * i + p1, 2 * j + p2, c] == y[0, 0, i, j, p1 * 6 + p2 * 3 + c]
+
+
+def test_config_rejects_unknown_keys():
+  with pytest.raises(KeyError, match="nonsense"):
+    dit.DiTConfig.from_config({"nonsense": 1})
