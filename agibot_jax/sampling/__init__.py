@@ -1,0 +1,1 @@
+"""Sampling: the rectified-flow UniPC solver, guidance and conditional-frame inputs, sample-video writing."""

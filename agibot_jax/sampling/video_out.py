@@ -1,0 +1,172 @@
+"""Sample videos and frame strips laid out like the reference's `EveryNDrawSampleMultiviewVideo` (training.md §9.8).
+
+Layout. Each row is one decoded multiview clip; the caller orders the rows as the callback does: the samples
+(num_cond_frames outer, guidance inner: n=0 g=0,3,5 then n=1 g=0,3,5), then the input video, then the control
+pixels. Within a row the batch items (at most `n_viz_sample`) and, inside each item, the views (head, left,
+right) sit side by side along width; rows are stacked along height.
+
+- mp4: every frame of that grid, width capped at 2048 px by a bilinear resize (height int(H·scale)), values
+  (x+1)/2 clamped to [0, 1] and truncated to uint8 (as the reference's `astype`), padded to even size by edge
+  replication, H.264 (libx264) at fps 10, quality 5. Written with imageio-ffmpeg; OpenCV's MPEG-4 writer is the
+  fallback (GPU boxes have no imageio-ffmpeg).
+- jpg: 12 evenly spaced frames (index round(i·(T−1)/11)) of each batch item placed along width, rows along
+  height, resized so the longer side is 1024 px, rounded to uint8.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import cv2
+import numpy as np
+
+MAX_VIDEO_WIDTH = 2048
+STRIP_SIZE = 1024
+STRIP_FRAMES = 12
+FPS = 10
+QUALITY = 5
+N_VIZ_SAMPLE = 3
+
+
+def sample_file_base(tag: str, iteration: int, num_views: int = 3, replica_id: int = 0) -> str:
+  """The reference's file stem, e.g. `ema_ReplicateID0000_Sample_Iter000000200_3views`."""
+  return f"{tag}_ReplicateID{replica_id:04d}_Sample_Iter{iteration:09d}_{num_views}views"
+
+
+def _rows_BVTHWC(rows: list[np.ndarray], n_viz_sample: int) -> np.ndarray:
+  """Stacks rows of (B, V, T, H, W, 3) or (V, T, H, W, 3) in [-1, 1] into (N, b, V, T, H, W, 3) in [0, 1]."""
+  if not rows:
+    raise ValueError("no rows to draw")
+  batched = []
+  for i, row in enumerate(rows):
+    row = np.asarray(row, np.float32)
+    if row.ndim == 5:
+      row = row[None]
+    if row.ndim != 6 or row.shape[-1] != 3:
+      raise ValueError(f"row {i}: expected (B, V, T, H, W, 3) or (V, T, H, W, 3), got {row.shape}")
+    if batched and row.shape != batched[0].shape:
+      raise ValueError(f"row {i}: shape {row.shape} differs from row 0's {batched[0].shape}")
+    batched.append(row[:n_viz_sample])
+  return (1.0 + np.clip(np.stack(batched), -1.0, 1.0)) / 2.0
+
+
+def video_grid(rows: list[np.ndarray], *, n_viz_sample: int = N_VIZ_SAMPLE) -> np.ndarray:
+  """(T, N·H, b·V·W, 3) float32 in [0, 1]: rows along height, batch items then views along width."""
+  x = _rows_BVTHWC(rows, n_viz_sample)
+  n, b, v, t, h, w, c = x.shape
+  return x.transpose(3, 0, 4, 1, 2, 5, 6).reshape(t, n * h, b * v * w, c)
+
+
+def frame_strip(
+    rows: list[np.ndarray], *, n_frames: int = STRIP_FRAMES, n_viz_sample: int = N_VIZ_SAMPLE
+) -> np.ndarray:
+  """(N·H, b·n_frames·V·W, 3) float32 in [0, 1]: n_frames evenly spaced frames, batch then time along width."""
+  x = _rows_BVTHWC(rows, n_viz_sample)
+  num_t = x.shape[3]
+  # Python's round (half to even) picks the frames, as in the reference.
+  x = x[:, :, :, [round(i * (num_t - 1) / (n_frames - 1)) for i in range(n_frames)]]
+  n, b, v, t, h, w, c = x.shape
+  return x.transpose(0, 4, 1, 3, 2, 5, 6).reshape(n * h, b * t * v * w, c)
+
+
+def cap_width(frames_THWC: np.ndarray, max_width: int = MAX_VIDEO_WIDTH) -> np.ndarray:
+  """Bilinear (half-pixel, no antialias) downscale to `max_width` keeping the aspect; unchanged if narrower."""
+  t, h, w, _ = frames_THWC.shape
+  if w <= max_width:
+    return frames_THWC
+  new_h = int(h * max_width / w)
+  return np.stack([cv2.resize(f, (max_width, new_h), interpolation=cv2.INTER_LINEAR) for f in frames_THWC])
+
+
+def _pad_even(frames_THWC: np.ndarray) -> np.ndarray:
+  """H.264 in yuv420p needs even sides: replicate the last row/column where odd."""
+  _, h, w, _ = frames_THWC.shape
+  return np.pad(frames_THWC, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _write_imageio_ffmpeg(path: str, frames_THWC: np.ndarray, fps: int) -> None:
+  import imageio_ffmpeg  # absent on the GPU boxes
+
+  t, h, w, _ = frames_THWC.shape
+  writer = imageio_ffmpeg.write_frames(
+      path, (w, h), fps=fps, quality=QUALITY, codec="libx264", macro_block_size=1, output_params=["-preset", "medium"]
+  )
+  writer.send(None)
+  for frame in frames_THWC:
+    writer.send(np.ascontiguousarray(frame))
+  writer.close()
+
+
+def _write_opencv(path: str, frames_THWC: np.ndarray, fps: int) -> None:
+  # OpenCV's pip wheels carry no H.264 encoder (licensing), so the fallback writes MPEG-4 part 2.
+  t, h, w, _ = frames_THWC.shape
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+  if not writer.isOpened():
+    raise RuntimeError(f"{path}: OpenCV could not open an mp4v writer")
+  for frame in frames_THWC:
+    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  writer.release()
+
+
+def write_mp4(path: str | os.PathLike, frames_THWC: np.ndarray, *, fps: int = FPS, backend: str = "auto") -> str:
+  """Writes uint8 RGB frames (T, H, W, 3) as mp4; returns the backend used ("imageio_ffmpeg" or "opencv")."""
+  if frames_THWC.dtype != np.uint8 or frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3:
+    raise ValueError(f"{path}: expected uint8 (T, H, W, 3) frames, got {frames_THWC.dtype} {frames_THWC.shape}")
+  if backend not in ("auto", "imageio_ffmpeg", "opencv"):
+    raise ValueError(f"backend must be auto, imageio_ffmpeg or opencv, got {backend!r}")
+  path = str(path)
+  if backend in ("auto", "imageio_ffmpeg"):
+    try:
+      _write_imageio_ffmpeg(path, frames_THWC, fps)
+      return "imageio_ffmpeg"
+    except ImportError:
+      if backend == "imageio_ffmpeg":
+        raise
+  _write_opencv(path, frames_THWC, fps)
+  return "opencv"
+
+
+def _resize_longer_side(image_HWC: np.ndarray, size: int) -> np.ndarray:
+  """The reference's `resize_image`: scale so the longer side is `size` (new sides truncated), antialiased."""
+  h, w, _ = image_HWC.shape
+  ratio = size / max(h, w)
+  new_h, new_w = int(ratio * h), int(ratio * w)
+  interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
+  return cv2.resize(image_HWC, (new_w, new_h), interpolation=interpolation)
+
+
+def write_jpeg(path: str | os.PathLike, image_HWC: np.ndarray, *, size: int = STRIP_SIZE) -> None:
+  """Resizes a [0, 1] float RGB image (longer side → size) and writes it as JPEG (quality 75, PIL's default)."""
+  image = _resize_longer_side(np.ascontiguousarray(image_HWC, np.float32), size)
+  image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75]):
+    raise RuntimeError(f"{path}: could not write JPEG")
+
+
+def save_sample_outputs(
+    out_dir: str | os.PathLike,
+    file_base: str,
+    rows: list[np.ndarray],
+    *,
+    fps: int = FPS,
+    max_width: int = MAX_VIDEO_WIDTH,
+    n_viz_sample: int = N_VIZ_SAMPLE,
+    backend: str = "auto",
+) -> tuple[pathlib.Path, pathlib.Path]:
+  """Writes `<file_base>.mp4` and `<file_base>_12frames.jpg` under out_dir.
+
+  Args:
+    rows: decoded clips in [-1, 1], each (B, V, T, H, W, 3) or (V, T, H, W, 3), all the same shape.
+
+  Returns:
+    (mp4 path, jpg path).
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  jpg_path = out_dir / f"{file_base}_{STRIP_FRAMES}frames.jpg"
+  write_jpeg(jpg_path, frame_strip(rows, n_viz_sample=n_viz_sample))
+  frames = cap_width(video_grid(rows, n_viz_sample=n_viz_sample), max_width)
+  mp4_path = out_dir / f"{file_base}.mp4"
+  write_mp4(mp4_path, _pad_even((frames * 255.0).astype(np.uint8)), fps=fps, backend=backend)
+  return mp4_path, jpg_path
