@@ -1,0 +1,1 @@
+"""Training building blocks: rectified-flow objective, LR schedule, optimizer, power EMA."""
