@@ -127,6 +127,8 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.model.text_encoder.num_tokens = 512
   config.model.text_encoder.compute_online = True
   config.model.text_encoder.path = ""
+  # Local Hugging Face tokenizer folder; "" = the folder the encoder was converted from.
+  config.model.text_encoder.tokenizer = ""
 
   # --- optimisation -----------------------------------------------------------------
   config.optimizer = ml_collections.ConfigDict()
