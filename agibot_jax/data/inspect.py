@@ -1,0 +1,82 @@
+"""Validates a training dataset against a config and optionally previews one sample.
+
+  python -m agibot_jax.data.inspect --config configs/edge.py \
+      --config.dataloader_train.dataset.dataset_dir=DIR [--preview out.mp4 --preview_index 0]
+
+Exit status 0 with a summary (samples, views, frames, fps, resolution, control type) when the dataset is
+valid; 2 with the list of every problem (each naming its file) otherwise. `--preview` writes the sample's
+views side by side (top row) above its control maps (bottom row; edge/vis with the "medium" preset).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from agibot_jax.data import layout, pipeline, video
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<control>.py[:tiny]", lock_config=True)
+_PREVIEW = flags.DEFINE_string("preview", None, "write a side-by-side preview mp4 of one sample here")
+_PREVIEW_INDEX = flags.DEFINE_integer("preview_index", 0, "sample index (sorted by id) for --preview")
+
+EXIT_PROBLEMS = 2
+
+
+def summary(settings: pipeline.DataSettings, samples: list[layout.Sample]) -> str:
+  frames = sorted({s.num_frames for s in samples})
+  fps = sorted({round(s.fps, 3) for s in samples})
+  sizes = sorted({hw for s in samples for hw in s.original_hw})
+  h, w = settings.resolution_hw
+  return "\n".join([
+      f"dataset:        {settings.dataset_dir}",
+      f"samples:        {len(samples)}",
+      f"views:          {', '.join(settings.views)}",
+      f"frames/view:    {frames[0]}..{frames[-1]} in files, {settings.num_video_frames} used"
+      f"{' (random start)' if settings.random_start_frame else ' (from frame 0)'}",
+      f"fps:            {', '.join(f'{f:g}' for f in fps)}",
+      f"source HxW:     {', '.join(f'{a}x{b}' for a, b in sizes)}",
+      f"resolution HxW: {h}x{w}",
+      f"control:        {settings.control_type}",
+  ])
+
+
+def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str) -> None:
+  sample = source.load(index, rng=None)
+  s = source.settings
+  t, n_views = s.num_video_frames, len(s.views)
+
+  def row(x_CTHW):  # (3, V·T, H, W) -> (T, H, V·W, 3)
+    x_VTHWC = x_CTHW.transpose(1, 2, 3, 0).reshape(n_views, t, *x_CTHW.shape[2:], 3)
+    return x_VTHWC.transpose(1, 2, 0, 3, 4).reshape(t, x_CTHW.shape[2], n_views * x_CTHW.shape[3], 3)
+
+  frames = [row(sample["video"]), row(sample[f"control_input_{s.control_type}"])]
+  video.write_video(path, np.concatenate(frames, axis=1), float(sample["fps"]))
+
+
+def run(config, preview: str | None = None, preview_index: int = 0) -> int:
+  """Validates `config`'s training dataset, prints the summary or the problems; returns the exit status."""
+  settings = pipeline.DataSettings.from_config(config, control_preset="medium")
+  try:
+    source = pipeline.AgibotMultiviewSource(settings)
+  except layout.DatasetError as e:
+    print(f"INVALID {e}", file=sys.stderr)
+    return EXIT_PROBLEMS
+  print(summary(settings, source.samples))
+  if preview:
+    write_preview(source, preview_index, preview)
+    print(f"preview:        {preview}")
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required")
+  return run(_CONFIG.value, _PREVIEW.value, _PREVIEW_INDEX.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

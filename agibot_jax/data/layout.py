@@ -1,0 +1,204 @@
+"""Dataset layout scan and up-front validation of an Agibot 3-view dataset directory (spec §1.1–§1.3).
+
+  <dataset_dir>/videos/<view>/<id>.mp4             RGB clip per view
+  <dataset_dir>/captions/<view>/<id>.json          {"caption": "..."} (head_color's is the prompt)
+  <dataset_dir>/control_input_<ct>/<view>/<id>.mp4 only for ct in {depth, seg}
+
+Samples are matched across views by file stem. `scan` checks the whole dataset once and returns every
+problem it finds (each naming the file); `load_index` refuses a dataset with problems unless told to drop
+the bad samples. The reference instead crashes at the first bad sample mid-training (spec §1.6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+from agibot_jax.data import video
+
+# View name -> view id (the camera embedding index), spec §1.3.
+VIEW_IDS = {"head_color": 0, "hand_left": 1, "hand_right": 2}
+CAPTION_PREFIXES = {
+    "head_color": "The video is captured from a camera mounted on the head of the subject, facing forward.",
+    "hand_left": "The video is captured from a camera mounted on the left hand of the subject.",
+    "hand_right": "The video is captured from a camera mounted on the right hand of the subject.",
+}
+PROMPT_VIEW = "head_color"
+CONTROL_TYPES = ("edge", "depth", "seg", "vis")
+FILE_CONTROLS = ("depth", "seg")
+_FPS_RTOL = 1e-3
+
+
+class DatasetError(ValueError):
+  """The dataset has problems; `problems` lists every one (each names its file)."""
+
+  def __init__(self, dataset_dir: str, problems: list[Problem]):
+    self.problems = problems
+    lines = "\n".join(f"  - {p}" for p in problems)
+    super().__init__(f"dataset {dataset_dir} has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  sample_id: str | None  # None: a dataset-level problem (missing folder, empty dataset)
+  path: str
+  message: str
+
+  def __str__(self) -> str:
+    return f"{self.path}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """One validated sample; per-view tuples follow the configured view order."""
+  sample_id: str
+  videos: tuple[str, ...]
+  controls: tuple[str, ...] | None  # depth/seg control files, else None
+  prompt: str
+  num_frames: int  # min over the views (all equal after validation)
+  fps: float
+  original_hw: tuple[tuple[int, int], ...]
+
+
+def view_captions(prompt: str, views: tuple[str, ...]) -> list[str]:
+  """Per-view caption strings fed to the text encoder (spec §1.3).
+
+  The prompt view gets `prefix + " " + prompt`; every other view gets `prefix + " "` (trailing space kept).
+  """
+  return [f"{CAPTION_PREFIXES[v]} {prompt if v == PROMPT_VIEW else ''}" for v in views]
+
+
+def check_config(views: tuple[str, ...], control_type: str) -> None:
+  unknown = [v for v in views if v not in VIEW_IDS]
+  if unknown or len(set(views)) != len(views) or not views:
+    raise ValueError(f"views must be distinct names from {tuple(VIEW_IDS)}, got {tuple(views)}")
+  if control_type not in CONTROL_TYPES:
+    raise ValueError(f"control_input_type must be one of {CONTROL_TYPES}, got {control_type!r}")
+
+
+def _read_caption(path: str) -> tuple[str | None, str | None]:
+  """Returns (caption, problem message)."""
+  if not os.path.isfile(path):
+    return None, "caption file missing"
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    return None, f"caption file is not valid JSON ({e})"
+  if not isinstance(data, dict) or not isinstance(data.get("caption"), str):
+    return None, 'caption file has no "caption" string'
+  return data["caption"], None
+
+
+def _stems(folder: str) -> set[str]:
+  if not os.path.isdir(folder):
+    return set()
+  return {f[:-4] for f in os.listdir(folder) if f.endswith(".mp4") and not f.startswith(".")}
+
+
+def _same_fps(a: float, b: float) -> bool:
+  return abs(a - b) <= _FPS_RTOL * max(abs(a), abs(b))
+
+
+def scan(dataset_dir: str, views: tuple[str, ...], control_type: str,
+         frames_needed: int) -> tuple[list[Sample], list[Problem]]:
+  """Checks the whole dataset; returns the valid samples (sorted by id) and every problem found."""
+  views = tuple(views)
+  check_config(views, control_type)
+  root = os.path.abspath(dataset_dir)
+  problems: list[Problem] = []
+  if not os.path.isdir(root):
+    return [], [Problem(None, root, "dataset directory not found")]
+  ctrl_root = os.path.join(root, f"control_input_{control_type}") if control_type in FILE_CONTROLS else None
+  folders = [os.path.join(root, "videos", v) for v in views] + [os.path.join(root, "captions", v) for v in views]
+  if ctrl_root:
+    folders += [os.path.join(ctrl_root, v) for v in views]
+  problems += [Problem(None, d, "folder missing") for d in folders if not os.path.isdir(d)]
+
+  stems_by_view = {v: _stems(os.path.join(root, "videos", v)) for v in views}
+  all_ids = sorted(set().union(*stems_by_view.values()))
+  samples = []
+  for sid in all_ids:
+    sample_problems: list[Problem] = []
+    present = [v for v in views if sid in stems_by_view[v]]
+    paths = [os.path.join(root, "videos", v, f"{sid}.mp4") for v in views]
+    if len(present) == 1 and len(views) > 1:
+      sample_problems.append(Problem(sid, paths[views.index(present[0])],
+                                     f"sample {sid!r} exists only in view {present[0]} (no other view has it)"))
+    else:
+      sample_problems += [Problem(sid, p, f"missing view file ({v}) of sample {sid!r}")
+                          for v, p in zip(views, paths) if v not in present]
+
+    prompt = ""
+    for v in views:
+      cap_path = os.path.join(root, "captions", v, f"{sid}.json")
+      caption, msg = _read_caption(cap_path)
+      if msg:
+        sample_problems.append(Problem(sid, cap_path, msg))
+      elif v == PROMPT_VIEW:
+        prompt = caption
+
+    infos = {}
+    for v, p in zip(views, paths):
+      if v in present:
+        try:
+          infos[v] = video.probe(p)
+        except video.VideoError as e:
+          sample_problems.append(Problem(sid, p, f"unreadable or corrupt video ({e})"))
+    for v, info in infos.items():
+      if info.num_frames < frames_needed:
+        sample_problems.append(Problem(sid, info.path,
+                                       f"video has {info.num_frames} frames, need at least {frames_needed}"))
+    if len(infos) > 1:
+      ref_view, ref = next(iter(infos.items()))
+      for v, info in infos.items():
+        if info.num_frames != ref.num_frames or not _same_fps(info.fps, ref.fps):
+          sample_problems.append(Problem(
+              sid, info.path, f"view {v} has {info.num_frames} frames at {info.fps:g} fps but view {ref_view} "
+              f"({ref.path}) has {ref.num_frames} frames at {ref.fps:g} fps"))
+
+    ctrl_paths = None
+    if ctrl_root:
+      ctrl_paths = tuple(os.path.join(ctrl_root, v, f"{sid}.mp4") for v in views)
+      for v, cp in zip(views, ctrl_paths):
+        if not os.path.isfile(cp):
+          sample_problems.append(Problem(sid, cp, f"{control_type} control file missing for view {v}"))
+          continue
+        try:
+          cinfo = video.probe(cp)
+        except video.VideoError as e:
+          sample_problems.append(Problem(sid, cp, f"unreadable or corrupt control video ({e})"))
+          continue
+        if v in infos and (cinfo.num_frames != infos[v].num_frames or not _same_fps(cinfo.fps, infos[v].fps)):
+          sample_problems.append(Problem(
+              sid, cp, f"control video has {cinfo.num_frames} frames at {cinfo.fps:g} fps but its RGB video "
+              f"{infos[v].path} has {infos[v].num_frames} frames at {infos[v].fps:g} fps"))
+
+    problems += sample_problems
+    if not sample_problems:
+      samples.append(Sample(
+          sample_id=sid, videos=tuple(paths), controls=ctrl_paths, prompt=prompt,
+          num_frames=min(i.num_frames for i in infos.values()), fps=infos[views[0]].fps,
+          original_hw=tuple((infos[v].height, infos[v].width) for v in views)))
+  if not all_ids:
+    problems.append(Problem(None, os.path.join(root, "videos", views[0]), "empty dataset: no .mp4 samples found"))
+  return samples, problems
+
+
+def load_index(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_needed: int,
+               skip_invalid: bool = False) -> list[Sample]:
+  """Validated sample list.
+
+  Raises:
+    DatasetError: any problem (listing all of them), or, with `skip_invalid`, no valid sample left.
+  """
+  samples, problems = scan(dataset_dir, views, control_type, frames_needed)
+  if problems and not (skip_invalid and samples):
+    raise DatasetError(dataset_dir, problems)
+  if problems:
+    dropped = sorted({p.sample_id for p in problems if p.sample_id is not None})
+    logging.warning("skip_invalid: dropping %d sample(s) %s of %s:\n%s", len(dropped), dropped, dataset_dir,
+                    "\n".join(f"  - {p}" for p in problems))
+  return samples

@@ -1,0 +1,199 @@
+"""Grain input pipeline of the Agibot 3-view control post-training (spec §1.4–§1.9, §2).
+
+  AgibotMultiviewSource   RandomAccessDataSource: sample index -> decoded, resized sample dict
+  build_dataset           keys -> shard -> per-epoch shuffle -> repeat -> load (+ per-sample RNG) -> batch
+  make_iterator           the checkpointable grain iterator (worker processes, prefetch)
+
+Per-sample randomness (edge thresholds, vis blur draws, optional random start frame) comes from
+`np.random.default_rng([seed, epoch, index])`, so a sample is reproducible from (seed, epoch, index)
+regardless of worker count or process layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+
+from agibot_jax.data import controls, layout, resize, video
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+  """The `dataloader_train.dataset` keys the loader reads."""
+  dataset_dir: str
+  control_type: str
+  views: tuple[str, ...] = tuple(layout.VIEW_IDS)
+  resolution_hw: tuple[int, int] = (432, 768)
+  num_video_frames: int = 93
+  random_start_frame: bool = False
+  skip_invalid: bool = False
+  video_backend: str = "auto"
+  # None: training randomisation of edge/vis; a preset name ("medium", ...): inference maps.
+  control_preset: str | None = None
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, control_preset: str | None = None) -> DataSettings:
+    ds = config.dataloader_train.dataset
+    return cls(dataset_dir=ds.dataset_dir, control_type=ds.control_input_type, views=tuple(ds.views),
+               resolution_hw=tuple(ds.resolution_hw), num_video_frames=int(ds.num_video_frames),
+               random_start_frame=bool(ds.random_start_frame), skip_invalid=bool(ds.skip_invalid),
+               video_backend=ds.video_backend, control_preset=control_preset)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, epoch, index])
+
+
+def _concat_views(per_view_THWC: Sequence[np.ndarray]) -> np.ndarray:
+  """V arrays (T, H, W, 3) -> (3, V·T, H, W), views major along time (spec §1.7)."""
+  return np.ascontiguousarray(np.concatenate(per_view_THWC, axis=0).transpose(3, 0, 1, 2))
+
+
+class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
+  """Validated samples of one dataset directory; `source[i]` is sample i with deterministic settings.
+
+  Validation runs once in the constructor (layout.load_index) and raises layout.DatasetError listing every
+  problem. `load(i, rng)` is the training entry: `rng` drives the start frame and the edge/vis draws.
+  """
+
+  def __init__(self, settings: DataSettings):
+    self.settings = settings
+    self.samples = layout.load_index(settings.dataset_dir, settings.views, settings.control_type,
+                                     settings.num_video_frames, settings.skip_invalid)
+    self._backend = video.resolve_backend(settings.video_backend)
+
+  def __len__(self) -> int:
+    return len(self.samples)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.load(index, rng=None)
+
+  def __repr__(self) -> str:
+    return f"AgibotMultiviewSource({self.settings.dataset_dir!r}, {len(self)} samples)"
+
+  def _decode(self, path: str, start: int) -> np.ndarray:
+    frames = video.read_frames(path, start, self.settings.num_video_frames, self._backend)
+    return resize.resize_uint8(frames, self.settings.resolution_hw, "bilinear")
+
+  def load(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+    """Sample dict of spec §1.8 before collation (numpy).
+
+    Keys: video / control_input_<ct> uint8 (3, V·T, H, W); ai_caption list[str] (V); view_indices int64 (V·T,);
+    fps float64; padding_mask float32 (1, H, W) zeros; frame_indices int64 (T,); original_hw int64 (V, 2);
+    __key__ sample id; and the constant multiview fields of §1.8.
+    """
+    s = self.settings
+    sample = self.samples[index]
+    t, (h, w), n_views = s.num_video_frames, s.resolution_hw, len(s.views)
+    start = 0
+    if s.random_start_frame and rng is not None:
+      start = int(rng.integers(0, sample.num_frames - t + 1))
+    per_view = [self._decode(p, start) for p in sample.videos]
+    if sample.controls is not None:
+      control = _concat_views([self._decode(p, start) for p in sample.controls])
+    else:
+      control = _concat_views([controls.compute(s.control_type, np.concatenate(per_view), rng,
+                                                s.control_preset or "medium")])
+    view_ids = np.array([layout.VIEW_IDS[v] for v in s.views], np.int64)
+    return {
+        "video": _concat_views(per_view),
+        f"control_input_{s.control_type}": control,
+        "ai_caption": layout.view_captions(sample.prompt, s.views),
+        "view_indices": np.repeat(view_ids, t),
+        "fps": np.float64(sample.fps),
+        "num_video_frames_per_view": np.int64(t),
+        "sample_n_views": np.int64(n_views),
+        "view_indices_selection": view_ids,
+        "camera_keys_selection": list(s.views),
+        "front_cam_view_idx_sample_position": np.int64(0),
+        "ref_cam_view_idx_sample_position": np.int64(-1),
+        "padding_mask": np.zeros((1, h, w), np.float32),
+        "frame_indices": np.arange(start, start + t, dtype=np.int64),
+        "chunk_index": np.int64(0),
+        "original_hw": np.array(sample.original_hw, np.int64),
+        "__key__": sample.sample_id,
+        "__url__": s.dataset_dir,
+    }
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Stacks array fields on a new batch axis; strings and string lists become Python lists (spec §1.8).
+
+  grain's default batching would turn a list of captions into a tree of per-position string arrays, so
+  the pipeline passes this as `batch_fn`.
+  """
+  out = {}
+  for key, first in samples[0].items():
+    if isinstance(first, (np.ndarray, np.generic)):
+      out[key] = np.stack([s[key] for s in samples])
+    else:
+      out[key] = [s[key] for s in samples]
+  return out
+
+
+class _LoadSample(grain.transforms.MapWithIndex):
+  """(position in the shard's stream, sample index) -> sample loaded with its (seed, epoch, index) RNG."""
+
+  def __init__(self, source: AgibotMultiviewSource, seed: int, epoch_length: int):
+    self._source = source
+    self._seed = seed
+    self._epoch_length = epoch_length
+
+  def map_with_index(self, position: int, index: int) -> dict[str, Any]:
+    index = int(index)
+    epoch = position // self._epoch_length
+    return self._source.load(index, sample_rng(self._seed, epoch, index))
+
+
+def build_dataset(source: AgibotMultiviewSource, *, batch_size: int, seed: int, shuffle: bool = True,
+                  shard_options: grain.sharding.ShardOptions | None = None,
+                  num_epochs: int | None = None) -> grain.MapDataset:
+  """Batched MapDataset over `source` for this process's shard.
+
+  Sample indices are split across processes first (`shard_options`; `drop_remainder` keeps shard sizes
+  equal), then each epoch visits the shard in a fresh seeded permutation. `num_epochs=None` repeats forever.
+  Batches drop the remainder (reference: drop_last=True).
+  """
+  shard_options = shard_options or grain.sharding.NoSharding()
+  n = len(source)
+  if shard_options.drop_remainder:
+    n -= n % shard_options.shard_count
+  keys = grain.MapDataset.range(n)[shard_options.shard_index::shard_options.shard_count]
+  epoch_length = len(keys)
+  if epoch_length == 0:
+    raise ValueError(f"{source}: shard {shard_options.shard_index}/{shard_options.shard_count} is empty")
+  if shuffle:
+    keys = keys.shuffle(seed=seed)
+  ds = keys.repeat(num_epochs)
+  ds = ds.map_with_index(_LoadSample(source, seed, epoch_length))
+  return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+
+
+def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_size: int) -> grain.DatasetIterator:
+  """Checkpointable iterator: `it.get_state()` / `it.set_state(state)` (or grain.checkpoint with Orbax).
+
+  `num_workers` > 0 decodes in that many worker processes, each keeping `prefetch_buffer_size` batches.
+  """
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch_buffer_size))
+  if num_workers > 0:
+    # grain's worker processes read absl flags; outside an absl app (tests, scripts) they are unparsed.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                           per_worker_buffer_size=prefetch_buffer_size))
+  return iter(it_ds)
+
+
+def from_config(config: ml_collections.ConfigDict, shard_options: grain.sharding.ShardOptions | None = None,
+                num_epochs: int | None = None) -> grain.DatasetIterator:
+  """Training iterator from the `dataloader_train` section and `seed` of a configs/*.py config."""
+  dl = config.dataloader_train
+  source = AgibotMultiviewSource(DataSettings.from_config(config))
+  ds = build_dataset(source, batch_size=dl.batch_size, seed=config.seed, shuffle=dl.shuffle,
+                     shard_options=shard_options, num_epochs=num_epochs)
+  return make_iterator(ds, num_workers=dl.num_workers, prefetch_buffer_size=dl.prefetch_buffer_size)

@@ -1,0 +1,46 @@
+"""Interface between the loader's caption strings and the text embeddings the DiT consumes (spec §3).
+
+The loader hands on per-view caption strings (`ai_caption`, one list of V strings per sample). The
+training path turns them into embeddings through a `TextEmbeddingProvider`; agibot_jax/text implements it
+(online Cosmos-Reason1 encoder or an offline cache).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class TextEmbeddingProvider(Protocol):
+  """Maps caption strings to per-token embeddings."""
+
+  @property
+  def num_tokens(self) -> int:
+    """Tokens per caption (512 for the reference encoder)."""
+
+  @property
+  def dim(self) -> int:
+    """Channels per token C (100352 = 28 layers x 3584 for FULL_CONCAT)."""
+
+  def embed(self, captions: Sequence[str]) -> np.ndarray:
+    """float32 (n, num_tokens, dim) for n captions, in order."""
+
+
+def embed_batch(provider: TextEmbeddingProvider, ai_caption: Sequence[Sequence[str]]) -> np.ndarray:
+  """Batch captions [[c_view0, ..., c_viewV-1], ...] (B lists) -> float32 (B, V·num_tokens, dim), view-major.
+
+  This is the multiview packing of spec §3.3: each view's caption is encoded separately and its
+  `num_tokens` tokens occupy rows [v·num_tokens, (v+1)·num_tokens).
+  """
+  n_views = {len(c) for c in ai_caption}
+  if len(n_views) != 1:
+    raise ValueError(f"every sample needs the same number of view captions, got {sorted(n_views)}")
+  (v,) = n_views
+  flat = [c for sample in ai_caption for c in sample]
+  emb_NLC = np.asarray(provider.embed(flat))
+  expected = (len(flat), provider.num_tokens, provider.dim)
+  if emb_NLC.shape != expected:
+    raise ValueError(f"{type(provider).__name__}.embed returned {emb_NLC.shape}, expected {expected}")
+  return emb_NLC.reshape(len(ai_caption), v * provider.num_tokens, provider.dim)
