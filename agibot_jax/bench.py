@@ -29,20 +29,6 @@ _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _PROFILE = flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
 
-# Dense bf16 peak of the cards we run on (TFLOP/s), for MFU.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
-
-
-def peak_tflops(device) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  return next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
-
-
-def peak_memory_gib(device) -> float | None:
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  return None if not stats else stats.get("peak_bytes_in_use", 0) / 2**30
-
-
 def synthetic_inputs(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, key):
   """Random inputs of the training shapes (3 views, one conditioned frame per view)."""
   h, w = latent_hw
@@ -102,7 +88,7 @@ def main(_):
   count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=batch)
   median = statistics.median(times)
   tflops = count.forward / median / 1e12
-  peak = peak_tflops(device)
+  peak = flops.peak_tflops(device)
   n_params = sum(p.size for p in jax.tree.leaves(params))
   result = dict(
       mode=_MODE.value, device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
@@ -112,7 +98,7 @@ def main(_):
       init_s=round(init_s, 2), compile_s=round(compile_s, 2), step_s_median=round(median, 4),
       step_s_min=round(min(times), 4), step_s_max=round(max(times), 4), model_flops=count.forward,
       tflops_per_device=round(tflops, 1), mfu=None if peak is None else round(tflops / peak, 4),
-      peak_memory_gib=None if peak_memory_gib(device) is None else round(peak_memory_gib(device), 2),
+      peak_memory_gib=None if flops.peak_memory_gib(device) is None else round(flops.peak_memory_gib(device), 2),
   )
   print(json.dumps(result))
 

@@ -44,3 +44,17 @@ def dit_flops(cfg, *, num_views: int, latent_hw: tuple[int, int], batch: int = 1
     step = (fwd + (cfg.num_blocks - 1) * (p_x + 2 * attn) + 2 * n * d * out_feat
             + n_ctrl * (2 * p_x + text_kv + 2 * attn) + 2 * proj + 2 * n * cfg.patch_features * d)
   return FlopCount(float(batch * fwd), float(batch * step))
+
+
+# Dense bf16 peak of the cards we run on (TFLOP/s), the denominator of MFU.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+
+def peak_tflops(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  return next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+
+
+def peak_memory_gib(device) -> float | None:
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  return None if not stats else stats.get("peak_bytes_in_use", 0) / 2**30

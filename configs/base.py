@@ -112,6 +112,8 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.net = dit_2b()
   config.model.train_base = False
+  # Random weights for models whose checkpoint is not given; only the CPU demo allows it.
+  config.model.allow_random_init = False
   config.model.precision = "bfloat16"
   config.model.shift = 5.0
   config.model.conditional_frames_probs = (0.5, 0.5, 0.0)  # P(n conditional latent frames per view)
@@ -123,6 +125,7 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.model.tokenizer.z_dim = 16
   config.model.tokenizer.temporal_window = 16
   config.model.tokenizer.dtype = "bfloat16"
+  config.model.tokenizer.path = ""  # converted VAE (python -m convert.vae); or a load_path bundle's vae/
   config.model.text_encoder = ml_collections.ConfigDict()
   config.model.text_encoder.num_tokens = 512
   config.model.text_encoder.compute_online = True
@@ -177,6 +180,8 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   if arg == "tiny":
     tiny_net(config.model.net)
     config.model.precision = "float32"
+    config.model.allow_random_init = True
+    config.model.tokenizer.dtype = "float32"
     config.model.tokenizer.dim = 16
     config.model.text_encoder.num_tokens = 512
     ds.resolution_hw = (64, 96)

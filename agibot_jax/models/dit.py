@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
+from agibot_jax import sharding
 from agibot_jax.models.attention import dot_product_attention
 
 Array = jax.Array
@@ -34,6 +35,8 @@ F32 = jnp.float32
 
 # Top-level parameter groups that post-training updates (the VACE control branch).
 TRAINABLE_GROUPS = ("control_blocks", "control_embedder", "control_before_proj")
+# Groups holding reference buffers (RoPE exponents): never trained, even with `model.train_base`.
+BUFFER_GROUPS = ("rope_buffers",)
 
 
 def is_trainable(path: Sequence[Any]) -> bool:
@@ -361,7 +364,7 @@ class Block(nn.Module):
     t, s = self.frames_per_view, self.tokens_per_frame
     dtype = jnp.dtype(cfg.dtype)
     x_BVLD = x_BVLD.astype(dtype)
-    x_BVLD = nn.with_logical_constraint(x_BVLD, ("activation_batch", "activation_view", "activation_length", "activation_embed"))
+    x_BVLD = sharding.constrain(x_BVLD, ("activation_batch", "activation_view", "activation_length", "activation_embed"))
 
     def mod_chunks(name, first_view_chunk):
       m = AdaLNModulation(cfg, name=name)(ctx.emb_BD, ctx.adaln_lora_B3D).astype(dtype)
@@ -620,15 +623,16 @@ class FinalLayer(nn.Module):
     return dense(out, "linear", in_dim=d, axes=("embed", None), cfg=cfg, dtype=F32)(h)
 
 
-def abstract_params(cfg: DiTConfig, num_views: int = 3, latent_hw: tuple[int, int] = (16, 16)):
-  """Parameter tree of `jax.ShapeDtypeStruct` (with logical partitioning boxes removed).
+def init_params(cfg: DiTConfig, key: jax.Array, *, boxed: bool = False, num_views: int = 3, latent_hw=(16, 16)):
+  """Random parameters (the reference's init, §8). `boxed` keeps the logical-axis boxes (`nn.Partitioned`)."""
+  inputs = example_inputs(cfg, min(num_views, cfg.n_cameras_emb), latent_hw)
+  params = MultiViewControlDiT(cfg).init(key, *inputs)["params"]
+  return params if boxed else nn.unbox(params)
 
-  Nothing is allocated: `jax.eval_shape` traces `init` only.
-  """
-  model = MultiViewControlDiT(cfg)
-  inputs = example_inputs(cfg, num_views, latent_hw, abstract=True)
-  variables = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *inputs)
-  return nn.unbox(variables["params"])
+
+def abstract_params(cfg: DiTConfig, *, boxed: bool = False):
+  """Parameter tree of `jax.ShapeDtypeStruct`; nothing is allocated (`jax.eval_shape` traces `init`)."""
+  return jax.eval_shape(lambda k: init_params(cfg, k, boxed=boxed), jax.random.key(0))
 
 
 def example_inputs(cfg: DiTConfig, num_views: int = 3, latent_hw=(16, 16), batch: int = 1, abstract: bool = False):

@@ -29,17 +29,12 @@ Params = dict[str, Any]
 PathPredicate = Callable[[tuple[str, ...]], bool]
 
 
-# Parameter-tree groups that hold reference *buffers* (RoPE frequencies): never trained, never
-# decayed, even with `model.train_base`.
-BUFFER_GROUPS = ("rope_buffers",)
-
-
 def trainable_predicate(config) -> PathPredicate:
   """Which parameter paths train: all but buffers with `model.train_base`, else the control branch."""
-  if config.model.train_base:
-    return lambda path: str(path[0]) not in BUFFER_GROUPS
   from agibot_jax.models import dit
 
+  if config.model.train_base:
+    return lambda path: str(path[0]) not in dit.BUFFER_GROUPS
   return dit.is_trainable
 
 

@@ -2,41 +2,7 @@
 
 import pytest
 
-# The chat template published with Qwen2.5-VL-7B-Instruct (and, per spec B.3, Cosmos-Reason1-7B).
-QWEN25_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
-    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]")
-WORDS = ("system user assistant You are a helpful who will provide prompts to an image generator . The video is "
-         "captured from camera mounted on the head of subject , facing forward left hand right robot picks up "
-         "red cup table").split()
-
-
-def build_tokenizer():
-  """WordLevel tokenizer (whitespace/punctuation split): ids 0..3 special, then WORDS; pad = <|endoftext|>."""
-  from tokenizers import Tokenizer, models, pre_tokenizers
-  from transformers import PreTrainedTokenizerFast
-
-  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-  for w in WORDS:
-    vocab.setdefault(w, len(vocab))
-  core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-  core.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="<|endoftext|>",
-                                eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-  tok.chat_template = QWEN25_VL_CHAT_TEMPLATE
-  return tok
+from agibot_jax.text.demo import QWEN25_VL_CHAT_TEMPLATE, build_demo_tokenizer as build_tokenizer  # noqa: F401
 
 
 @pytest.fixture(scope="session")

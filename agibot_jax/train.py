@@ -1,0 +1,309 @@
+"""Post-training of the Agibot 3-view control DiT.
+
+  python -m agibot_jax.train --config configs/seg.py --workdir runs/seg \
+      --config.dataloader_train.dataset.dataset_dir=DIR --config.checkpoint.load_path=BASE \
+      [--config.trainer.max_iter=10000 --config.optimizer.lr=1e-4 ...]
+  python -m agibot_jax.train --config configs/edge.py:tiny --workdir runs/demo   # CPU demo, nothing else needed
+
+Reads top to bottom: mesh, models, data, state (fresh or resumed from the workdir), loop. The loop
+encodes each batch (VAE latents of video and control, text embeddings), runs the jitted sharded
+train step, logs every `trainer.logging_iter` steps and saves every `checkpoint.save_iter` steps.
+
+`checkpoint.load_path` is a directory written by `python -m convert.dit` (the DiT alone) or a bundle
+directory with `dit/`, `vae/` and `text_encoder/` sub-directories written by the three converters.
+The VAE and text encoder may also be given as `model.tokenizer.path` / `model.text_encoder.path`,
+and the text embeddings as a cache (`dataloader_train.dataset.text_cache_dir`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from agibot_jax import flops, params_io, sharding
+from agibot_jax.data import pipeline
+from agibot_jax.data.text_provider import embed_batch
+from agibot_jax.models import dit
+from agibot_jax.models import vae as vae_lib
+from agibot_jax.training import checkpointing, optimizer as optim
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training.state import TrainState, new_state, state_shardings
+from agibot_jax.training.step import make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/edge.py or configs/edge.py:tiny")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, example data")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def _bundle_part(config, name: str) -> str:
+  load_path = config.checkpoint.load_path
+  if load_path and os.path.isdir(os.path.join(load_path, name)):
+    return os.path.join(load_path, name)
+  return ""
+
+
+def _random_ok(config, what: str, key: str) -> None:
+  if not config.model.allow_random_init:
+    raise ValueError(f"no {what} given: set {key} (or a checkpoint.load_path bundle with it); random weights are "
+                     "only allowed with model.allow_random_init=True (the tiny demo config)")
+  logging.warning("%s: randomly initialised (no %s given)", what, key)
+  print(f"[agibot-jax] {what}: randomly initialised (demo; set {key} for real weights)")
+
+
+def dit_params_path(config) -> str:
+  return _bundle_part(config, "dit") or config.checkpoint.load_path
+
+
+def build_vae(config):
+  cfg = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
+  model = vae_lib.WanVAE(cfg)
+  path = config.model.tokenizer.path or _bundle_part(config, "vae")
+  if path:
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.param_dtype)),
+                            vae_lib.abstract_params(model))
+    return model, params_io.restore_params(path, abstract)
+  _random_ok(config, "VAE", "model.tokenizer.path")
+  return model, vae_lib.init_params(model, jax.random.key(config.seed + 1))
+
+
+def build_text_provider(config):
+  from agibot_jax.text import provider
+
+  if config.dataloader_train.dataset.text_cache_dir or config.model.text_encoder.path:
+    return provider.text_provider(config)
+  bundled = _bundle_part(config, "text_encoder")
+  if bundled:
+    config.model.text_encoder.path = bundled
+    return provider.text_provider(config)
+  _random_ok(config, "text encoder", "model.text_encoder.path")
+  from agibot_jax.text.demo import demo_text_embedder
+
+  return demo_text_embedder(config.model.net.crossattn_proj_in_channels, seed=config.seed + 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def ensure_dataset(config, workdir: str) -> None:
+  """With no dataset_dir, write the synthetic example dataset into the workdir (the embedded default)."""
+  ds = config.dataloader_train.dataset
+  if ds.dataset_dir:
+    return
+  from agibot_jax.data import make_example
+
+  ds.dataset_dir = os.path.join(workdir, "example_data")
+  if not os.path.isdir(os.path.join(ds.dataset_dir, "videos")):
+    h, w = ds.resolution_hw
+    make_example.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h + 16,
+                               width=w + 32, seed=config.seed)
+  print(f"[agibot-jax] no dataset_dir given: using the synthetic example dataset at {ds.dataset_dir}")
+
+
+def make_encoder(vae_model, num_views: int, control_key: str):
+  """jit: loader batch (uint8 video and control) -> (video latent, control latent), one VAE call."""
+
+  @jax.jit
+  def encode(vae_params, video_BCTHW, control_BCTHW):
+    clips = jnp.concatenate([vae_lib.loader_to_channels_last(video_BCTHW),
+                             vae_lib.loader_to_channels_last(control_BCTHW)], axis=0)
+    latents = vae_lib.encode_multiview(vae_model, vae_params, clips, num_views=num_views)
+    b = video_BCTHW.shape[0]
+    return latents[:b], latents[b:]
+
+  del control_key
+  return encode
+
+
+def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
+  """Loader batch -> the train step's model batch (see agibot_jax/training/step.py), sharded on `mesh`."""
+  ct = config.dataloader_train.dataset.control_input_type
+  if "latent_video" in batch:  # from the latent cache (agibot_jax.data.cache_latents)
+    x0, control = batch["latent_video"], batch["latent_control"]
+  else:
+    x0, control = encode(vae_params, jnp.asarray(batch["video"]), jnp.asarray(batch[f"control_input_{ct}"]))
+  t = x0.shape[1] // len(config.dataloader_train.dataset.views)
+  view_indices = np.asarray(batch["view_indices"])
+  # Latent view ids: the first t pixel-frame ids of each view (spec §1.10).
+  frames_per_view = view_indices.shape[1] // len(config.dataloader_train.dataset.views)
+  latent_view_ids = np.concatenate([view_indices[:, v * frames_per_view:v * frames_per_view + t]
+                                    for v in range(len(config.dataloader_train.dataset.views))], axis=1)
+  emb = embed_batch(text_provider, batch["ai_caption"])
+  if config.model.precision == "bfloat16":
+    emb = emb.astype(jnp.bfloat16)
+  out = {
+      "x0_BTHWC": x0,
+      "control_BTHWC": control,
+      "crossattn_emb_BMC": emb,
+      "view_indices_BT": latent_view_ids.astype(np.int32),
+      "padding_mask_BHW": np.asarray(batch["padding_mask"], np.float32)[:, 0],
+  }
+  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.shape(v)), np.asarray(v))
+          for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+
+
+def init_or_restore(config, workdir, cfg, mesh, tx, ema, manager):
+  boxed = dit.abstract_params(cfg, boxed=True)
+  abstract_params = dit.abstract_params(cfg)
+  make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
+  abstract_state = jax.eval_shape(make, abstract_params)
+  shardings = state_shardings(abstract_state, boxed, mesh)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+
+  restored = checkpointing.restore_latest(manager, target)
+  if restored is not None:
+    state, data_state = restored
+    print(f"[agibot-jax] resumed from {checkpointing.checkpoint_dir(workdir)} at step {int(state.step)}")
+    return state, data_state, shardings
+
+  param_shardings = sharding.param_shardings(boxed, mesh)
+  path = dit_params_path(config)
+  if path:
+    meta = params_io.read_meta(path)
+    if meta.get("model") != "dit":
+      raise ValueError(f"checkpoint.load_path {path} holds a {meta.get('model')!r} checkpoint, not a DiT")
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
+                            param_shardings)
+    params = params_io.restore_params(path, abstract)
+    print(f"[agibot-jax] DiT base loaded from {path}")
+  else:
+    _random_ok(config, "DiT", "checkpoint.load_path")
+    params = jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(config.seed))
+  state = jax.jit(make, out_shardings=shardings)(params)
+  return state, None, shardings
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+class Logger:
+  """Console + TensorBoard scalars; throughput from the analytic FLOP count."""
+
+  def __init__(self, workdir: str, step_flops: float, num_devices: int):
+    from tensorboardX import SummaryWriter
+
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None
+    self.step_flops, self.num_devices = step_flops, num_devices
+    self.peak = flops.peak_tflops(jax.devices()[0])
+    self.t0, self.last_step = time.perf_counter(), None
+
+  def log(self, step: int, metrics: dict) -> dict:
+    now = time.perf_counter()
+    if self.last_step is not None:
+      sec = (now - self.t0) / max(step - self.last_step, 1)
+      tflops = self.step_flops / sec / self.num_devices / 1e12
+      metrics = {**metrics, "s_per_step": sec, "tflops_per_device": tflops}
+      if self.peak:
+        metrics["mfu"] = tflops / self.peak
+    self.t0, self.last_step = now, step
+    if self.writer is not None:
+      for k, v in metrics.items():
+        self.writer.add_scalar(f"train/{k}", float(v), step)
+      self.writer.flush()
+    return metrics
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def train(config, workdir: str) -> dict:
+  """Runs the job; returns the last logged metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(**config.mesh)
+  jax.set_mesh(mesh)
+
+  ensure_dataset(config, workdir)
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  model = dit.MultiViewControlDiT(cfg)
+  vae_model, vae_params = build_vae(config)
+  text_provider = build_text_provider(config)
+
+  ds = config.dataloader_train.dataset
+  num_views = len(ds.views)
+  latent_hw = (ds.resolution_hw[0] // vae_model.cfg.spatial_factor, ds.resolution_hw[1] // vae_model.cfg.spatial_factor)
+
+  tx = optim.make_optimizer(config)
+  ema = ema_lib.PowerEMA.from_config(config)
+  manager = checkpointing.make_manager(workdir, config)
+  state, data_state, state_sh = init_or_restore(config, workdir, cfg, mesh, tx, ema, manager)
+
+  shard = (jax.process_index(), jax.process_count())
+  data_iter = pipeline.from_config(config, shard_options=pipeline.grain.sharding.ShardOptions(*shard, drop_remainder=True))
+  if data_state is not None:
+    data_iter.set_state(data_state)
+  encode = make_encoder(vae_model, num_views, ds.control_input_type)
+  step_fn = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=(0,),
+                    out_shardings=(state_sh, None))
+
+  count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=config.dataloader_train.batch_size,
+                          train_base=bool(config.model.train_base))
+  logger = Logger(workdir, count.train_step, jax.device_count())
+  from tqdm import tqdm
+
+  callbacks = []
+  if config.trainer.callbacks.every_n_sample.every_n > 0:
+    from agibot_jax.sampling.callback import EveryNSample
+
+    callbacks.append(EveryNSample(config, workdir, dit_model=model, vae_model=vae_model, vae_params=vae_params,
+                                  text_provider=text_provider))
+
+  start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
+  last_metrics, last_saved = {}, start
+  progress = tqdm(total=max_iter, initial=start, desc="train", unit="step", disable=jax.process_index() != 0)
+  for step in range(start, max_iter):
+    loader_batch = next(data_iter)
+    batch = model_batch(loader_batch, encode, vae_params, text_provider, config, mesh)
+    state, metrics = step_fn(state, batch)
+    done = step + 1
+    progress.update(1)
+    for callback in callbacks:
+      callback(done, state, batch, loader_batch)
+    if done % config.trainer.logging_iter == 0 or done == max_iter:
+      last_metrics = logger.log(done, {k: float(v) for k, v in jax.device_get(metrics).items()})
+      progress.write(f"step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
+    if done % config.checkpoint.save_iter == 0 or done == max_iter:
+      checkpointing.save(manager, state, data_iter.get_state(), config)
+      last_saved = done
+  progress.close()
+  if last_saved != int(jax.device_get(state.step)):
+    checkpointing.save(manager, state, data_iter.get_state(), config)
+  manager.wait_until_finished()
+  manager.close()
+  logger.close()
+  print(f"[agibot-jax] checkpoints: {checkpointing.checkpoint_dir(workdir)}")
+  print(f"[agibot-jax] TensorBoard events: {os.path.join(os.path.abspath(workdir), 'tensorboard')}")
+  return {"step": int(jax.device_get(state.step)), **last_metrics}
+
+
+def main(argv):
+  del argv
+  if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
+    jax.distributed.initialize()
+  result = train(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,63 @@
+"""Training checkpoints with Orbax `CheckpointManager`.
+
+One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, holding
+  state   the TrainState (step, trainable masters, frozen base, optimizer state, EMA, PRNG key)
+  data    the grain iterator state (JSON)
+  config  the run's config (JSON)
+Saves are asynchronous (training continues while the previous one is written) and finalised
+atomically by Orbax: a checkpoint directory appears under its final name only once complete, so a
+run killed mid-save resumes from the last complete one. Old checkpoints beyond `checkpoint.keep`
+are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from agibot_jax.training.state import TrainState
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=int(config.checkpoint.keep),
+      enable_async_checkpointing=bool(config.checkpoint.async_save),
+      create=True,
+  )
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "config"))
+
+
+def _config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, config) -> None:
+  step = int(jax.device_get(state.step))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(data_state),
+      config=ocp.args.JsonSave(_config_json(config)),
+  ), force=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState) -> tuple[TrainState, Any] | None:
+  """(state, data iterator state) of the newest complete checkpoint, or None if there is none.
+
+  abstract_state: TrainState of `jax.ShapeDtypeStruct`s carrying the target shardings.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=ocp.args.JsonRestore(),
+  ))
+  return restored.state, restored.data

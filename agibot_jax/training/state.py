@@ -1,0 +1,105 @@
+"""The train state and its sharded construction.
+
+`TrainState` holds everything a step changes or needs to be resumed exactly: the step, the float32
+trainable masters, the frozen base (bf16 in production), the optimizer state, the float32 EMA of the
+trainable branch (the EMA of a frozen tensor is the tensor itself) and the PRNG key. Every leaf is
+sharded by the logical axis rules of `agibot_jax.sharding` (FSDP over the model width).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from agibot_jax import sharding
+from agibot_jax.models import dit
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import optimizer as optim
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32: completed optimizer steps (the reference's iteration)
+  trainable: Any  # float32 masters of the trained parameters
+  frozen: Any  # the rest, in `model.precision`
+  opt_state: optax.OptState
+  ema: Any  # float32 EMA of `trainable`, or None when disabled
+  rng: jax.Array  # uint32 key data; step keys are fold_in(rng, step)
+
+  def params(self) -> Any:
+    return optim.merge_params(self.trainable, self.frozen)
+
+  def ema_params(self) -> Any:
+    """Full EMA weights for export/sampling: EMA of the trained branch + the frozen base."""
+    return optim.merge_params(self.ema if self.ema is not None else self.trainable, self.frozen)
+
+
+def precision_dtype(config):
+  return jnp.bfloat16 if config.model.precision == "bfloat16" else jnp.float32
+
+
+def new_state(params, config, tx: optax.GradientTransformation, ema: ema_lib.PowerEMA | None, seed: int) -> TrainState:
+  """A step-0 state from full DiT params (any dtype; trainable cast to f32, frozen to the precision)."""
+  trainable, frozen = optim.partition_params(params, optim.trainable_predicate(config))
+  low = precision_dtype(config)
+  frozen = jax.tree.map(lambda p: p.astype(low) if jnp.issubdtype(p.dtype, jnp.floating) else p, frozen)
+  frozen = _keep_buffers_f32(frozen, params)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      trainable=trainable,
+      frozen=frozen,
+      opt_state=tx.init(trainable),
+      ema=None if ema is None else ema.init(trainable),
+      rng=jax.random.key_data(jax.random.key(seed)),
+  )
+
+
+def _keep_buffers_f32(frozen, params):
+  """RoPE exponent buffers stay as loaded: rounding them again would change the frequencies."""
+  for group in dit.BUFFER_GROUPS:
+    if group in frozen:
+      frozen = dict(frozen)
+      frozen[group] = params[group]
+  return frozen
+
+
+def state_shardings(abstract_state: TrainState, boxed_params, mesh) -> TrainState:
+  """NamedShardings for every leaf of a TrainState.
+
+  Parameters (and the optimizer moments and EMA, which share their shapes and paths) follow the
+  parameter logical axes; scalars and the key are replicated.
+  """
+  by_path = flax.traverse_util.flatten_dict(sharding.param_shardings(boxed_params, mesh))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def for_tree(tree):
+    """Shardings for a tree whose leaves mirror parameters somewhere below their path."""
+    def one(path, leaf):
+      keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+      for start in range(len(keys)):
+        hit = by_path.get(keys[start:])
+        if hit is not None and tuple(leaf.shape) == _shape_of(boxed_params, keys[start:]):
+          return hit
+      return replicated
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+  return TrainState(
+      step=replicated,
+      trainable=for_tree(abstract_state.trainable),
+      frozen=for_tree(abstract_state.frozen),
+      opt_state=for_tree(abstract_state.opt_state),
+      ema=None if abstract_state.ema is None else for_tree(abstract_state.ema),
+      rng=replicated,
+  )
+
+
+def _shape_of(boxed_params, keys):
+  node = boxed_params
+  for k in keys:
+    node = node[k]
+  return tuple(node.unbox().shape if isinstance(node, nn.Partitioned) else node.shape)

@@ -1,0 +1,86 @@
+"""One training step as a pure function of (state, model batch).
+
+The model batch holds what the network consumes, already on device: VAE latents of the video and
+of the control video, the raw text embedding, view ids and the padding mask. It comes either from
+online encoding (`agibot_jax.train.encode_batch`) or from the latent/text caches, so the step is the
+same either way.
+
+  model batch:
+    x0_BTHWC               float32 (B, V·T, h, w, 16) normalised video latent, view-major
+    control_BTHWC          float32 (B, V·T, h, w, 16) control latent
+    crossattn_emb_BMC      (B, V·512, C) raw text embedding (dropout happens in the step)
+    view_indices_BT        int32 (B, V·T)
+    padding_mask_BHW       float32 (B, H, W) pixel-space padding mask
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from agibot_jax.models import dit
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import objective
+from agibot_jax.training import optimizer as optim
+from agibot_jax.training.schedule import learning_rate_schedule
+from agibot_jax.training.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the step (hashable, so the step can be a jit static argument)."""
+
+  objective: objective.ObjectiveConfig
+  clip_norm: float
+  grad_accum: int
+  num_views: int
+
+  @classmethod
+  def from_config(cls, config) -> "StepConfig":
+    return cls(objective.ObjectiveConfig.from_config(config), float(config.optimizer.clip_norm),
+               int(config.trainer.grad_accum_iter), len(config.dataloader_train.dataset.views))
+
+
+def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransformation, config,
+                    ema: ema_lib.PowerEMA | None):
+  """`train_step(state, batch) -> (state, metrics)`, pure and jit-able."""
+  step_cfg = StepConfig.from_config(config)
+  lr_schedule = learning_rate_schedule(config)
+  compute_dtype = jnp.dtype(model.cfg.dtype)
+
+  def loss_fn(trainable, frozen, micro):
+    params = optim.merge_params(trainable, frozen)
+
+    def apply_fn(x_in, timesteps, context, mask):
+      return model.apply({"params": params}, x_in, timesteps, context, micro["control_BTHWC"], mask,
+                         micro["view_indices_BT"], micro["padding_mask_BHW"])
+
+    draws = objective.sample_draws(micro["key"], step_cfg.objective, micro["x0_BTHWC"].shape, step_cfg.num_views)
+    loss, _ = objective.rectified_flow_loss(apply_fn, micro["x0_BTHWC"], micro["crossattn_emb_BMC"], draws,
+                                            num_views=step_cfg.num_views, compute_dtype=compute_dtype)
+    return loss, ()
+
+  def train_step(state: TrainState, batch: dict[str, Any]):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grad_fn = jax.value_and_grad(lambda t, micro: loss_fn(t, state.frozen, micro), has_aux=True)
+    k = step_cfg.grad_accum
+    if k == 1:
+      (loss, _), grads = grad_fn(state.trainable, {**batch, "key": key})
+    else:
+      b = batch["x0_BTHWC"].shape[0]
+      if b % k:
+        raise ValueError(f"batch size {b} is not divisible by trainer.grad_accum_iter={k}")
+      micro = jax.tree.map(lambda a: a.reshape((k, b // k) + a.shape[1:]), batch)
+      micro["key"] = jax.random.split(key, k)
+      loss, _, grads = optim.accumulate_gradients(grad_fn, state.trainable, micro)
+    trainable, opt_state, grad_norm = optim.apply_gradients(tx, state.trainable, state.opt_state, grads,
+                                                            step_cfg.clip_norm)
+    new_ema = None if ema is None else ema.update(state.ema, trainable, state.step)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
+    return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state, ema=new_ema), metrics
+
+  return train_step
