@@ -1,6 +1,7 @@
 """Benchmark the multiview control DiT on synthetic inputs of the configured size.
 
   python -m agibot_jax.bench --config configs/edge.py --mode forward
+  python -m agibot_jax.bench --config configs/edge.py --mode train   # one full training step
   python -m agibot_jax.bench --config configs/edge.py --mode forward \
       --config.dataloader_train.dataset.resolution_hw='(720,1280)' --steps 5 --profile /tmp/trace
 
@@ -11,6 +12,7 @@ compile time. The last line printed is one JSON object.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -20,11 +22,15 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from agibot_jax import flops
+from agibot_jax import flops, sharding
 from agibot_jax.models import dit
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import optimizer as optim
+from agibot_jax.training.state import new_state
+from agibot_jax.training.step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/edge.py", "training config file")
-_MODE = flags.DEFINE_enum("mode", "forward", ["forward"], "what to time")
+_MODE = flags.DEFINE_enum("mode", "forward", ["forward", "train"], "what to time: the DiT forward or a training step")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _PROFILE = flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
@@ -47,18 +53,16 @@ def synthetic_inputs(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, 
   )
 
 
-def time_calls(fn, args, steps: int, warmup: int):
-  t0 = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return compiled, compile_s, times
+def synthetic_model_batch(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, pixel_hw, key, text_dtype):
+  """A train-step model batch (agibot_jax/training/step.py) of random latents and text."""
+  inputs = synthetic_inputs(cfg, latent_hw, num_views, batch, key)
+  return {
+      "x0_BTHWC": inputs["x_BTHWC"].astype(jnp.float32),
+      "control_BTHWC": inputs["latent_control_BTHWC"].astype(jnp.float32),
+      "crossattn_emb_BMC": inputs["crossattn_emb_BMC"].astype(text_dtype),
+      "view_indices_BT": inputs["view_indices_BT"],
+      "padding_mask_BHW": jnp.zeros((batch, *pixel_hw), jnp.float32),
+  }
 
 
 def main(_):
@@ -68,37 +72,72 @@ def main(_):
   latent_hw = (res_h // 8, res_w // 8)
   num_views, batch = len(config.dataloader_train.dataset.views), config.dataloader_train.batch_size
   device = jax.devices()[0]
+  mesh = sharding.make_mesh(**config.mesh)
+  jax.set_mesh(mesh)
 
-  model = dit.MultiViewControlDiT(cfg)
-  inputs = synthetic_inputs(cfg, latent_hw, num_views, batch, jax.random.key(1))
   t0 = time.perf_counter()
-  params = jax.jit(lambda k: model.init(k, **inputs)["params"])(jax.random.key(0))
-  params = jax.block_until_ready(jax.tree.map(lambda p: p.unbox() if hasattr(p, "unbox") else p, params,
-                                              is_leaf=lambda p: hasattr(p, "unbox")))
+  params = jax.block_until_ready(jax.jit(functools.partial(dit.init_params, cfg))(jax.random.key(0)))
   init_s = time.perf_counter() - t0
+  n_params = sum(p.size for p in jax.tree.leaves(params))
+  model = dit.MultiViewControlDiT(cfg)
+  count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=batch,
+                          train_base=bool(config.model.train_base))
 
-  forward = jax.jit(lambda p, kw: model.apply({"params": p}, **kw))
-  compiled, compile_s, times = time_calls(forward, (params, inputs), _STEPS.value, _WARMUP.value)
+  if _MODE.value == "forward":
+    inputs = synthetic_inputs(cfg, latent_hw, num_views, batch, jax.random.key(1))
+    fn, args, model_flops = jax.jit(lambda p, kw: model.apply({"params": p}, **kw)), (params, inputs), count.forward
+  else:
+    tx = optim.make_optimizer(config)
+    ema = ema_lib.PowerEMA.from_config(config)
+    make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
+    state = jax.jit(make, donate_argnums=0)(params)
+    del params
+    text_dtype = jnp.bfloat16 if config.model.precision == "bfloat16" else jnp.float32
+    model_batch = synthetic_model_batch(cfg, latent_hw, num_views, batch, (res_h, res_w), jax.random.key(1), text_dtype)
+    step = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=0)
+    fn, args, model_flops = step, (state, model_batch), count.train_step
+
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+
+  def call(args):
+    """One timed call; a train step donates its state, so the new state is fed back in."""
+    out = compiled(*args)
+    if _MODE.value == "train":
+      return (out[0], args[1]), out[1]
+    return args, out
+
+  times, losses = [], []
+  for i in range(_WARMUP.value + _STEPS.value):
+    t0 = time.perf_counter()
+    args, out = call(args)
+    jax.block_until_ready(out)
+    if i >= _WARMUP.value:
+      times.append(time.perf_counter() - t0)
+    if _MODE.value == "train":
+      losses.append(float(out["loss"]))
   if _PROFILE.value:
     jax.profiler.start_trace(_PROFILE.value)
     for _ in range(2):
-      jax.block_until_ready(compiled(params, inputs))
+      args, out = call(args)
+      jax.block_until_ready(out)
     jax.profiler.stop_trace()
 
-  count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=batch)
   median = statistics.median(times)
-  tflops = count.forward / median / 1e12
+  tflops = model_flops / median / 1e12 / jax.device_count()
   peak = flops.peak_tflops(device)
-  n_params = sum(p.size for p in jax.tree.leaves(params))
+  mem = flops.peak_memory_gib(device)
   result = dict(
-      mode=_MODE.value, device=device.device_kind, backend=jax.default_backend(), jax=jax.__version__,
-      resolution=[res_h, res_w], latent=[num_views * cfg.state_t, *latent_hw], tokens=num_views * cfg.state_t *
-      latent_hw[0] * latent_hw[1] // cfg.patch_spatial**2, batch=batch, params=n_params,
-      param_dtype=cfg.param_dtype, dtype=cfg.dtype, attention=cfg.attention, remat=cfg.remat_policy,
-      init_s=round(init_s, 2), compile_s=round(compile_s, 2), step_s_median=round(median, 4),
-      step_s_min=round(min(times), 4), step_s_max=round(max(times), 4), model_flops=count.forward,
-      tflops_per_device=round(tflops, 1), mfu=None if peak is None else round(tflops / peak, 4),
-      peak_memory_gib=None if flops.peak_memory_gib(device) is None else round(flops.peak_memory_gib(device), 2),
+      mode=_MODE.value, device=device.device_kind, num_devices=jax.device_count(), mesh=dict(mesh.shape),
+      backend=jax.default_backend(), jax=jax.__version__, resolution=[res_h, res_w],
+      latent=[num_views * cfg.state_t, *latent_hw],
+      tokens=num_views * cfg.state_t * latent_hw[0] * latent_hw[1] // cfg.patch_spatial**2, batch=batch,
+      params=n_params, param_dtype=cfg.param_dtype, dtype=cfg.dtype, precision=config.model.precision,
+      attention=cfg.attention, remat=cfg.remat_policy, init_s=round(init_s, 2), compile_s=round(compile_s, 2),
+      step_s_median=round(median, 4), step_s_min=round(min(times), 4), step_s_max=round(max(times), 4),
+      model_flops=model_flops, tflops_per_device=round(tflops, 1), mfu=None if peak is None else round(tflops / peak, 4),
+      peak_memory_gib=None if mem is None else round(mem, 2), losses=[round(x, 5) for x in losses],
   )
   print(json.dumps(result))
 

@@ -38,10 +38,7 @@ from agibot_jax.training import ema as ema_lib
 from agibot_jax.training.state import TrainState, new_state, state_shardings
 from agibot_jax.training.step import make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/edge.py or configs/edge.py:tiny")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, example data")
-flags.mark_flags_as_required(["config", "workdir"])
-
+METRICS_FILE = "metrics.jsonl"
 
 # ----------------------------------------------------------------------------------------------
 # Models
@@ -75,7 +72,12 @@ def build_vae(config):
                             vae_lib.abstract_params(model))
     return model, params_io.restore_params(path, abstract)
   _random_ok(config, "VAE", "model.tokenizer.path")
-  return model, vae_lib.init_params(model, jax.random.key(config.seed + 1))
+  # One jitted init at XLA -O0: eager init compiles every initializer op separately and an optimised
+  # compile of ~200 truncated-normal draws alone takes ~15 s on CPU (values are the same draws).
+  key = jax.random.key(config.seed + 1)
+  init = jax.jit(functools.partial(vae_lib.init_params, model)).lower(key).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+  return model, init(key)
 
 
 def build_text_provider(config):
@@ -90,7 +92,17 @@ def build_text_provider(config):
   _random_ok(config, "text encoder", "model.text_encoder.path")
   from agibot_jax.text.demo import demo_text_embedder
 
-  return demo_text_embedder(config.model.net.crossattn_proj_in_channels, seed=config.seed + 2)
+  embedder = demo_text_embedder(config.model.net.crossattn_proj_in_channels, seed=config.seed + 2)
+  embedder.num_tokens = int(config.model.net.text_tokens_per_view)
+  return embedder
+
+
+def check_text_provider(provider, cfg: dit.DiTConfig) -> None:
+  """The embeddings must have the shape the DiT's text path was built for (else a shape error deep in the step)."""
+  if provider.num_tokens != cfg.text_tokens_per_view or provider.dim != cfg.crossattn_proj_in_channels:
+    raise ValueError(f"text embeddings are ({provider.num_tokens} tokens, {provider.dim} channels) per view but the "
+                     f"DiT expects ({cfg.text_tokens_per_view}, {cfg.crossattn_proj_in_channels}) "
+                     "(model.net.text_tokens_per_view / model.net.crossattn_proj_in_channels)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,12 +206,19 @@ def init_or_restore(config, workdir, cfg, mesh, tx, ema, manager):
 
 
 class Logger:
-  """Console + TensorBoard scalars; throughput from the analytic FLOP count."""
+  """TensorBoard scalars and `<workdir>/metrics.jsonl`; throughput from the analytic FLOP count.
+
+  metrics.jsonl holds one JSON object per logged step ({"step": n, "loss": ..., ...}), appended across
+  restarts: a run resumed from an earlier checkpoint logs some steps again, and the last line of a step wins.
+  The first logged step of a (re)start has no throughput (it includes compilation).
+  """
 
   def __init__(self, workdir: str, step_flops: float, num_devices: int):
     from tensorboardX import SummaryWriter
 
-    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None
+    main = jax.process_index() == 0
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if main else None
+    self.jsonl = open(os.path.join(workdir, METRICS_FILE), "a") if main else None
     self.step_flops, self.num_devices = step_flops, num_devices
     self.peak = flops.peak_tflops(jax.devices()[0])
     self.t0, self.last_step = time.perf_counter(), None
@@ -217,11 +236,24 @@ class Logger:
       for k, v in metrics.items():
         self.writer.add_scalar(f"train/{k}", float(v), step)
       self.writer.flush()
+      self.jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+      self.jsonl.flush()
     return metrics
 
   def close(self):
     if self.writer is not None:
       self.writer.close()
+      self.jsonl.close()
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+  """step -> metrics of that step's last logged line in `<workdir>/metrics.jsonl`."""
+  out = {}
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    for line in f:
+      row = json.loads(line)
+      out[row.pop("step")] = row
+  return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,6 +270,7 @@ def train(config, workdir: str) -> dict:
   model = dit.MultiViewControlDiT(cfg)
   vae_model, vae_params = build_vae(config)
   text_provider = build_text_provider(config)
+  check_text_provider(text_provider, cfg)
 
   ds = config.dataloader_train.dataset
   num_views = len(ds.views)
@@ -296,14 +329,40 @@ def train(config, workdir: str) -> dict:
   return {"step": int(jax.device_get(state.step)), **last_metrics}
 
 
+def distributed_init_args(environ=os.environ) -> dict | None:
+  """`jax.distributed.initialize` arguments for a multi-process launch, None for a single process.
+
+  Multi-process runs are recognised from
+    JAX_COORDINATOR_ADDRESS=host:port with JAX_NUM_PROCESSES and JAX_PROCESS_ID  (any launcher, one
+        process per host; JAX reads the address itself, the other two are passed explicitly)
+    SLURM_NTASKS > 1 (srun) or OMPI_COMM_WORLD_SIZE > 1 (mpirun)  (JAX detects the rest)
+  A single-task SLURM or MPI job stays single-process, so `sbatch` without `srun` still runs.
+  """
+  if environ.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not environ.get(k)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not: set JAX_NUM_PROCESSES "
+                       "(total processes) and JAX_PROCESS_ID (this process, 0-based) too")
+    return {"num_processes": int(environ["JAX_NUM_PROCESSES"]), "process_id": int(environ["JAX_PROCESS_ID"])}
+  for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if int(environ.get(key) or 1) > 1:
+      return {}
+  return None
+
+
 def main(argv):
   del argv
-  if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
-    jax.distributed.initialize()
-  result = train(_CONFIG.value, _WORKDIR.value)
+  init_args = distributed_init_args()
+  if init_args is not None:
+    jax.distributed.initialize(**init_args)
+  result = train(flags.FLAGS.config, flags.FLAGS.workdir)
   if jax.process_index() == 0:
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
+  # Defined here rather than at import, so other entry points (agibot_jax.sample) can import this module.
+  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/edge.py or configs/edge.py:tiny")
+  flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, example data")
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

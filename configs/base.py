@@ -53,7 +53,7 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.param_dtype = "float32"
   net.dtype = "bfloat16"
   net.attention = "auto"  # xla | cudnn | auto
-  net.remat_policy = "save_attention"  # none | full | save_attention | save_dots
+  net.remat_policy = "full"  # none | full | save_self_attention | save_attention | save_dots (BENCHMARKS.md)
   return net
 
 

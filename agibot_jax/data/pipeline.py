@@ -1,12 +1,17 @@
 """Grain input pipeline of the Agibot 3-view control post-training (spec §1.4–§1.9, §2).
 
   AgibotMultiviewSource   RandomAccessDataSource: sample index -> decoded, resized sample dict
+                          (or, with a latent cache, the sample's cached VAE latents)
   build_dataset           keys -> shard -> per-epoch shuffle -> repeat -> load (+ per-sample RNG) -> batch
   make_iterator           the checkpointable grain iterator (worker processes, prefetch)
 
 Per-sample randomness (edge thresholds, vis blur draws, optional random start frame) comes from
 `np.random.default_rng([seed, epoch, index])`, so a sample is reproducible from (seed, epoch, index)
 regardless of worker count or process layout.
+
+With `dataloader_train.dataset.latent_cache_dir` set, samples carry `latent_video` / `latent_control` read
+from a cache written by `python -m agibot_jax.data.cache_latents` instead of `video` / `control_input_<ct>`;
+the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_cache.py).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from agibot_jax.data import controls, layout, resize, video
+from agibot_jax.data import controls, latent_cache, layout, resize, video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,8 @@ class DataSettings:
   video_backend: str = "auto"
   # None: training randomisation of edge/vis; a preset name ("medium", ...): inference maps.
   control_preset: str | None = None
+  # A cache written by agibot_jax.data.cache_latents: samples carry its latents instead of pixels.
+  latent_cache_dir: str = ""
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, control_preset: str | None = None) -> DataSettings:
@@ -42,7 +49,8 @@ class DataSettings:
     return cls(dataset_dir=ds.dataset_dir, control_type=ds.control_input_type, views=tuple(ds.views),
                resolution_hw=tuple(ds.resolution_hw), num_video_frames=int(ds.num_video_frames),
                random_start_frame=bool(ds.random_start_frame), skip_invalid=bool(ds.skip_invalid),
-               video_backend=ds.video_backend, control_preset=control_preset)
+               video_backend=ds.video_backend, control_preset=control_preset,
+               latent_cache_dir=ds.get("latent_cache_dir", ""))
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -59,6 +67,8 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
 
   Validation runs once in the constructor (layout.load_index) and raises layout.DatasetError listing every
   problem. `load(i, rng)` is the training entry: `rng` drives the start frame and the edge/vis draws.
+  With `settings.latent_cache_dir`, the constructor also checks the cache against the settings and that it
+  holds every sample (latent_cache.CacheMismatchError / FileNotFoundError), and `rng` is unused.
   """
 
   def __init__(self, settings: DataSettings):
@@ -66,6 +76,11 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
     self.samples = layout.load_index(settings.dataset_dir, settings.views, settings.control_type,
                                      settings.num_video_frames, settings.skip_invalid)
     self._backend = video.resolve_backend(settings.video_backend)
+    self.cache = None
+    if settings.latent_cache_dir:
+      self.cache = latent_cache.LatentCache(settings.latent_cache_dir)
+      self.cache.check(latent_cache.data_meta(settings))
+      self.cache.check_samples(s.sample_id for s in self.samples)
 
   def __len__(self) -> int:
     return len(self.samples)
@@ -86,23 +101,28 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
     Keys: video / control_input_<ct> uint8 (3, V·T, H, W); ai_caption list[str] (V); view_indices int64 (V·T,);
     fps float64; padding_mask float32 (1, H, W) zeros; frame_indices int64 (T,); original_hw int64 (V, 2);
     __key__ sample id; and the constant multiview fields of §1.8.
+    From a latent cache, latent_video / latent_control float32 (V·t, H/8, W/8, 16) replace video / control.
     """
     s = self.settings
     sample = self.samples[index]
     t, (h, w), n_views = s.num_video_frames, s.resolution_hw, len(s.views)
-    start = 0
-    if s.random_start_frame and rng is not None:
-      start = int(rng.integers(0, sample.num_frames - t + 1))
-    per_view = [self._decode(p, start) for p in sample.videos]
-    if sample.controls is not None:
-      control = _concat_views([self._decode(p, start) for p in sample.controls])
+    if self.cache is not None:
+      latent_video, latent_control, start = self.cache.read(sample.sample_id)
+      pixels_or_latents = {"latent_video": latent_video, "latent_control": latent_control}
     else:
-      control = _concat_views([controls.compute(s.control_type, np.concatenate(per_view), rng,
-                                                s.control_preset or "medium")])
+      start = 0
+      if s.random_start_frame and rng is not None:
+        start = int(rng.integers(0, sample.num_frames - t + 1))
+      per_view = [self._decode(p, start) for p in sample.videos]
+      if sample.controls is not None:
+        control = _concat_views([self._decode(p, start) for p in sample.controls])
+      else:
+        control = _concat_views([controls.compute(s.control_type, np.concatenate(per_view), rng,
+                                                  s.control_preset or "medium")])
+      pixels_or_latents = {"video": _concat_views(per_view), f"control_input_{s.control_type}": control}
     view_ids = np.array([layout.VIEW_IDS[v] for v in s.views], np.int64)
     return {
-        "video": _concat_views(per_view),
-        f"control_input_{s.control_type}": control,
+        **pixels_or_latents,
         "ai_caption": layout.view_captions(sample.prompt, s.views),
         "view_indices": np.repeat(view_ids, t),
         "fps": np.float64(sample.fps),
@@ -190,10 +210,17 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
 
 
 def from_config(config: ml_collections.ConfigDict, shard_options: grain.sharding.ShardOptions | None = None,
-                num_epochs: int | None = None) -> grain.DatasetIterator:
-  """Training iterator from the `dataloader_train` section and `seed` of a configs/*.py config."""
+                num_epochs: int | None = None, vae_params: Any | None = None) -> grain.DatasetIterator:
+  """Training iterator from the `dataloader_train` section and `seed` of a configs/*.py config.
+
+  With a latent cache, its VAE must match `config.model.tokenizer` and, when `vae_params` is given, those weights.
+  """
   dl = config.dataloader_train
   source = AgibotMultiviewSource(DataSettings.from_config(config))
+  if source.cache is not None:
+    from agibot_jax.models.vae import VAEConfig
+
+    source.cache.check_vae(VAEConfig.from_tokenizer_config(config.model.tokenizer), vae_params)
   ds = build_dataset(source, batch_size=dl.batch_size, seed=config.seed, shuffle=dl.shuffle,
                      shard_options=shard_options, num_epochs=num_epochs)
   return make_iterator(ds, num_workers=dl.num_workers, prefetch_buffer_size=dl.prefetch_buffer_size)

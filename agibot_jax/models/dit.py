@@ -380,7 +380,7 @@ class Block(nn.Module):
     k, val = sa.keys_values(h)
     k = apply_rope(k, ctx.rope_cos_LK, ctx.rope_sin_LK)
     o = dot_product_attention(q, k, val, implementation=cfg.attention)
-    o = checkpoint_name(o, "attention_out")
+    o = checkpoint_name(o, "self_attention_out")
     x_BVLD = x_BVLD + gate * sa.out(o).reshape(b, v, l, d)
 
     # Cross-view attention: each token sees its neighbour views' tokens at the same frame.
@@ -445,7 +445,9 @@ class ControlBlock(Block):
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "save_attention": jax.checkpoint_policies.save_only_these_names("attention_out"),
+    # Self-attention is ~60% of the block's FLOPs but one tensor: keep it, recompute the rest.
+    "save_self_attention": jax.checkpoint_policies.save_only_these_names("self_attention_out"),
+    "save_attention": jax.checkpoint_policies.save_only_these_names("self_attention_out", "attention_out"),
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 

@@ -31,6 +31,9 @@ def make_manager(workdir: str, config) -> ocp.CheckpointManager:
       max_to_keep=int(config.checkpoint.keep),
       enable_async_checkpointing=bool(config.checkpoint.async_save),
       create=True,
+      # A save killed midway leaves `<step>.orbax-checkpoint-tmp*`; restore never sees it (only finalised
+      # steps are listed) and removing it at start lets the resumed run save that step again.
+      cleanup_tmp_directories=True,
   )
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "config"))
 

@@ -1,0 +1,96 @@
+"""In-training sample videos, the reference's `EveryNDrawSampleMultiviewVideo` (training.md §9).
+
+Every `trainer.callbacks.every_n_sample.every_n` steps (after the step; first at every_n), for the regular and
+then the EMA weights, on the current training batch: 6 samples (num_cond_frames outer × guidance inner, from
+the same RandomState(1) noise, 35 UniPC steps at shift 5), decoded, then the input video and the control pixels
+as the last two rows. Process 0 writes
+
+  <workdir>/samples/{reg|ema}_ReplicateID0000_Sample_Iter{step:09d}_3views.mp4   and   …_12frames.jpg
+
+and logs the 12-frame strip to TensorBoard (`<workdir>/tensorboard`, tag `samples/{reg|ema}`). Every process
+runs the sampling (the arrays are sharded over all of them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cv2
+import jax
+import numpy as np
+
+from agibot_jax.models import dit
+from agibot_jax.models import vae as vae_lib
+from agibot_jax.sampling import generate, video_out
+
+
+class EveryNSample:
+  """Train-loop callback: `callback(step, state, batch, loader_batch)` after every optimizer step.
+
+  Args:
+    config: the run's config; reads `trainer.callbacks.every_n_sample` (every_n, guidance, num_cond_frames,
+      num_sampling_step, fps; optional shift and seed, default 5.0 and 1) and the dataset's views / control type.
+    workdir: the run directory.
+    dit_model, vae_model, vae_params: the networks (the DiT weights come from the state at each firing).
+    text_provider: unused: the model batch already holds the text embeddings and the unconditional branch is
+      all zeros (the reference callback uses no negative prompt); accepted so every callback is built alike.
+  """
+
+  def __init__(self, config, workdir: str, *, dit_model: dit.MultiViewControlDiT, vae_model: vae_lib.WanVAE,
+               vae_params, text_provider=None):
+    del text_provider
+    cb = config.trainer.callbacks.every_n_sample
+    ds = config.dataloader_train.dataset
+    self.every_n = int(cb.every_n)
+    self.guidance = tuple(float(g) for g in cb.guidance)
+    self.num_cond_frames = tuple(int(n) for n in cb.num_cond_frames)
+    self.fps = int(cb.fps)
+    self.num_views = len(ds.views)
+    self.control_key = f"control_input_{ds.control_input_type}"
+    self.out_dir = os.path.join(workdir, "samples")
+    self.tb_dir = os.path.join(workdir, "tensorboard")
+    self.vae_params = vae_params
+    self.generator = generate.Generator(dit_model, vae_model, num_views=self.num_views,
+                                        num_steps=int(cb.num_sampling_step), shift=float(cb.get("shift", 5.0)),
+                                        seed=int(cb.get("seed", generate.NOISE_SEED)))
+    self._writer = None
+
+  def __call__(self, step: int, state, batch: dict, loader_batch: dict) -> None:
+    if self.every_n <= 0 or step % self.every_n:
+      return
+    weights = [("reg", state.params)]
+    if state.ema is not None:
+      weights.append(("ema", state.ema_params))
+    for tag, get_params in weights:
+      t0 = time.perf_counter()
+      rows = self.sample_rows(get_params(), batch, loader_batch)
+      if jax.process_index() == 0:
+        mp4, jpg = video_out.save_sample_outputs(self.out_dir, video_out.sample_file_base(tag, step, self.num_views),
+                                                 rows, fps=self.fps)
+        self._log_image(f"samples/{tag}", jpg, step)
+        print(f"[agibot-jax] step {step}: {tag} samples in {time.perf_counter() - t0:.1f}s -> {mp4}")
+
+  def sample_rows(self, params, batch: dict, loader_batch: dict) -> list[np.ndarray]:
+    """The visualised rows, each (b, V, T, H, W, 3) in [-1, 1]: samples, input video, control pixels."""
+    rows = [self.generator.generate(params, self.vae_params, batch, guidance=g, num_cond_frames=n)
+            for n in self.num_cond_frames for g in self.guidance]
+    if "video" in loader_batch:
+      rows.append(generate.pixels_to_rows(loader_batch["video"], self.num_views))
+      rows.append(generate.pixels_to_rows(loader_batch[self.control_key], self.num_views))
+    else:  # latent-cache batches carry no pixels: show the decoded latents instead
+      rows.append(self.generator.decode(self.vae_params, batch["x0_BTHWC"]))
+      rows.append(self.generator.decode(self.vae_params, batch["control_BTHWC"]))
+    # The loader pixels are this process's items only; the samples cover the global batch, whose first
+    # items are process 0's.
+    b = min(len(r) for r in rows)
+    return [r[:b] for r in rows]
+
+  def _log_image(self, tag: str, jpg_path, step: int) -> None:
+    if self._writer is None:
+      from tensorboardX import SummaryWriter
+
+      self._writer = SummaryWriter(self.tb_dir)
+    image = cv2.cvtColor(cv2.imread(str(jpg_path)), cv2.COLOR_BGR2RGB)
+    self._writer.add_image(tag, image, step, dataformats="HWC")
+    self._writer.flush()
