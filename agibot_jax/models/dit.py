@@ -46,6 +46,22 @@ def is_trainable(path: Sequence[Any]) -> bool:
   return str(first) in TRAINABLE_GROUPS
 
 
+# Reference constructor options with the one value the Agibot network uses (spec §1).
+REFERENCE_FIXED_OPTIONS = {
+    "pos_emb_cls": "rope3d",
+    "use_adaln_lora": True,
+    "adaln_view_embedding": True,
+    "concat_view_embedding": False,
+    "enable_cross_view_attn": True,
+    "use_crossattn_projection": True,
+    "rope_enable_fps_modulation": False,
+    "extra_per_block_abs_pos_emb": False,
+    "use_input_hint_block": False,
+    "vace_has_mask": False,
+    "condition_strategy": "spaced",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
   """Hyperparameters of `MultiViewControlDiT` (names follow the reference's net config)."""
@@ -130,7 +146,15 @@ class DiTConfig:
 
   @classmethod
   def from_reference_kwargs(cls, kwargs: Mapping[str, Any], **overrides) -> "DiTConfig":
-    """From the reference constructor kwargs (e.g. a golden file's JSON `constructor_kwargs`)."""
+    """From the reference constructor kwargs (e.g. a golden file's JSON `constructor_kwargs`).
+
+    Options this port implements only in the Agibot setting must have that value; anything else is
+    an error naming the option rather than a silently different network.
+    """
+    unsupported = {k: kwargs[k] for k, v in REFERENCE_FIXED_OPTIONS.items() if k in kwargs and kwargs[k] != v}
+    if unsupported:
+      raise ValueError(f"unsupported reference options {unsupported}; this port implements "
+                       f"{ {k: REFERENCE_FIXED_OPTIONS[k] for k in unsupported} }")
     ids = kwargs.get("camera_to_view_id", {"head_color": 0, "hand_left": 1, "hand_right": 2})
     n_cam = int(kwargs.get("n_cameras_emb", 3))
     nbr_map = [()] * n_cam

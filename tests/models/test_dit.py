@@ -141,3 +141,9 @@ def test_patchify_unpatchify_index_conventions():
 def test_config_rejects_unknown_keys():
   with pytest.raises(KeyError, match="nonsense"):
     dit.DiTConfig.from_config({"nonsense": 1})
+
+
+def test_unsupported_reference_options_are_rejected(golden):
+  kwargs = dict(golden["meta"]["constructor_kwargs"], concat_view_embedding=True)
+  with pytest.raises(ValueError, match="concat_view_embedding"):
+    dit.DiTConfig.from_reference_kwargs(kwargs)
