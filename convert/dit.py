@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 
@@ -210,23 +211,52 @@ def convert(src: str, dst: str, *, ema: bool = True, config: str | None = None, 
   params_io.save_params(dst, params, meta, force=force)
 
 
-def export(src_dir: str, dst: str, *, dtype: str | None = None) -> None:
+def _training_checkpoint_params(src_dir: str, ema: bool):
+  """(DiTConfig, full params) from the newest training checkpoint under a workdir or its checkpoints/ dir."""
+  import orbax.checkpoint as ocp
+
+  from agibot_jax.models import dit
+  from agibot_jax.training import optimizer as optim
+
+  ckpt_dir = os.path.join(src_dir, "checkpoints") if os.path.isdir(os.path.join(src_dir, "checkpoints")) else src_dir
+  with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data", "config")) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{src_dir}: no converted DiT (agibot_meta.json) and no training checkpoint")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                             config=ocp.args.JsonRestore()))
+  state = restored.state
+  branch = state["ema"] if ema and state.get("ema") is not None else state["trainable"]
+  params = optim.merge_params(jax_free(branch), jax_free(state["frozen"]))
+  return dit.DiTConfig.from_config(restored.config["model"]["net"]), params
+
+
+def jax_free(tree):
+  return mapping.unflatten_tree({k: np.asarray(v) for k, v in mapping.flatten_tree(tree).items()})
+
+
+def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True) -> None:
+  """Converted DiT directory, or a training workdir (EMA or regular weights), -> reference `.pt`."""
   from agibot_jax import params_io
   from agibot_jax.models import dit
   from convert import torch_io
 
-  meta = params_io.read_meta(src_dir)
-  if meta.get("model") != "dit":
-    raise ValueError(f"{src_dir} holds a {meta.get('model')!r} checkpoint, not a DiT")
-  cfg = dit.DiTConfig.from_config(meta["config"])
-  params = params_io.to_numpy_tree(params_io.restore_params(src_dir))
+  if os.path.exists(os.path.join(src_dir, params_io.META_FILE)):
+    meta = params_io.read_meta(src_dir)
+    if meta.get("model") != "dit":
+      raise ValueError(f"{src_dir} holds a {meta.get('model')!r} checkpoint, not a DiT")
+    cfg = dit.DiTConfig.from_config(meta["config"])
+    params = params_io.to_numpy_tree(params_io.restore_params(src_dir))
+  else:
+    cfg, params = _training_checkpoint_params(src_dir, ema)
   torch_io.save_state_dict(params_to_torch_state(params, cfg, dtype), dst, prefix="net.")
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description="Convert the multiview control DiT between PyTorch and Flax/Orbax.")
   parser.add_argument("--src", help="PyTorch checkpoint: .pt/.pth, .safetensors, DCP directory or hf://ORG/REPO/PATH[@REV]")
-  parser.add_argument("--export", metavar="DIR", help="converted Orbax checkpoint to export back to PyTorch")
+  parser.add_argument("--export", metavar="DIR",
+                      help="converted DiT directory or training workdir to export back to PyTorch (EMA unless --no-ema)")
   parser.add_argument("--dst", required=True, help="output: Orbax directory (convert) or .pt/.safetensors file (export)")
   parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="take net_ema.* (default)")
   parser.add_argument("--no-ema", dest="ema", action="store_false", help="take net.* (regular weights)")
@@ -240,7 +270,7 @@ def main(argv=None) -> int:
     if args.src:
       convert(args.src, args.dst, ema=args.ema, config=args.config, dtype=args.dtype, force=args.force)
     else:
-      export(args.export, args.dst, dtype=args.dtype)
+      export(args.export, args.dst, dtype=args.dtype, ema=args.ema)
   except (mapping.ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -179,3 +179,30 @@ def test_parity_cli_on_golden(golden_dir):
   assert out.returncode == 0, out.stderr
   last = out.stdout.strip().splitlines()[-1]
   assert last.startswith("max_abs_err=") and float(last.split("=")[1]) < 1e-4
+
+
+def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_path, torch_mod):
+  import jax
+  from configs import edge
+
+  from agibot_jax.training import checkpointing, ema as ema_lib, optimizer as optim
+  from agibot_jax.training.state import new_state
+  from convert import torch_io
+
+  config = edge.get_config("tiny")
+  config.checkpoint.async_save = False
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  params = dit.init_params(cfg, jax.random.key(0))
+  tx = optim.make_optimizer(config)
+  state = new_state(params, config, tx, ema_lib.PowerEMA.from_config(config), 0)
+  state = state.replace(ema=jax.tree.map(lambda e: e + 1.0, state.ema))  # make EMA and live weights differ
+  with checkpointing.make_manager(str(tmp_path), config) as manager:
+    checkpointing.save(manager, state, {}, config)
+  for flag, branch in (([], state.ema), (["--no-ema"], state.trainable)):
+    out = tmp_path / f"export{len(flag)}.pt"
+    assert convert_dit.main(["--export", str(tmp_path), "--dst", str(out)] + flag) == 0
+    sd = torch_mod.load(out, weights_only=True)
+    want = np.asarray(branch["control_blocks"]["after_proj"]["kernel"][1]).T
+    np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.control_blocks.1.after_proj.weight"]), want)
+    np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.blocks.2.mlp.layer1.weight"]),
+                                  np.asarray(params["blocks"]["mlp_layer1"]["kernel"][2]).T)
