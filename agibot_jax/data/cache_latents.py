@@ -96,7 +96,7 @@ def _define_flags():
   from absl import flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/depth.py or configs/depth.py:tiny")
+  config_flags.DEFINE_config_file("config", None, "training config, e.g. configs/depth.py or configs/depth.py:tiny")
   flags.DEFINE_string("workdir", None, "run directory: the cache goes to <workdir>/latent_cache unless "
                       "config.dataloader_train.dataset.latent_cache_dir is set")
   flags.mark_flags_as_required(["config", "workdir"])
