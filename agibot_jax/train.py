@@ -7,7 +7,10 @@
 
 Reads top to bottom: mesh, models, data, state (fresh or resumed from the workdir), loop. The loop
 encodes each batch (VAE latents of video and control, text embeddings), runs the jitted sharded
-train step, logs every `trainer.logging_iter` steps and saves every `checkpoint.save_iter` steps.
+train step, logs every `trainer.logging_iter` steps (console, TensorBoard under `<workdir>/tensorboard`,
+`<workdir>/metrics.jsonl`) and saves every `checkpoint.save_iter` steps (`<workdir>/checkpoints/<step>`:
+train state, data iterator position, config JSON). Rerunning the same command resumes from the newest
+complete checkpoint. Multi-process launches: see `distributed_init_args`.
 
 `checkpoint.load_path` is a directory written by `python -m convert.dit` (the DiT alone) or a bundle
 directory with `dit/`, `vae/` and `text_encoder/` sub-directories written by the three converters.
@@ -282,7 +285,8 @@ def train(config, workdir: str) -> dict:
   state, data_state, state_sh = init_or_restore(config, workdir, cfg, mesh, tx, ema, manager)
 
   shard = (jax.process_index(), jax.process_count())
-  data_iter = pipeline.from_config(config, shard_options=pipeline.grain.sharding.ShardOptions(*shard, drop_remainder=True))
+  data_iter = pipeline.from_config(config, shard_options=pipeline.grain.sharding.ShardOptions(*shard, drop_remainder=True),
+                                   vae_params=vae_params)
   if data_state is not None:
     data_iter.set_state(data_state)
   encode = make_encoder(vae_model, num_views, ds.control_input_type)

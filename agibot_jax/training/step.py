@@ -45,11 +45,9 @@ class StepConfig:
                int(config.trainer.grad_accum_iter), len(config.dataloader_train.dataset.views))
 
 
-def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransformation, config,
-                    ema: ema_lib.PowerEMA | None):
-  """`train_step(state, batch) -> (state, metrics)`, pure and jit-able."""
+def make_loss_fn(model: dit.MultiViewControlDiT, config):
+  """`loss_fn(trainable, frozen, micro) -> (loss, ())` for one (micro-)batch carrying its PRNG key at "key"."""
   step_cfg = StepConfig.from_config(config)
-  lr_schedule = learning_rate_schedule(config)
   compute_dtype = jnp.dtype(model.cfg.dtype)
 
   def loss_fn(trainable, frozen, micro):
@@ -64,8 +62,27 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
                                             num_views=step_cfg.num_views, compute_dtype=compute_dtype)
     return loss, ()
 
+  return loss_fn
+
+
+def step_key(state: TrainState) -> jax.Array:
+  """The step's PRNG key: a function of the run's key and the step only, so a resumed run draws the same."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransformation, config,
+                    ema: ema_lib.PowerEMA | None):
+  """`train_step(state, batch) -> (state, metrics)`, pure and jit-able.
+
+  With `trainer.grad_accum_iter` = k > 1 the batch is split into k micro-batches of B/k samples along
+  the batch axis, micro-batch i drawing with `jax.random.split(step_key(state), k)[i]`.
+  """
+  step_cfg = StepConfig.from_config(config)
+  lr_schedule = learning_rate_schedule(config)
+  loss_fn = make_loss_fn(model, config)
+
   def train_step(state: TrainState, batch: dict[str, Any]):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    key = step_key(state)
     grad_fn = jax.value_and_grad(lambda t, micro: loss_fn(t, state.frozen, micro), has_aux=True)
     k = step_cfg.grad_accum
     if k == 1:

@@ -1,0 +1,145 @@
+"""Sharding rules (agibot_jax/sharding.py) and mesh equivalence of the train step.
+
+The equivalence check needs 8 devices, which XLA only fakes on CPU when XLA_FLAGS is set before jax
+starts, so it runs this file as a script in a subprocess (`python tests/test_sharding.py --mesh-worker`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHES = ((8, 1, 1), (1, 8, 1), (2, 2, 2))
+# float32 with different reduction orders across shards: loss to 1e-5 relative, each gradient leaf to
+# 1e-5 of its largest entry (observed on CPU: loss 1.5e-7 relative, gradients 3.0e-7 of the leaf maximum).
+LOSS_RTOL, GRAD_ATOL_REL = 1e-5, 1e-5
+
+
+def _mesh_worker() -> None:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from agibot_jax import sharding
+  from agibot_jax.models import dit
+  from agibot_jax.training.state import new_state, state_shardings
+  from agibot_jax.training.step import make_train_step
+  from configs import edge
+
+  jax.config.update("jax_default_matmul_precision", "highest")
+  assert jax.device_count() == 8, jax.devices()
+  config = edge.get_config("tiny")  # 64x96 pixels -> latent 8x12 -> 4x6 tokens/frame, L = 3 x 24 = 72
+  config.model.net.num_blocks = 2
+  config.model.net.vace_block_every_n = 2
+  config.model.net.text_tokens_per_view = 8
+  config.optimizer.clip_norm = 1e9
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  model = dit.MultiViewControlDiT(cfg)
+  capture = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
+                                         lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
+  params = jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0))
+  state = new_state(params, config, capture, None, seed=0)
+  rng = np.random.default_rng(0)
+  b, vt, (h, w) = 8, 3 * cfg.state_t, (8, 12)
+  batch = {
+      "x0_BTHWC": rng.standard_normal((b, vt, h, w, 16)).astype(np.float32),
+      "control_BTHWC": rng.standard_normal((b, vt, h, w, 16)).astype(np.float32),
+      "crossattn_emb_BMC": rng.standard_normal((b, 3 * cfg.text_tokens_per_view, cfg.crossattn_proj_in_channels)
+                                               ).astype(np.float32),
+      "view_indices_BT": np.repeat(np.arange(3, dtype=np.int32), cfg.state_t)[None].repeat(b, 0),
+      "padding_mask_BHW": np.zeros((b, 8 * h, 8 * w), np.float32),
+  }
+  step = make_train_step(model, capture, config, None)
+  boxed = dit.abstract_params(cfg, boxed=True)
+
+  def run(mesh_shape):
+    devices = jax.devices()[:int(np.prod(mesh_shape))]
+    mesh = sharding.make_mesh(*mesh_shape, devices=devices)
+    with jax.set_mesh(mesh):
+      sh = state_shardings(jax.eval_shape(lambda: state), boxed, mesh)
+      st = jax.device_put(state, sh)
+      bt = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.shape)) for k, v in batch.items()}
+      fn = jax.jit(step, out_shardings=(sh, None))
+      text = fn.lower(st, bt).as_text()
+      new, metrics = fn(st, bt)
+    return new, metrics, text
+
+  ref, ref_metrics, _ = run((1, 1, 1))
+  out = {"ref_loss": float(ref_metrics["loss"]), "meshes": {}}
+  ref_grads = jax.tree_util.tree_flatten_with_path(ref.opt_state)[0]
+  for mesh_shape in MESHES:
+    new, metrics, text = run(mesh_shape)
+    worst = 0.0
+    for (path, want), got in zip(ref_grads, jax.tree.leaves(new.opt_state)):
+      scale = float(np.max(np.abs(np.asarray(want)))) or 1.0
+      worst = max(worst, float(np.max(np.abs(np.asarray(got) - np.asarray(want)))) / scale)
+    specs = {jax.tree_util.keystr(p): str(leaf.sharding.spec)
+             for p, leaf in jax.tree_util.tree_flatten_with_path(new.trainable)[0]}
+    out["meshes"][str(mesh_shape)] = {
+        "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+        "ref_grad_norm": float(ref_metrics["grad_norm"]), "worst_grad_rel": worst, "specs": specs,
+        "context_constraint": '[{"data", "fsdp"}, {}, {"context"}, {}]' in text,
+    }
+  print("RESULT " + json.dumps(out))
+
+
+def test_logical_to_spec_rules():
+  from jax.sharding import PartitionSpec as P
+
+  from agibot_jax import sharding
+
+  mesh = {"data": 2, "fsdp": 2, "context": 2}
+  act = ("activation_batch", "activation_view", "activation_length", "activation_embed")
+  assert sharding.logical_to_spec(act, (8, 3, 72, 128), mesh) == P(("data", "fsdp"), None, "context", None)
+  # A batch of 2 keeps the longest dividing prefix of (data, fsdp); a batch of 1 stays replicated.
+  assert sharding.logical_to_spec(act, (2, 3, 72, 128), mesh) == P("data", None, "context", None)
+  assert sharding.logical_to_spec(act, (1, 3, 71, 128), mesh) == P(None, None, None, None)
+  assert sharding.logical_to_spec(("embed", "mlp"), (128, 512), {"data": 1, "fsdp": 8, "context": 1}) == P("fsdp", None)
+  # Size-1 mesh axes are dropped.
+  assert sharding.logical_to_spec(("embed", "mlp"), (128, 512), {"data": 8, "fsdp": 1, "context": 1}) == P(None, None)
+
+
+def test_make_mesh_errors():
+  import jax
+  import pytest
+
+  from agibot_jax import sharding
+
+  n = jax.device_count()
+  with pytest.raises(ValueError, match="at most one"):
+    sharding.make_mesh(-1, -1, 1)
+  with pytest.raises(ValueError, match="needs"):
+    sharding.make_mesh(n + 1, 1, 1)
+  assert dict(sharding.make_mesh(1, -1, 1).shape) == {"data": 1, "fsdp": n, "context": 1}
+
+
+def test_mesh_equivalence_on_8_fake_cpu_devices():
+  env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"),
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--mesh-worker"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  out = json.loads(lines[-1][len("RESULT "):])
+  for mesh_shape, r in out["meshes"].items():
+    assert abs(r["loss"] - out["ref_loss"]) <= LOSS_RTOL * abs(out["ref_loss"]), (mesh_shape, r["loss"], out["ref_loss"])
+    assert r["worst_grad_rel"] <= GRAD_ATOL_REL, (mesh_shape, r["worst_grad_rel"])
+    assert abs(r["grad_norm"] - r["ref_grad_norm"]) <= 1e-5 * r["ref_grad_norm"], mesh_shape
+  # FSDP: kernels with a model-width ("embed") axis are split over fsdp; with fsdp=1 nothing is.
+  fsdp_specs = out["meshes"]["(1, 8, 1)"]["specs"]
+  assert fsdp_specs["['control_before_proj']['kernel']"] == "P('fsdp', None)", fsdp_specs
+  assert out["meshes"]["(2, 2, 2)"]["specs"]["['control_before_proj']['kernel']"] == "P('fsdp', None)"
+  assert not any("fsdp" in s for s in out["meshes"]["(8, 1, 1)"]["specs"].values())
+  # The token axis of each view is constrained onto `context` in the (2, 2, 2) program (batch 8 over
+  # data x fsdp, L = 72 over context); not on (8, 1, 1), where context has size 1.
+  assert out["meshes"]["(2, 2, 2)"]["context_constraint"]
+  assert not out["meshes"]["(8, 1, 1)"]["context_constraint"]
+
+
+if __name__ == "__main__" and "--mesh-worker" in sys.argv:
+  sys.path.insert(0, REPO)
+  _mesh_worker()

@@ -1,0 +1,224 @@
+"""The training job end to end on CPU (agibot_jax/train.py), with a reduced tiny config.
+
+What is proved here:
+  - a run stopped at step 2 and resumed reproduces the uninterrupted run bit for bit: the losses of
+    steps 3 and 4, the final TrainState (trainable, frozen, Adam moments, EMA, key, step) and the data
+    iterator position; the restored step-2 state equals the checkpoint leaf by leaf;
+  - checkpoints hold the grain iterator state and the config JSON; TensorBoard and metrics.jsonl get
+    loss, lr, grad norm, s/step and TFLOP/s/device;
+  - a CLI run killed with SIGKILL (possibly mid-save) resumes from the last complete checkpoint,
+    ignoring Orbax's unfinished tmp directories, and finishes (slow: two CLI start-ups);
+  - the multi-process guard of `main` (`distributed_init_args`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from agibot_jax import sharding
+from agibot_jax import train as train_lib
+from agibot_jax.data import make_example
+from agibot_jax.models import dit
+from agibot_jax.training import checkpointing
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import optimizer as optim
+from configs import edge
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The tiny config made cheaper still: 2 blocks (1 control block), 32 text tokens, 32x48 pixels.
+SMALL = {
+    "model.net.num_blocks": 2,
+    "model.net.vace_block_every_n": 2,
+    "model.net.text_tokens_per_view": 32,
+    "model.text_encoder.num_tokens": 32,
+    "dataloader_train.dataset.resolution_hw": (32, 48),
+    "trainer.callbacks.every_n_sample.every_n": 0,
+    "trainer.logging_iter": 1,
+}
+
+
+def _set(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def small_config(dataset_dir: str, **overrides):
+  config = edge.get_config("tiny")
+  for k, v in {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, **overrides}.items():
+    _set(config, k, v)
+  return config
+
+
+def cli_flags(settings: dict) -> list[str]:
+  out = []
+  for k, v in settings.items():
+    v = ",".join(map(str, v)) if isinstance(v, tuple) else v
+    out.append(f"--config.{k}={v}")
+  return out
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("example_data"))
+  config = small_config("")
+  h, w = config.dataloader_train.dataset.resolution_hw
+  make_example.write_example(out, num_samples=2, frames=config.dataloader_train.dataset.num_video_frames + 3,
+                             height=h + 16, width=w + 32, seed=0)
+  return out
+
+
+def read_checkpoint(path: str) -> tuple[dict, dict, dict]:
+  """(state as nested numpy dict, data iterator state, config JSON) of one finalised checkpoint dir."""
+  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+  data = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "data"))
+  config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(path, "config"))
+  return state, data, config
+
+
+def _by_path(tree) -> dict[str, np.ndarray]:
+  """Leaves by '/'-joined key names, so a TrainState and its raw (dict) checkpoint compare."""
+  def name(k):
+    return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+  return {"/".join(map(name, path)): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_trees_equal(a, b, what: str) -> None:
+  flat_a, flat_b = _by_path(a), _by_path(b)
+  assert sorted(flat_a) == sorted(flat_b), what
+  for path, leaf in flat_a.items():
+    assert leaf.dtype == flat_b[path].dtype, f"{what}: {path}"
+    np.testing.assert_array_equal(leaf, flat_b[path], err_msg=f"{what}: {path}")
+
+
+def tensorboard_tags(workdir: str) -> set[str]:
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  acc = EventAccumulator(os.path.join(workdir, "tensorboard"))
+  acc.Reload()
+  return set(acc.Tags()["scalars"])
+
+
+def test_resume_is_exact(dataset_dir, tmp_path):
+  # Uninterrupted: 4 steps, checkpoints at 2 and 4.
+  straight = str(tmp_path / "straight")
+  config = small_config(dataset_dir, **{"trainer.max_iter": 4, "checkpoint.save_iter": 2})
+  result = train_lib.train(config, straight)
+  assert result["step"] == 4
+  ckpts = checkpointing.checkpoint_dir(straight)
+  assert sorted(os.listdir(ckpts)) == ["2", "4"]
+  losses = train_lib.read_metrics(straight)
+  assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in losses.values())
+
+  # Logging: TensorBoard scalars (and throughput from the second logged step on).
+  tags = tensorboard_tags(straight)
+  assert {"train/loss", "train/lr", "train/grad_norm", "train/s_per_step", "train/tflops_per_device"} <= tags
+  assert {"s_per_step", "tflops_per_device"} <= set(losses[2])
+
+  # The checkpoint holds the data iterator state and the run's config.
+  state2, data2, config2 = read_checkpoint(os.path.join(ckpts, "2"))
+  state4, data4, _ = read_checkpoint(os.path.join(ckpts, "4"))
+  assert config2["trainer"]["max_iter"] == 4 and config2["model"]["net"]["num_blocks"] == 2
+  assert data2 != data4, "the iterator position must advance between checkpoints"
+  assert int(state2["step"]) == 2 and int(state4["step"]) == 4
+
+  # "Stopped at step 2": a fresh workdir holding only the step-2 checkpoint.
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(ckpts, "2"), os.path.join(checkpointing.checkpoint_dir(resumed), "2"))
+
+  # The restored state equals what was saved, leaf by leaf, with the target shardings.
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  mesh = sharding.make_mesh(**config.mesh)
+  manager = checkpointing.make_manager(resumed, config)
+  restored, data_state, shardings = train_lib.init_or_restore(
+      config, resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config), manager)
+  manager.close()
+  assert data_state == data2
+  assert_trees_equal(jax.tree.map(np.asarray, restored), state2, "restored step-2 state")
+  assert jax.tree.leaves(jax.tree.map(lambda a, s: a.sharding == s, restored, shardings)) == [True] * len(
+      jax.tree.leaves(restored))
+
+  # Resume to 4: same losses at steps 3 and 4, same final state and iterator position.
+  result = train_lib.train(config, resumed)
+  assert result["step"] == 4
+  resumed_losses = train_lib.read_metrics(resumed)
+  assert sorted(resumed_losses) == [3, 4], "the resumed run must start at step 3"
+  for step in (3, 4):
+    assert resumed_losses[step]["loss"] == losses[step]["loss"], step
+    assert resumed_losses[step]["grad_norm"] == losses[step]["grad_norm"], step
+  state4_resumed, data4_resumed, _ = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(resumed), "4"))
+  assert data4_resumed == data4
+  assert_trees_equal(state4_resumed, state4, "step-4 state")
+
+
+def finalised_steps(ckpt_dir: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(ckpt_dir) else []
+
+
+def run_cli(workdir: str, settings: dict, **popen) -> subprocess.Popen:
+  cmd = [sys.executable, "-m", "agibot_jax.train", "--config", "configs/edge.py:tiny", "--workdir", workdir,
+         *cli_flags(settings)]
+  env = {**os.environ, "PYTHONPATH": REPO}
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          **popen)
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_from_last_complete_checkpoint(dataset_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  settings = {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, "checkpoint.save_iter": 1}
+  proc = run_cli(workdir, {**settings, "trainer.max_iter": 50})
+  deadline = time.time() + 300
+  try:
+    while len(finalised_steps(ckpt_dir)) < 2:
+      assert proc.poll() is None, proc.stdout.read()[-3000:]
+      assert time.time() < deadline, "no two checkpoints within 300 s"
+      time.sleep(0.05)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  last = finalised_steps(ckpt_dir)[-1]
+  # Make sure an unfinished save is there to ignore (the kill may or may not have landed mid-save).
+  tmp = os.path.join(ckpt_dir, f"{last + 1}.orbax-checkpoint-tmp")
+  if not glob.glob(os.path.join(ckpt_dir, f"{last + 1}.orbax-checkpoint-tmp*")):
+    os.makedirs(os.path.join(tmp, "state.orbax-checkpoint-tmp"))
+  proc = run_cli(workdir, {**settings, "trainer.max_iter": last + 2})
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert f"at step {last}" in out, out[-3000:]
+  assert finalised_steps(ckpt_dir)[-1] == last + 2
+  assert not glob.glob(os.path.join(ckpt_dir, "*orbax-checkpoint-tmp*"))
+  metrics = train_lib.read_metrics(workdir)
+  assert {last + 1, last + 2} <= set(metrics)
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"SLURM_NTASKS": "1"}, None),
+    ({"SLURM_NTASKS": "4"}, {}),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, {}),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     {"num_processes": 2, "process_id": 1}),
+])
+def test_distributed_init_args(environ, expected):
+  assert train_lib.distributed_init_args(environ) == expected
+
+
+def test_distributed_init_args_needs_process_count():
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
+    train_lib.distributed_init_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
