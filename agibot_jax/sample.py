@@ -24,6 +24,7 @@ steps, which run as one compiled loop (cond/uncond batched, guidance a traced va
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -49,7 +50,9 @@ from agibot_jax.training.state import new_state, state_shardings
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/edge.py or configs/edge.py:tiny")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training workdir (or its checkpoints/ dir), converted DiT "
                                   "dir (python -m convert.dit) or bundle dir with dit/")
-_EMA = flags.DEFINE_bool("ema", True, "training checkpoints: sample with the EMA weights (--no_ema: regular)")
+_EMA = flags.DEFINE_bool("ema", True, "training checkpoints: sample with the EMA weights (default); --noema or "
+                         "--no_ema: the regular weights")
+_NO_EMA = flags.DEFINE_bool("no_ema", False, "the regular weights of a training checkpoint (absl's --noema)")
 _SAMPLE_ID = flags.DEFINE_string("sample_id", None, "dataset sample id (file stem); default: the first sample")
 _CONTROL_VIDEOS = flags.DEFINE_list("control_videos", None, "one control video per view (config view order), "
                                     "instead of a dataset sample")
@@ -135,7 +138,10 @@ def load_dit_params(config, checkpoint: str, cfg: dit.DiTConfig, mesh, *, use_em
 
 def dataset_loader_batch(config, sample_id: str | None, control_preset: str) -> dict:
   """One collated loader batch (batch 1) of `sample_id` with inference-preset controls."""
-  source = pipeline.AgibotMultiviewSource(pipeline.DataSettings.from_config(config, control_preset=control_preset))
+  # Pixels, not a training latent cache: the input row needs them and the control uses the inference preset.
+  settings = dataclasses.replace(pipeline.DataSettings.from_config(config, control_preset=control_preset),
+                                 latent_cache_dir="")
+  source = pipeline.AgibotMultiviewSource(settings)
   ids = [s.sample_id for s in source.samples]
   if sample_id is None:
     index = 0
@@ -218,6 +224,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   params, workdir = load_dit_params(config, checkpoint, cfg, mesh, use_ema=use_ema)
   vae_model, vae_params = train_lib.build_vae(config)
   text_provider = train_lib.build_text_provider(config)
+  train_lib.check_text_provider(text_provider, cfg)
 
   if control_videos:
     loader_batch = control_video_loader_batch(config, control_videos, prompt)
@@ -256,12 +263,14 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
 
 def main(argv):
   del argv
-  if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
-    jax.distributed.initialize()
-  summary = run(_CONFIG.value, checkpoint=_CHECKPOINT.value, out=_OUT.value, use_ema=_EMA.value,
-                sample_id=_SAMPLE_ID.value, control_videos=_CONTROL_VIDEOS.value, prompt=_PROMPT.value,
-                guidance=_GUIDANCE.value, num_cond_frames=_NUM_COND_FRAMES.value, num_steps=_NUM_STEPS.value,
-                shift=_SHIFT.value, seed=_SEED.value, control_preset=_CONTROL_PRESET.value)
+  init_args = train_lib.distributed_init_args()
+  if init_args is not None:
+    jax.distributed.initialize(**init_args)
+  summary = run(_CONFIG.value, checkpoint=_CHECKPOINT.value, out=_OUT.value,
+                use_ema=_EMA.value and not _NO_EMA.value, sample_id=_SAMPLE_ID.value,
+                control_videos=_CONTROL_VIDEOS.value, prompt=_PROMPT.value, guidance=_GUIDANCE.value,
+                num_cond_frames=_NUM_COND_FRAMES.value, num_steps=_NUM_STEPS.value, shift=_SHIFT.value,
+                seed=_SEED.value, control_preset=_CONTROL_PRESET.value)
   if jax.process_index() == 0:
     print(json.dumps(summary))
 

@@ -51,10 +51,9 @@ class EveryNSample:
     self.out_dir = os.path.join(workdir, "samples")
     self.tb_dir = os.path.join(workdir, "tensorboard")
     self.vae_params = vae_params
-    self.generator = generate.Generator(dit_model, vae_model, num_views=self.num_views,
-                                        num_steps=int(cb.num_sampling_step), shift=float(cb.get("shift", 5.0)),
-                                        seed=int(cb.get("seed", generate.NOISE_SEED)))
-    self._writer = None
+    self.generator = generate.Generator(
+        dit_model, vae_model, num_views=self.num_views, num_steps=int(cb.num_sampling_step),
+        shift=float(cb.get("shift", generate.SHIFT)), seed=int(cb.get("seed", generate.NOISE_SEED)))
 
   def __call__(self, step: int, state, batch: dict, loader_batch: dict) -> None:
     if self.every_n <= 0 or step % self.every_n:
@@ -62,14 +61,20 @@ class EveryNSample:
     weights = [("reg", state.params)]
     if state.ema is not None:
       weights.append(("ema", state.ema_params))
-    for tag, get_params in weights:
-      t0 = time.perf_counter()
-      rows = self.sample_rows(get_params(), batch, loader_batch)
-      if jax.process_index() == 0:
-        mp4, jpg = video_out.save_sample_outputs(self.out_dir, video_out.sample_file_base(tag, step, self.num_views),
-                                                 rows, fps=self.fps)
-        self._log_image(f"samples/{tag}", jpg, step)
-        print(f"[agibot-jax] step {step}: {tag} samples in {time.perf_counter() - t0:.1f}s -> {mp4}")
+    writer = self._tensorboard() if jax.process_index() == 0 else None
+    try:
+      for tag, get_params in weights:
+        t0 = time.perf_counter()
+        rows = self.sample_rows(get_params(), batch, loader_batch)
+        if writer is not None:
+          mp4, jpg = video_out.save_sample_outputs(self.out_dir, video_out.sample_file_base(tag, step, self.num_views),
+                                                   rows, fps=self.fps)
+          image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
+          writer.add_image(f"samples/{tag}", image, step, dataformats="HWC")
+          print(f"[agibot-jax] step {step}: {tag} samples in {time.perf_counter() - t0:.1f}s -> {mp4}")
+    finally:
+      if writer is not None:
+        writer.close()
 
   def sample_rows(self, params, batch: dict, loader_batch: dict) -> list[np.ndarray]:
     """The visualised rows, each (b, V, T, H, W, 3) in [-1, 1]: samples, input video, control pixels."""
@@ -86,11 +91,9 @@ class EveryNSample:
     b = min(len(r) for r in rows)
     return [r[:b] for r in rows]
 
-  def _log_image(self, tag: str, jpg_path, step: int) -> None:
-    if self._writer is None:
-      from tensorboardX import SummaryWriter
+  def _tensorboard(self):
+    """A writer for one firing. tensorboardX's flush() leaves queued events unwritten and the train loop has no
+    end hook for callbacks, so each firing closes its own writer (one small event file per firing)."""
+    from tensorboardX import SummaryWriter
 
-      self._writer = SummaryWriter(self.tb_dir)
-    image = cv2.cvtColor(cv2.imread(str(jpg_path)), cv2.COLOR_BGR2RGB)
-    self._writer.add_image(tag, image, step, dataformats="HWC")
-    self._writer.flush()
+    return SummaryWriter(self.tb_dir, filename_suffix=".samples")
