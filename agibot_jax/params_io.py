@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from agibot_jax.utils import atomic_write
+
 META_FILE = "agibot_meta.json"
 
 
@@ -32,9 +34,7 @@ def save_params(dst: str, params: Any, meta: dict | None = None, *, force: bool 
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(dst, "params"), params)
     ckptr.wait_until_finished()
-  with open(os.path.join(dst, META_FILE + ".tmp"), "w") as f:
-    json.dump(meta or {}, f, indent=1, sort_keys=True)
-  os.replace(os.path.join(dst, META_FILE + ".tmp"), os.path.join(dst, META_FILE))
+  atomic_write(os.path.join(dst, META_FILE), lambda f: json.dump(meta or {}, f, indent=1, sort_keys=True), mode="w")
 
 
 def read_meta(path: str) -> dict:

@@ -28,11 +28,12 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+from agibot_jax.utils import atomic_write
 
 INDEX_FILE = "index.json"
 CACHE_FORMAT = 1
@@ -120,13 +121,6 @@ def _first_difference(stored: dict, wanted: dict, prefix: str = "") -> tuple[str
   return None
 
 
-def _atomic_write(path: str, write: Callable) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 class LatentCache:
   """One cache folder. `read(id)` -> (latent_video, latent_control) float32 (V·t, h, w, z_dim), start_frame."""
 
@@ -151,7 +145,7 @@ class LatentCache:
       return cache
     os.makedirs(root, exist_ok=True)
     payload = json.dumps({"meta": meta}, indent=1, sort_keys=True)
-    _atomic_write(index, lambda f: f.write(payload.encode()))
+    atomic_write(index, lambda f: f.write(payload.encode()))
     return cls(root)
 
   def check(self, wanted: dict) -> None:
@@ -193,7 +187,7 @@ class LatentCache:
       store = lambda x: np.asarray(x, np.float32)
     arrays = {"latent_video": store(latent_video), "latent_control": store(latent_control),
               "start_frame": np.int64(start_frame)}
-    _atomic_write(self.path(sample_id), lambda f: np.savez(f, **arrays))
+    atomic_write(self.path(sample_id), lambda f: np.savez(f, **arrays))
 
   def read(self, sample_id: str) -> tuple[np.ndarray, np.ndarray, int]:
     path = self.path(sample_id)

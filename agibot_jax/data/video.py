@@ -114,27 +114,35 @@ def _read_opencv(path: str, stop: int) -> list[np.ndarray]:
   return frames
 
 
-def write_video(path: str, frames_THWC: np.ndarray, fps: float) -> None:
-  """Writes RGB uint8 frames (T, H, W, 3) as H.264/yuv420p mp4 (imageio-ffmpeg), else mp4v (OpenCV)."""
+def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int | None = None,
+                backend: str = "auto") -> str:
+  """Writes RGB uint8 frames (T, H, W, 3) as mp4; returns the backend used ("imageio_ffmpeg" or "opencv").
+
+  imageio-ffmpeg writes H.264/yuv420p: near-lossless (crf 12) by default, or at imageio's `quality` (0..10).
+  OpenCV's pip wheels carry no H.264 encoder (licensing), so its fallback writes MPEG-4 part 2 (`mp4v`).
+  """
   frames_THWC = np.ascontiguousarray(frames_THWC, dtype=np.uint8)
   t, h, w, c = frames_THWC.shape
   if c != 3:
     raise ValueError(f"{path}: expected RGB frames (T, H, W, 3), got {frames_THWC.shape}")
+  if backend not in ("auto", "imageio_ffmpeg", "opencv"):
+    raise ValueError(f"backend must be auto, imageio_ffmpeg or opencv, got {backend!r}")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if importlib.util.find_spec("imageio_ffmpeg") is not None:
+  if backend == "imageio_ffmpeg" or (backend == "auto" and importlib.util.find_spec("imageio_ffmpeg") is not None):
     import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
 
-    writer = imageio_ffmpeg.write_frames(
-        path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
-        output_params=["-crf", "12"], ffmpeg_log_level="error")
+    settings = dict(output_params=["-crf", "12"]) if quality is None else dict(quality=quality)
+    writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         macro_block_size=1, ffmpeg_log_level="error", **settings)
     writer.send(None)
     for frame in frames_THWC:
       writer.send(frame)
     writer.close()
-    return
+    return "imageio_ffmpeg"
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
   if not writer.isOpened():
     raise VideoError(f"{path}: OpenCV cannot open an mp4 writer")
   for frame in frames_THWC:
     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
   writer.release()
+  return "opencv"

@@ -21,6 +21,8 @@ import pathlib
 import cv2
 import numpy as np
 
+from agibot_jax.data import video
+
 MAX_VIDEO_WIDTH = 2048
 STRIP_SIZE = 1024
 STRIP_FRAMES = 12
@@ -85,48 +87,6 @@ def _pad_even(frames_THWC: np.ndarray) -> np.ndarray:
   return np.pad(frames_THWC, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def _write_imageio_ffmpeg(path: str, frames_THWC: np.ndarray, fps: int) -> None:
-  import imageio_ffmpeg  # absent on the GPU boxes
-
-  t, h, w, _ = frames_THWC.shape
-  writer = imageio_ffmpeg.write_frames(
-      path, (w, h), fps=fps, quality=QUALITY, codec="libx264", macro_block_size=1, output_params=["-preset", "medium"]
-  )
-  writer.send(None)
-  for frame in frames_THWC:
-    writer.send(np.ascontiguousarray(frame))
-  writer.close()
-
-
-def _write_opencv(path: str, frames_THWC: np.ndarray, fps: int) -> None:
-  # OpenCV's pip wheels carry no H.264 encoder (licensing), so the fallback writes MPEG-4 part 2.
-  t, h, w, _ = frames_THWC.shape
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-  if not writer.isOpened():
-    raise RuntimeError(f"{path}: OpenCV could not open an mp4v writer")
-  for frame in frames_THWC:
-    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  writer.release()
-
-
-def write_mp4(path: str | os.PathLike, frames_THWC: np.ndarray, *, fps: int = FPS, backend: str = "auto") -> str:
-  """Writes uint8 RGB frames (T, H, W, 3) as mp4; returns the backend used ("imageio_ffmpeg" or "opencv")."""
-  if frames_THWC.dtype != np.uint8 or frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3:
-    raise ValueError(f"{path}: expected uint8 (T, H, W, 3) frames, got {frames_THWC.dtype} {frames_THWC.shape}")
-  if backend not in ("auto", "imageio_ffmpeg", "opencv"):
-    raise ValueError(f"backend must be auto, imageio_ffmpeg or opencv, got {backend!r}")
-  path = str(path)
-  if backend in ("auto", "imageio_ffmpeg"):
-    try:
-      _write_imageio_ffmpeg(path, frames_THWC, fps)
-      return "imageio_ffmpeg"
-    except ImportError:
-      if backend == "imageio_ffmpeg":
-        raise
-  _write_opencv(path, frames_THWC, fps)
-  return "opencv"
-
-
 def _resize_longer_side(image_HWC: np.ndarray, size: int) -> np.ndarray:
   """The reference's `resize_image`: scale so the longer side is `size` (new sides truncated), antialiased."""
   h, w, _ = image_HWC.shape
@@ -168,5 +128,5 @@ def save_sample_outputs(
   write_jpeg(jpg_path, frame_strip(rows, n_viz_sample=n_viz_sample))
   frames = cap_width(video_grid(rows, n_viz_sample=n_viz_sample), max_width)
   mp4_path = out_dir / f"{file_base}.mp4"
-  write_mp4(mp4_path, _pad_even((frames * 255.0).astype(np.uint8)), fps=fps, backend=backend)
+  video.write_video(str(mp4_path), _pad_even((frames * 255.0).astype(np.uint8)), fps, quality=QUALITY, backend=backend)
   return mp4_path, jpg_path

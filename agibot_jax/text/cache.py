@@ -29,6 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from agibot_jax.text.tokenize import NUM_TOKENS
+from agibot_jax.utils import atomic_write
 
 VIEWS = ("head_color", "hand_left", "hand_right")
 # spec training.md §1.3: prepended to every view's caption (exact strings).
@@ -147,13 +148,6 @@ def caption_key(caption: str) -> str:
   return hashlib.sha256(caption.encode("utf-8")).hexdigest()
 
 
-def _atomic_write(path: str, write: Callable) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 class TextEmbeddingCache:
   """Reader/writer of one cache folder; `embed(captions) -> np.ndarray (n, 512, C)` in the stored dtype.
 
@@ -215,7 +209,7 @@ class TextEmbeddingCache:
     os.makedirs(self.root, exist_ok=True)
     arr = np.asarray(emb_NC, dtype=_NP_DTYPES[self.meta["dtype"]])
     bits = arr.view(np.uint16) if arr.dtype == ml_dtypes.bfloat16 else arr
-    _atomic_write(self.path(caption), lambda f: np.save(f, bits))
+    atomic_write(self.path(caption), lambda f: np.save(f, bits))
     self._captions[caption_key(caption)] = caption
 
   def get(self, caption: str) -> np.ndarray:
@@ -228,7 +222,7 @@ class TextEmbeddingCache:
   def write_index(self) -> None:
     os.makedirs(self.root, exist_ok=True)
     payload = json.dumps({"meta": self.meta, "captions": self._captions}, indent=1, sort_keys=True)
-    _atomic_write(os.path.join(self.root, INDEX_FILE), lambda f: f.write(payload.encode()))
+    atomic_write(os.path.join(self.root, INDEX_FILE), lambda f: f.write(payload.encode()))
 
   def embed(self, captions: Sequence[str]) -> np.ndarray:
     missing = [c for c in dict.fromkeys(captions) if c not in self]
