@@ -236,7 +236,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
       raise ValueError("no input: set --config.dataloader_train.dataset.dataset_dir (with --sample_id) or give "
                        "--control_videos and --prompt")
     loader_batch = dataset_loader_batch(config, sample_id, control_preset)
-    encode = train_lib.make_encoder(vae_model, num_views, ds.control_input_type)
+    encode = train_lib.make_encoder(vae_model, num_views)
     batch = train_lib.model_batch(loader_batch, encode, vae_params, text_provider, config, mesh)
 
   gen = generate.Generator(dit_model, vae_model, num_views=num_views, num_steps=num_steps, shift=shift, seed=seed,

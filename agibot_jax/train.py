@@ -38,7 +38,7 @@ from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.training import checkpointing, optimizer as optim
 from agibot_jax.training import ema as ema_lib
-from agibot_jax.training.state import TrainState, new_state, state_shardings
+from agibot_jax.training.state import new_state, state_shardings
 from agibot_jax.training.step import make_train_step
 
 METRICS_FILE = "metrics.jsonl"
@@ -127,18 +127,21 @@ def ensure_dataset(config, workdir: str) -> None:
   print(f"[agibot-jax] no dataset_dir given: using the synthetic example dataset at {ds.dataset_dir}")
 
 
-def make_encoder(vae_model, num_views: int, control_key: str):
-  """jit: loader batch (uint8 video and control) -> (video latent, control latent), one VAE call."""
+def make_encoder(vae_model, num_views: int, mesh=None):
+  """jit: loader batch (uint8 video and control) -> (video latent, control latent), one VAE call.
+
+  With a `mesh`, the clips (views of video and control folded into the batch) are sharded over its
+  data and fsdp axes.
+  """
 
   @jax.jit
   def encode(vae_params, video_BCTHW, control_BCTHW):
     clips = jnp.concatenate([vae_lib.loader_to_channels_last(video_BCTHW),
                              vae_lib.loader_to_channels_last(control_BCTHW)], axis=0)
-    latents = vae_lib.encode_multiview(vae_model, vae_params, clips, num_views=num_views)
+    latents = vae_lib.encode_multiview(vae_model, vae_params, clips, num_views=num_views, mesh=mesh)
     b = video_BCTHW.shape[0]
     return latents[:b], latents[b:]
 
-  del control_key
   return encode
 
 
@@ -289,7 +292,7 @@ def train(config, workdir: str) -> dict:
                                    vae_params=vae_params)
   if data_state is not None:
     data_iter.set_state(data_state)
-  encode = make_encoder(vae_model, num_views, ds.control_input_type)
+  encode = make_encoder(vae_model, num_views, mesh)
   step_fn = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=(0,),
                     out_shardings=(state_sh, None))
 

@@ -59,7 +59,7 @@ def write_cache(config: ml_collections.ConfigDict, cache_dir: str, vae_model, va
   todo = [i for i, s in enumerate(source.samples) if s.sample_id not in cache]
   if not todo:
     return len(source), 0
-  encode = encode or train.make_encoder(vae_model, len(settings.views), settings.control_type)
+  encode = encode or train.make_encoder(vae_model, len(settings.views))
   # Unshuffled, one epoch, batch 1: batch i is sample i with the RNG of (seed, epoch 0, i), as online training.
   batches = pipeline.build_dataset(source, batch_size=1, seed=config.seed, shuffle=False, num_epochs=1)
   loaded = grain.MapDataset.source(todo).map(lambda i: batches[i]).to_iter_dataset(

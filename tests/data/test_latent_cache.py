@@ -36,7 +36,7 @@ def dataset(tmp_path_factory):
 def vae(dataset):
   """The training job's VAE of the tiny configs (same for every control type) and one shared jitted encoder."""
   model, params = train.build_vae(tiny_config("depth", dataset))
-  return model, params, train.make_encoder(model, 3, "depth")
+  return model, params, train.make_encoder(model, 3)
 
 
 @pytest.fixture(scope="module")
