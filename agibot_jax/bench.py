@@ -29,11 +29,6 @@ from agibot_jax.training import optimizer as optim
 from agibot_jax.training.state import new_state
 from agibot_jax.training.step import make_train_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/edge.py", "training config file")
-_MODE = flags.DEFINE_enum("mode", "forward", ["forward", "train"], "what to time: the DiT forward or a training step")
-_STEPS = flags.DEFINE_integer("steps", 5, "timed steps")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
-_PROFILE = flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
 
 def synthetic_inputs(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, key):
   """Random inputs of the training shapes (3 views, one conditioned frame per view)."""
@@ -66,7 +61,7 @@ def synthetic_model_batch(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: 
 
 
 def main(_):
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   cfg = dit.DiTConfig.from_config(config.model.net)
   res_h, res_w = config.dataloader_train.dataset.resolution_hw
   latent_hw = (res_h // 8, res_w // 8)
@@ -83,7 +78,7 @@ def main(_):
   count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=batch,
                           train_base=bool(config.model.train_base))
 
-  if _MODE.value == "forward":
+  if flags.FLAGS.mode == "forward":
     inputs = synthetic_inputs(cfg, latent_hw, num_views, batch, jax.random.key(1))
     fn, args, model_flops = jax.jit(lambda p, kw: model.apply({"params": p}, **kw)), (params, inputs), count.forward
   else:
@@ -104,21 +99,21 @@ def main(_):
   def call(args):
     """One timed call; a train step donates its state, so the new state is fed back in."""
     out = compiled(*args)
-    if _MODE.value == "train":
+    if flags.FLAGS.mode == "train":
       return (out[0], args[1]), out[1]
     return args, out
 
   times, losses = [], []
-  for i in range(_WARMUP.value + _STEPS.value):
+  for i in range(flags.FLAGS.warmup + flags.FLAGS.steps):
     t0 = time.perf_counter()
     args, out = call(args)
     jax.block_until_ready(out)
-    if i >= _WARMUP.value:
+    if i >= flags.FLAGS.warmup:
       times.append(time.perf_counter() - t0)
-    if _MODE.value == "train":
+    if flags.FLAGS.mode == "train":
       losses.append(float(out["loss"]))
-  if _PROFILE.value:
-    jax.profiler.start_trace(_PROFILE.value)
+  if flags.FLAGS.profile:
+    jax.profiler.start_trace(flags.FLAGS.profile)
     for _ in range(2):
       args, out = call(args)
       jax.block_until_ready(out)
@@ -129,7 +124,7 @@ def main(_):
   peak = flops.peak_tflops(device)
   mem = flops.peak_memory_gib(device)
   result = dict(
-      mode=_MODE.value, device=device.device_kind, num_devices=jax.device_count(), mesh=dict(mesh.shape),
+      mode=flags.FLAGS.mode, device=device.device_kind, num_devices=jax.device_count(), mesh=dict(mesh.shape),
       backend=jax.default_backend(), jax=jax.__version__, resolution=[res_h, res_w],
       latent=[num_views * cfg.state_t, *latent_hw],
       tokens=num_views * cfg.state_t * latent_hw[0] * latent_hw[1] // cfg.patch_spatial**2, batch=batch,
@@ -142,5 +137,15 @@ def main(_):
   print(json.dumps(result))
 
 
+def _define_flags():
+  """Command-line flags, defined only when run as a program (modules stay importable together)."""
+  config_flags.DEFINE_config_file("config", "configs/edge.py", "training config file")
+  flags.DEFINE_enum("mode", "forward", ["forward", "train"], "what to time: the DiT forward or a training step")
+  flags.DEFINE_integer("steps", 5, "timed steps")
+  flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
+  flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -45,28 +45,7 @@ from agibot_jax.sampling import generate, video_out
 from agibot_jax.training import checkpointing
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
-from agibot_jax.training.state import new_state, state_shardings
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/edge.py or configs/edge.py:tiny")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training workdir (or its checkpoints/ dir), converted DiT "
-                                  "dir (python -m convert.dit) or bundle dir with dit/")
-_EMA = flags.DEFINE_bool("ema", True, "training checkpoints: sample with the EMA weights (default); --noema or "
-                         "--no_ema: the regular weights")
-_NO_EMA = flags.DEFINE_bool("no_ema", False, "the regular weights of a training checkpoint (absl's --noema)")
-_SAMPLE_ID = flags.DEFINE_string("sample_id", None, "dataset sample id (file stem); default: the first sample")
-_CONTROL_VIDEOS = flags.DEFINE_list("control_videos", None, "one control video per view (config view order), "
-                                    "instead of a dataset sample")
-_PROMPT = flags.DEFINE_string("prompt", None, "the prompt, with --control_videos")
-_GUIDANCE = flags.DEFINE_float("guidance", 3.0, "classifier-free guidance g: v = v_cond + g·(v_cond − v_uncond)")
-_NUM_COND_FRAMES = flags.DEFINE_integer("num_cond_frames", None, "clean latent frames per view taken from the "
-                                        "input video (0 or 1); default 1 with a dataset sample, 0 otherwise")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", 35, "UniPC denoising steps")
-_SHIFT = flags.DEFINE_float("shift", generate.SHIFT, "time shift of the sampling schedule")
-_SEED = flags.DEFINE_integer("seed", generate.NOISE_SEED, "NumPy RandomState seed of the starting noise")
-_CONTROL_PRESET = flags.DEFINE_enum("control_preset", "medium", list(controls.PRESETS),
-                                    "edge/vis control strength at inference")
-_OUT = flags.DEFINE_string("out", None, "output .mp4 (the 12-frame .jpg strip is written beside it)")
-flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,13 +64,8 @@ def _training_workdir(path: str) -> str | None:
 
 def _restore_train_params(config, workdir: str, cfg: dit.DiTConfig, mesh, use_ema: bool):
   """DiT weights of the newest complete TrainState under `<workdir>/checkpoints`."""
-  boxed = dit.abstract_params(cfg, boxed=True)
-  tx = optim.make_optimizer(config)
-  ema = ema_lib.PowerEMA.from_config(config)
-  make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
-  abstract_state = jax.eval_shape(make, dit.abstract_params(cfg))
-  shardings = state_shardings(abstract_state, boxed, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+  target, _, _ = train_lib.state_target(config, cfg, mesh, optim.make_optimizer(config),
+                                        ema_lib.PowerEMA.from_config(config))
   manager = checkpointing.make_manager(workdir, config)
   restored = checkpointing.restore_latest(manager, target)
   manager.close()
@@ -106,17 +80,6 @@ def _restore_train_params(config, workdir: str, cfg: dit.DiTConfig, mesh, use_em
   return state.ema_params() if use_ema else state.params()
 
 
-def _restore_converted_params(path: str, cfg: dit.DiTConfig, mesh):
-  meta = params_io.read_meta(path)
-  if meta.get("model") != "dit":
-    raise ValueError(f"--checkpoint {path} holds a {meta.get('model')!r} checkpoint, not a DiT")
-  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), dit.abstract_params(cfg),
-                          shardings)
-  print(f"[agibot-jax] DiT weights from {path}")
-  return params_io.restore_params(path, abstract)
-
-
 def load_dit_params(config, checkpoint: str, cfg: dit.DiTConfig, mesh, *, use_ema: bool = True):
   """(params, training workdir or None). A converted/bundle checkpoint also becomes `checkpoint.load_path`,
   so the VAE and text encoder of a bundle are found as in training."""
@@ -124,7 +87,9 @@ def load_dit_params(config, checkpoint: str, cfg: dit.DiTConfig, mesh, *, use_em
     raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory")
   if os.path.exists(os.path.join(checkpoint, params_io.META_FILE)) or os.path.isdir(os.path.join(checkpoint, "dit")):
     config.checkpoint.load_path = checkpoint
-    return _restore_converted_params(train_lib.dit_params_path(config), cfg, mesh), None
+    path = train_lib.dit_params_path(config)
+    print(f"[agibot-jax] DiT weights from {path}")
+    return train_lib.restore_dit_params(path, cfg, mesh), None
   workdir = _training_workdir(checkpoint)
   if workdir is None:
     raise ValueError(f"--checkpoint {checkpoint} is neither a training workdir (no checkpoints/ folder), nor a "
@@ -266,14 +231,39 @@ def main(argv):
   init_args = train_lib.distributed_init_args()
   if init_args is not None:
     jax.distributed.initialize(**init_args)
-  summary = run(_CONFIG.value, checkpoint=_CHECKPOINT.value, out=_OUT.value,
-                use_ema=_EMA.value and not _NO_EMA.value, sample_id=_SAMPLE_ID.value,
-                control_videos=_CONTROL_VIDEOS.value, prompt=_PROMPT.value, guidance=_GUIDANCE.value,
-                num_cond_frames=_NUM_COND_FRAMES.value, num_steps=_NUM_STEPS.value, shift=_SHIFT.value,
-                seed=_SEED.value, control_preset=_CONTROL_PRESET.value)
+  summary = run(flags.FLAGS.config, checkpoint=flags.FLAGS.checkpoint, out=flags.FLAGS.out,
+                use_ema=flags.FLAGS.ema and not flags.FLAGS.no_ema, sample_id=flags.FLAGS.sample_id,
+                control_videos=flags.FLAGS.control_videos, prompt=flags.FLAGS.prompt, guidance=flags.FLAGS.guidance,
+                num_cond_frames=flags.FLAGS.num_cond_frames, num_steps=flags.FLAGS.num_steps, shift=flags.FLAGS.shift,
+                seed=flags.FLAGS.seed, control_preset=flags.FLAGS.control_preset)
   if jax.process_index() == 0:
     print(json.dumps(summary))
 
 
+def _define_flags():
+  """Command-line flags, defined only when run as a program (modules stay importable together)."""
+  config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/edge.py or configs/edge.py:tiny")
+  flags.DEFINE_string("checkpoint", None, "training workdir (or its checkpoints/ dir), converted DiT "
+      "dir (python -m convert.dit) or bundle dir with dit/")
+  flags.DEFINE_bool("ema", True, "training checkpoints: sample with the EMA weights (default); --noema or "
+      "--no_ema: the regular weights")
+  flags.DEFINE_bool("no_ema", False, "the regular weights of a training checkpoint (absl's --noema)")
+  flags.DEFINE_string("sample_id", None, "dataset sample id (file stem); default: the first sample")
+  flags.DEFINE_list("control_videos", None, "one control video per view (config view order), "
+      "instead of a dataset sample")
+  flags.DEFINE_string("prompt", None, "the prompt, with --control_videos")
+  flags.DEFINE_float("guidance", 3.0, "classifier-free guidance g: v = v_cond + g·(v_cond − v_uncond)")
+  flags.DEFINE_integer("num_cond_frames", None, "clean latent frames per view taken from the "
+      "input video (0 or 1); default 1 with a dataset sample, 0 otherwise")
+  flags.DEFINE_integer("num_steps", 35, "UniPC denoising steps")
+  flags.DEFINE_float("shift", generate.SHIFT, "time shift of the sampling schedule")
+  flags.DEFINE_integer("seed", generate.NOISE_SEED, "NumPy RandomState seed of the starting noise")
+  flags.DEFINE_enum("control_preset", "medium", list(controls.PRESETS),
+      "edge/vis control strength at inference")
+  flags.DEFINE_string("out", None, "output .mp4 (the 12-frame .jpg strip is written beside it)")
+  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -176,32 +176,43 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
 # State
 
 
-def init_or_restore(config, workdir, cfg, mesh, tx, ema, manager):
-  boxed = dit.abstract_params(cfg, boxed=True)
-  abstract_params = dit.abstract_params(cfg)
-  make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
-  abstract_state = jax.eval_shape(make, abstract_params)
-  shardings = state_shardings(abstract_state, boxed, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+def _with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
+
+def state_target(config, cfg, mesh, tx, ema):
+  """(TrainState of sharded ShapeDtypeStructs to restore into, its shardings, the `new_state` maker)."""
+  make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
+  abstract_state = jax.eval_shape(make, dit.abstract_params(cfg))
+  shardings = state_shardings(abstract_state, dit.abstract_params(cfg, boxed=True), mesh)
+  return _with_shardings(abstract_state, shardings), shardings, make
+
+
+def restore_dit_params(path: str, cfg, mesh):
+  """DiT params of a `convert.dit` directory, restored directly into their mesh shardings."""
+  meta = params_io.read_meta(path)
+  if meta.get("model") != "dit":
+    raise ValueError(f"{path} holds a {meta.get('model')!r} checkpoint, not a DiT")
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
+  return params_io.restore_params(path, _with_shardings(dit.abstract_params(cfg), shardings))
+
+
+def init_or_restore(config, workdir, cfg, mesh, tx, ema, manager):
+  """(state, data iterator state or None, state shardings): resumed from the workdir, else fresh from the base."""
+  target, shardings, make = state_target(config, cfg, mesh, tx, ema)
   restored = checkpointing.restore_latest(manager, target)
   if restored is not None:
     state, data_state = restored
     print(f"[agibot-jax] resumed from {checkpointing.checkpoint_dir(workdir)} at step {int(state.step)}")
     return state, data_state, shardings
 
-  param_shardings = sharding.param_shardings(boxed, mesh)
   path = dit_params_path(config)
   if path:
-    meta = params_io.read_meta(path)
-    if meta.get("model") != "dit":
-      raise ValueError(f"checkpoint.load_path {path} holds a {meta.get('model')!r} checkpoint, not a DiT")
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
-                            param_shardings)
-    params = params_io.restore_params(path, abstract)
+    params = restore_dit_params(path, cfg, mesh)
     print(f"[agibot-jax] DiT base loaded from {path}")
   else:
     _random_ok(config, "DiT", "checkpoint.load_path")
+    param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
     params = jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(config.seed))
   state = jax.jit(make, out_shardings=shardings)(params)
   return state, None, shardings
@@ -228,16 +239,17 @@ class Logger:
     self.step_flops, self.num_devices = step_flops, num_devices
     self.peak = flops.peak_tflops(jax.devices()[0])
     self.t0, self.last_step = time.perf_counter(), None
+    self.excluded_s = 0.0  # time spent outside training steps (sample callbacks) since the last log
 
   def log(self, step: int, metrics: dict) -> dict:
     now = time.perf_counter()
     if self.last_step is not None:
-      sec = (now - self.t0) / max(step - self.last_step, 1)
+      sec = (now - self.t0 - self.excluded_s) / max(step - self.last_step, 1)
       tflops = self.step_flops / sec / self.num_devices / 1e12
       metrics = {**metrics, "s_per_step": sec, "tflops_per_device": tflops}
       if self.peak:
         metrics["mfu"] = tflops / self.peak
-    self.t0, self.last_step = now, step
+    self.t0, self.last_step, self.excluded_s = now, step, 0.0
     if self.writer is not None:
       for k, v in metrics.items():
         self.writer.add_scalar(f"train/{k}", float(v), step)
@@ -309,7 +321,7 @@ def train(config, workdir: str) -> dict:
                                   text_provider=text_provider))
 
   start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
-  last_metrics, last_saved = {}, start
+  last_metrics = {}
   progress = tqdm(total=max_iter, initial=start, desc="train", unit="step", disable=jax.process_index() != 0)
   for step in range(start, max_iter):
     loader_batch = next(data_iter)
@@ -317,17 +329,16 @@ def train(config, workdir: str) -> dict:
     state, metrics = step_fn(state, batch)
     done = step + 1
     progress.update(1)
+    t_callbacks = time.perf_counter()
     for callback in callbacks:
       callback(done, state, batch, loader_batch)
+    logger.excluded_s += time.perf_counter() - t_callbacks
     if done % config.trainer.logging_iter == 0 or done == max_iter:
       last_metrics = logger.log(done, {k: float(v) for k, v in jax.device_get(metrics).items()})
       progress.write(f"step {done}: " + " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
     if done % config.checkpoint.save_iter == 0 or done == max_iter:
       checkpointing.save(manager, state, data_iter.get_state(), config)
-      last_saved = done
   progress.close()
-  if last_saved != int(jax.device_get(state.step)):
-    checkpointing.save(manager, state, data_iter.get_state(), config)
   manager.wait_until_finished()
   manager.close()
   logger.close()

@@ -18,9 +18,6 @@ from ml_collections import config_flags
 
 from agibot_jax.data import layout, pipeline, video
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<control>.py[:tiny]", lock_config=True)
-_PREVIEW = flags.DEFINE_string("preview", None, "write a side-by-side preview mp4 of one sample here")
-_PREVIEW_INDEX = flags.DEFINE_integer("preview_index", 0, "sample index (sorted by id) for --preview")
 
 EXIT_PROBLEMS = 2
 
@@ -73,10 +70,18 @@ def run(config, preview: str | None = None, preview_index: int = 0) -> int:
 
 def main(argv: list[str]) -> int:
   del argv
-  if _CONFIG.value is None:
+  if flags.FLAGS.config is None:
     raise app.UsageError("--config is required")
-  return run(_CONFIG.value, _PREVIEW.value, _PREVIEW_INDEX.value)
+  return run(flags.FLAGS.config, flags.FLAGS.preview, flags.FLAGS.preview_index)
+
+
+def _define_flags():
+  """Command-line flags, defined only when run as a program (modules stay importable together)."""
+  config_flags.DEFINE_config_file("config", None, "configs/<control>.py[:tiny]", lock_config=True)
+  flags.DEFINE_string("preview", None, "write a side-by-side preview mp4 of one sample here")
+  flags.DEFINE_integer("preview_index", 0, "sample index (sorted by id) for --preview")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
