@@ -23,10 +23,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from agibot_jax import flops, sharding
+from agibot_jax import train as train_lib
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
-from agibot_jax.training.state import new_state
 from agibot_jax.training.step import make_train_step
 
 
@@ -71,25 +71,29 @@ def main(_):
   jax.set_mesh(mesh)
 
   t0 = time.perf_counter()
-  params = jax.block_until_ready(jax.jit(functools.partial(dit.init_params, cfg))(jax.random.key(0)))
+  param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
+  params = jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(0))
+  params = jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
+  on_mesh = lambda tree: jax.tree.map(lambda a: jax.device_put(a, sharding.batch_sharding(mesh, a.shape)), tree)
   n_params = sum(p.size for p in jax.tree.leaves(params))
   model = dit.MultiViewControlDiT(cfg)
   count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=batch,
                           train_base=bool(config.model.train_base))
 
   if flags.FLAGS.mode == "forward":
-    inputs = synthetic_inputs(cfg, latent_hw, num_views, batch, jax.random.key(1))
+    inputs = on_mesh(synthetic_inputs(cfg, latent_hw, num_views, batch, jax.random.key(1)))
     fn, args, model_flops = jax.jit(lambda p, kw: model.apply({"params": p}, **kw)), (params, inputs), count.forward
   else:
     tx = optim.make_optimizer(config)
     ema = ema_lib.PowerEMA.from_config(config)
-    make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
-    state = jax.jit(make, donate_argnums=0)(params)
+    _, state_sh, make = train_lib.state_target(config, cfg, mesh, tx, ema)
+    state = jax.jit(make, donate_argnums=0, out_shardings=state_sh)(params)
     del params
     text_dtype = jnp.bfloat16 if config.model.precision == "bfloat16" else jnp.float32
-    model_batch = synthetic_model_batch(cfg, latent_hw, num_views, batch, (res_h, res_w), jax.random.key(1), text_dtype)
-    step = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=0)
+    model_batch = on_mesh(synthetic_model_batch(cfg, latent_hw, num_views, batch, (res_h, res_w), jax.random.key(1),
+                                                text_dtype))
+    step = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=0, out_shardings=(state_sh, None))
     fn, args, model_flops = step, (state, model_batch), count.train_step
 
   t0 = time.perf_counter()
