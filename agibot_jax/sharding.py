@@ -105,3 +105,19 @@ def param_shardings(boxed_params, mesh: Mesh):
 def batch_sharding(mesh: Mesh, shape) -> NamedSharding:
   """Leading (batch) axis over data×fsdp where it divides; everything else replicated."""
   return NamedSharding(mesh, logical_to_spec(("activation_batch",) + (None,) * (len(shape) - 1), shape, dict(mesh.shape)))
+
+
+def spread_shardings(abstract_tree, mesh: Mesh):
+  """Shardings for a frozen, inference-only model (the text encoder): every array is split along its largest
+  axis that divides evenly over all devices of the mesh (FSDP-style; XLA gathers each layer's weights when
+  used), else replicated."""
+  n = mesh.devices.size
+
+  def one(leaf):
+    spec = [None] * len(leaf.shape)
+    divisible = [i for i, d in enumerate(leaf.shape) if n > 1 and d % n == 0]
+    if divisible:
+      spec[max(divisible, key=lambda i: leaf.shape[i])] = MESH_AXES
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree.map(one, abstract_tree)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agibot_jax import sharding
 from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.text.tokenize import NUM_TOKENS, load_tokenizer, tokenize_captions
 
@@ -58,6 +59,11 @@ def load_text_encoder(path: str, *, dtype: str | None = None, attention: str = "
   config = QwenTextConfig.from_hf(meta["config"], dtype=dtype, param_dtype=dtype, attention=attention)
   abstract = jax.eval_shape(
       lambda: QwenTextModel(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+  mesh = jax.sharding.get_mesh()
+  if mesh.devices.size > 1:
+    # On the training mesh (jax.set_mesh), the weights are spread over every device instead of replicated.
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                            sharding.spread_shardings(abstract, mesh))
   params = restore_params(path, abstract)
   return config, params
 

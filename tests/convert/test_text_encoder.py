@@ -90,3 +90,34 @@ def test_key_table_covers_the_7b():
   table = key_table(28)
   assert len(table) == 2 + 28 * 12
   assert len({e.torch_key for e in table}) == len(table)
+
+
+_SHARDED_WORKER = """
+import sys, numpy as np, jax
+from safetensors.numpy import load_file
+from agibot_jax import sharding
+from agibot_jax.text.embed import full_concat, load_text_encoder
+from agibot_jax.text.qwen import QwenTextModel
+jax.config.update("jax_default_matmul_precision", "highest")
+jax.set_mesh(sharding.make_mesh(1, 4, 1))
+config, params = load_text_encoder(sys.argv[1], attention="xla")
+split = [l for l in jax.tree.leaves(params) if not l.sharding.is_fully_replicated]
+ref = load_file(sys.argv[2])
+hidden = QwenTextModel(config).apply({"params": params}, ref["inputs/input_ids"].astype(np.int32))
+print(len(split), len(jax.tree.leaves(params)), float(np.abs(np.asarray(full_concat(hidden)) - ref["outputs/full_concat"]).max()))
+"""
+
+
+def test_text_encoder_weights_spread_over_the_training_mesh(golden, tmp_path):
+  # On a 4-device mesh the converted encoder is restored split over the devices, with unchanged output.
+  dst = tmp_path / "text_tiny"
+  cmd = [sys.executable, "-m", "convert.text_encoder", "--src", str(golden / "checkpoint"), "--dst", str(dst),
+         "--dtype", "float32"]
+  assert subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).returncode == 0
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  done = subprocess.run([sys.executable, "-c", _SHARDED_WORKER, str(dst), str(golden / "text_tiny.safetensors")],
+                        cwd=REPO, env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  split, total, err = done.stdout.split()
+  assert int(split) > 0 and int(split) <= int(total)
+  assert float(err) < TOL
