@@ -27,6 +27,7 @@ from agibot_jax import train as train_lib
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
+from agibot_jax.training.state import precision_dtype
 from agibot_jax.training.step import make_train_step
 
 
@@ -90,9 +91,8 @@ def main(_):
     _, state_sh, make = train_lib.state_target(config, cfg, mesh, tx, ema)
     state = jax.jit(make, donate_argnums=0, out_shardings=state_sh)(params)
     del params
-    text_dtype = jnp.bfloat16 if config.model.precision == "bfloat16" else jnp.float32
     model_batch = on_mesh(synthetic_model_batch(cfg, latent_hw, num_views, batch, (res_h, res_w), jax.random.key(1),
-                                                text_dtype))
+                                                precision_dtype(config)))
     step = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=0, out_shardings=(state_sh, None))
     fn, args, model_flops = step, (state, model_batch), count.train_step
 

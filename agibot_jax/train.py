@@ -38,7 +38,7 @@ from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.training import checkpointing, optimizer as optim
 from agibot_jax.training import ema as ema_lib
-from agibot_jax.training.state import new_state, state_shardings
+from agibot_jax.training.state import new_state, precision_dtype, state_shardings
 from agibot_jax.training.step import make_train_step
 
 METRICS_FILE = "metrics.jsonl"
@@ -159,8 +159,7 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
   latent_view_ids = np.concatenate([view_indices[:, v * frames_per_view:v * frames_per_view + t]
                                     for v in range(len(config.dataloader_train.dataset.views))], axis=1)
   emb = embed_batch(text_provider, batch["ai_caption"])
-  if config.model.precision == "bfloat16":
-    emb = emb.astype(jnp.bfloat16)
+  emb = emb.astype(precision_dtype(config))
   out = {
       "x0_BTHWC": x0,
       "control_BTHWC": control,

@@ -102,13 +102,7 @@ def params_to_torch_state(params, cfg, dtype: str | None = None) -> dict[str, np
   """Flax params -> reference state dict (keys without `net.`), optionally cast to `dtype`."""
   state = mapping.flax_to_torch(params, key_table(cfg))
   state.update(reference_buffers(cfg))
-  if dtype is not None:
-    import ml_dtypes
-
-    target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    state = {k: v.astype(target) if np.issubdtype(v.dtype, np.floating) or v.dtype == ml_dtypes.bfloat16 else v
-             for k, v in state.items()}
-  return state
+  return mapping.cast_floating(state, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,11 +196,7 @@ def convert(src: str, dst: str, *, ema: bool = True, config: str | None = None, 
   cfg = _config_from_file(config)
   state = torch_io.load_state_dict(src, prefix_choice="net_ema" if ema else "net")
   params = torch_state_to_params(state, cfg, source=src, progress=lambda it: tqdm(it, desc="mapping keys", unit="key"))
-  if dtype is not None:
-    import ml_dtypes
-
-    target = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    params = mapping.unflatten_tree({k: v.astype(target) for k, v in mapping.flatten_tree(params).items()})
+  params = mapping.cast_floating(params, dtype)
   meta = {"model": "dit", "config": dataclasses.asdict(cfg), "source": src, "copy": "net_ema" if ema else "net"}
   params_io.save_params(dst, params, meta, force=force)
 

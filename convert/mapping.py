@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 Path = tuple[str, ...]
@@ -169,6 +170,19 @@ def torch_to_flax(
         flat_out[e.flax_path] = np.empty(shape, dtype=value.dtype)
       flat_out[e.flax_path][e.index] = value
   return unflatten_tree(flat_out)
+
+
+def cast_floating(tree: Mapping[str, Any], dtype: str | None) -> dict[str, Any]:
+  """Nested dict with its floating arrays (bfloat16 included) cast to `dtype` ("float32" | "bfloat16"); None keeps them."""
+  if dtype is None:
+    return dict(tree)
+  target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+
+  def one(a):
+    a = np.asarray(a)
+    return a.astype(target) if np.issubdtype(a.dtype, np.floating) or a.dtype == ml_dtypes.bfloat16 else a
+
+  return unflatten_tree({k: one(v) for k, v in flatten_tree(tree).items()})
 
 
 def flax_to_torch(tree: Mapping[str, Any], table: Iterable[Entry]) -> dict[str, np.ndarray]:

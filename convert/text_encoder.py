@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from convert.mapping import ConversionError, Entry, torch_to_flax
+from convert.mapping import ConversionError, Entry, cast_floating, torch_to_flax
 
 MODEL_KIND = "qwen2.5_vl_text"
 _LM_PREFIXES = ("model.language_model.", "model.")
@@ -109,10 +109,7 @@ def convert(src: str, dtype: str = "bfloat16"):
   model = QwenTextModel(config)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32)))["params"]
   table = key_table(config.num_layers, lm_prefix(state))
-  params = torch_to_flax(state, table, abstract, ignore=is_ignored, source=src)
-  want = np.dtype(config.jnp_param_dtype)
-  params = jax.tree.map(lambda a: np.asarray(a, dtype=want), params)
-  return config, params
+  return config, cast_floating(torch_to_flax(state, table, abstract, ignore=is_ignored, source=src), dtype)
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from agibot_jax.models import vae as vae_lib
-from convert.mapping import ConversionError, Entry, flax_to_torch, torch_to_flax
+from convert.mapping import ConversionError, Entry, cast_floating, flax_to_torch, torch_to_flax
 from convert.parity import OutputCheck
 
 MODEL_NAME = "wan2.1_vae"
@@ -85,13 +85,7 @@ def convert_state_dict(state: dict[str, np.ndarray], cfg: vae_lib.VAEConfig, *, 
                        dtype: str | None = None) -> dict:
   """PyTorch state dict (numpy) -> Flax parameter tree (numpy), optionally cast to `dtype`."""
   abstract = vae_lib.abstract_params(vae_lib.WanVAE(cfg))
-  params = torch_to_flax(state, key_table(cfg), abstract, source=source)
-  if dtype is None:
-    return params
-  import jax
-  import jax.numpy as jnp
-
-  return jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), params)
+  return cast_floating(torch_to_flax(state, key_table(cfg), abstract, source=source), dtype)
 
 
 def golden_parity(golden_path: str, meta: dict) -> list[OutputCheck]:
