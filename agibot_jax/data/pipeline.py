@@ -17,6 +17,7 @@ the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_c
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 from absl import flags
@@ -201,6 +202,10 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
   """
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch_buffer_size))
   if num_workers > 0:
+    # One sample per worker at a time: BLAS threads inside the workers (the resize's small matmuls) would only
+    # oversubscribe the cores. Workers are fresh processes, so the variables apply to their numpy.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+      os.environ.setdefault(var, "1")
     # grain's worker processes read absl flags; outside an absl app (tests, scripts) they are unparsed.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()

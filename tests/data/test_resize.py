@@ -18,7 +18,9 @@ CASES = [
     ((480, 640), (432, 768), "bilinear"),    # robot_example -> training size (down H, up W)
     ((720, 1280), (64, 96), "bilinear"),     # tiny config, strong antialiasing
     ((48, 80), (720, 1280), "bilinear"),
-    ((64, 96), (6, 9), "bicubic"),           # vis down-up (preset medium)
+    ((432, 768), (43, 76), "bicubic"),       # vis down-up at the training size (preset medium)
+    ((43, 76), (432, 768), "bicubic"),
+    ((64, 96), (6, 9), "bicubic"),           # vis down-up (preset medium), tiny config
     ((6, 9), (64, 96), "bicubic"),
     ((37, 53), (16, 99), "bicubic"),
 ]
@@ -57,6 +59,35 @@ def test_other_axes_layout():
   ours = resize.resize_uint8(x, (12, 20), "bicubic", axes_hw=(2, 3))
   ref = resize.resize_uint8(x.transpose(1, 2, 3, 0), (12, 20), "bicubic").transpose(3, 0, 1, 2)
   np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("n_in,n_out,method", [(1280, 768, "bilinear"), (720, 64, "bilinear"), (48, 720, "bilinear"),
+                                                (768, 76, "bicubic"), (43, 432, "bicubic"), (9, 9, "bicubic")])
+def test_band_blocks_are_axis_weights(n_in, n_out, method):
+  """The dense blocks the matmuls use hold exactly the weights of axis_weights, every output once."""
+  index_OK, weight_OK = resize.axis_weights(n_in, n_out, method)
+  expected_OI = np.zeros((n_out, n_in), np.float32)
+  np.add.at(expected_OI, (np.arange(n_out)[:, None], index_OK), weight_OK)
+  blocks_OI = np.zeros((n_out, n_in), np.float32)
+  next_o = 0
+  for o0, o1, i0, i1, weight_oi in resize._band_blocks(n_in, n_out, method):
+    assert o0 == next_o and o1 > o0 and 0 <= i0 < i1 <= n_in and weight_oi.shape == (o1 - o0, i1 - i0)
+    blocks_OI[o0:o1, i0:i1] = weight_oi
+    next_o = o1
+  assert next_o == n_out
+  np.testing.assert_array_equal(blocks_OI, expected_OI)
+
+
+def test_layouts_and_dtypes_agree():
+  """Leading axes, channel counts (uint8 RGB de-interleaves through cv2, others through NumPy) and input dtypes."""
+  x = _smooth_image(np.random.default_rng(2), 6, 40, 70).reshape(2, 3, 40, 70, 3)
+  ours = resize.resize_uint8(x, (23, 31))
+  assert ours.shape == (2, 3, 23, 31, 3)
+  np.testing.assert_array_equal(ours[1], resize.resize_uint8(x[1], (23, 31)))
+  per_channel = [resize.resize_float(np.ascontiguousarray(x[..., c:c + 1]), (23, 31)) for c in range(3)]
+  np.testing.assert_allclose(resize.resize_float(x, (23, 31)), np.concatenate(per_channel, axis=-1), atol=1e-4)
+  np.testing.assert_array_equal(resize.resize_float(x, (23, 31), "bicubic"),
+                                resize.resize_float(x.astype(np.float64), (23, 31), "bicubic"))
 
 
 def test_rejects_non_uint8():
