@@ -117,7 +117,7 @@ def main(_):
     if flags.FLAGS.mode == "train":
       losses.append(float(out["loss"]))
   if flags.FLAGS.profile:
-    jax.profiler.start_trace(flags.FLAGS.profile)
+    jax.profiler.start_trace(flags.FLAGS.profile, create_perfetto_trace=True)
     for _ in range(2):
       args, out = call(args)
       jax.block_until_ready(out)

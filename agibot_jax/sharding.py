@@ -28,14 +28,13 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("vocab", None),
     ("norm", None),
-    # Activations: batch over data x fsdp, the token axis of each view over context.
+    # Activations: batch over data x fsdp, the token axis of each view over context; inside attention the
+    # heads take the context axis instead (dit.heads_sharded), as the cuDNN kernel cannot split a sequence.
     ("activation_batch", ("data", "fsdp")),
     ("activation_view", None),
     ("activation_length", "context"),
     ("activation_embed", None),
-    ("activation_heads", None),
-    ("activation_kv", None),
-    ("activation_text_length", None),
+    ("activation_heads", "context"),
 )
 
 

@@ -7,4 +7,4 @@ set -euo pipefail
 out=${OUT:-/tmp}
 python3 benchmarks/sample.py --config configs/edge.py --config.model.allow_random_init=True \
   --config.model.net.param_dtype=bfloat16 --config.model.net.attention=cudnn --num_steps 35 --guidance 3 \
-  --num_cond_frames 1 --repeats 1 2>&1 | tail -n 1 | tee "$out/sample_432x768.json"
+  --num_cond_frames 1 --repeats ${REPEATS:-1} 2>&1 | tail -n 1 | tee "$out/sample_432x768.json"

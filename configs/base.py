@@ -53,7 +53,8 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.param_dtype = "float32"
   net.dtype = "bfloat16"
   net.attention = "auto"  # xla | cudnn | auto
-  net.remat_policy = "full"  # none | full | save_self_attention | save_attention | save_dots (BENCHMARKS.md)
+  net.remat_policy = "save_self_attention"  # agibot_jax/models/remat.py: none | full | save_self_attention | save_attention
+  net.offload_block_inputs = False  # block inputs to host memory (720p on one 80 GB GPU)
   return net
 
 
@@ -173,9 +174,11 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.checkpoint.async_save = True
 
   config.mesh = ml_collections.ConfigDict()
+  # Context parallelism over every device, as the reference's CP = world size: tokens split across devices,
+  # heads inside attention (sharding.py). -1: all remaining devices.
   config.mesh.data = 1
-  config.mesh.fsdp = -1  # -1: all remaining devices
-  config.mesh.context = 1
+  config.mesh.fsdp = 1
+  config.mesh.context = -1
 
   if arg == "tiny":
     tiny_net(config.model.net)

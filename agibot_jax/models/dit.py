@@ -17,6 +17,7 @@ modulation MLPs, RoPE and the final layer run in float32; everything else in `dt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,9 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.ad_checkpoint import checkpoint_name
 
 from agibot_jax import sharding
+from agibot_jax.models import remat
 from agibot_jax.models.attention import dot_product_attention
 
 Array = jax.Array
@@ -95,14 +96,14 @@ class DiTConfig:
   dtype: str = "bfloat16"
   attention: str = "auto"
   remat_policy: str = "none"
+  offload_block_inputs: bool = False
 
   def __post_init__(self):
     if self.patch_temporal != 1:
       raise ValueError("only patch_temporal=1 is supported (the reference's setting)")
     if self.model_channels % self.num_heads:
       raise ValueError(f"model_channels {self.model_channels} not divisible by num_heads {self.num_heads}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
+    remat.policy(self.remat_policy, self.offload_block_inputs)  # rejects unknown names and bad combinations
 
   @property
   def head_dim(self) -> int:
@@ -375,6 +376,22 @@ class AttentionProjections(nn.Module):
     return self.output_proj(o.reshape(*o.shape[:-2], self.cfg.model_channels))
 
 
+def heads_sharded(*arrays):
+  """Attention operands split over heads on the context axis (the cuDNN kernel accepts batch/head splits only).
+
+  The block's tokens are split over the context axis; this reshards q, k, v (…, H, hd) by heads for the
+  attention (an all-to-all), Ulysses-style, so each device attends over all tokens for its heads.
+  """
+  spec = lambda a: ("activation_batch",) + (None,) * (a.ndim - 3) + ("activation_heads", None)
+  return tuple(sharding.constrain(a, spec(a)) for a in arrays)
+
+
+def tokens_sharded(o, b: int, v: int):
+  """The attention output (…, H, hd) back to the block's token split: (B, V, L, H, hd)."""
+  o = o.reshape(b, v, -1, *o.shape[-2:])
+  return sharding.constrain(o, ("activation_batch", "activation_view", "activation_length", None, None))
+
+
 class Block(nn.Module):
   """One multiview cross block (spec §5.4): self-attn per view, cross-view attn, text attn, MLP."""
 
@@ -387,7 +404,7 @@ class Block(nn.Module):
     b, v, l, _ = x_BVLD.shape
     t, s = self.frames_per_view, self.tokens_per_frame
     dtype = jnp.dtype(cfg.dtype)
-    x_BVLD = x_BVLD.astype(dtype)
+    x_BVLD = remat.block_input(x_BVLD.astype(dtype))
     x_BVLD = sharding.constrain(x_BVLD, ("activation_batch", "activation_view", "activation_length", "activation_embed"))
 
     def mod_chunks(name, first_view_chunk):
@@ -403,37 +420,39 @@ class Block(nn.Module):
     q = apply_rope(sa.queries(h), ctx.rope_cos_LK, ctx.rope_sin_LK)
     k, val = sa.keys_values(h)
     k = apply_rope(k, ctx.rope_cos_LK, ctx.rope_sin_LK)
-    o = dot_product_attention(q, k, val, implementation=cfg.attention)
-    o = checkpoint_name(o, "self_attention_out")
-    x_BVLD = x_BVLD + gate * sa.out(o).reshape(b, v, l, d)
+    o = dot_product_attention(*heads_sharded(q, k, val), implementation=cfg.attention)
+    x_BVLD = x_BVLD + gate * sa.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
     # Cross-view attention: each token sees its neighbour views' tokens at the same frame.
-    # k/v are projected once per token and then gathered (equal to projecting the gathered tokens).
+    # k/v are projected once per token, then each view's neighbours are selected by a one-hot sum over the views
+    # (exact: one term is 1·x, the others 0·y) straight into the per-frame layout (B·V·T, K·S, H, hd). Unlike an
+    # indexed gather, its gradient is a plain reduction rather than a scatter-add, and no transpose is needed.
     y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVLD)
     cv = AttentionProjections(cfg, d, zero_init_output=True, name="cross_view_attn")
     q = cv.queries(y).reshape(b * v * t, s, cfg.num_heads, cfg.head_dim)
-    k, val = cv.keys_values(y)
-    gather = jax.vmap(lambda a, pos: a[pos])  # (V, ...) x (V, K) -> (V, K, ...)
-    kn = gather(k, ctx.nbr_pos_BVK)  # (B, V, K, L, H, hd)
-    vn = gather(val, ctx.nbr_pos_BVK)
-    n_nbr = kn.shape[2]
-    to_frames = lambda a: a.reshape(b, v, n_nbr, t, s, cfg.num_heads, cfg.head_dim).transpose(0, 1, 3, 2, 4, 5, 6).reshape(
-        b * v * t, n_nbr * s, cfg.num_heads, cfg.head_dim)
+    q, k, val = heads_sharded(q, *cv.keys_values(y))
+    n_nbr = ctx.nbr_pos_BVK.shape[-1]
+    select_BVKW = jax.nn.one_hot(ctx.nbr_pos_BVK, v, dtype=k.dtype)
+
+    def neighbour_frames(a_BVLHK):
+      a_BVTSHK = a_BVLHK.reshape(b, v, t, 1, s, cfg.num_heads, cfg.head_dim)
+      picked = [select_BVKW[:, :, None, :, w, None, None, None] * a_BVTSHK[:, w:w + 1] for w in range(v)]
+      return functools.reduce(jnp.add, picked).reshape(b * v * t, n_nbr * s, cfg.num_heads, cfg.head_dim)
+
     kv_len = jnp.repeat((ctx.nbr_count_BV * s).reshape(b * v), t)
-    o = dot_product_attention(q, to_frames(kn), to_frames(vn), kv_lengths_B=kv_len, implementation=cfg.attention)
-    o = checkpoint_name(o, "attention_out")
+    o = dot_product_attention(*heads_sharded(q, neighbour_frames(k), neighbour_frames(val)), kv_lengths_B=kv_len,
+                              implementation=cfg.attention)
     # A view with no neighbour present gets no cross-view update.
     o = o * (kv_len > 0).astype(o.dtype)[:, None, None, None]
-    x_BVLD = x_BVLD + cv.out(o).reshape(b, v, l, d)
+    x_BVLD = x_BVLD + cv.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
     # Text cross-attention, per view, over that view's 512 tokens (padding tokens attended).
     shift, scale, gate = mod_chunks("adaln_modulation_cross_attn", 3)
     h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
     ca = AttentionProjections(cfg, cfg.crossattn_emb_channels, name="cross_attn")
     k, val = ca.keys_values(ctx.text_ctx_BVMC.reshape(b * v, -1, cfg.crossattn_emb_channels).astype(dtype))
-    o = dot_product_attention(ca.queries(h), k, val, implementation=cfg.attention)
-    o = checkpoint_name(o, "attention_out")
-    x_BVLD = x_BVLD + gate * ca.out(o).reshape(b, v, l, d)
+    o = dot_product_attention(*heads_sharded(ca.queries(h), k, val), implementation=cfg.attention)
+    x_BVLD = x_BVLD + gate * ca.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
     # GELU MLP.
     shift, scale, gate = mod_chunks("adaln_modulation_mlp", 6)
@@ -466,19 +485,9 @@ class ControlBlock(Block):
     return c_BVLD, hint
 
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    # Self-attention is ~60% of the block's FLOPs but one tensor: keep it, recompute the rest.
-    "save_self_attention": jax.checkpoint_policies.save_only_these_names("self_attention_out"),
-    "save_attention": jax.checkpoint_policies.save_only_these_names("self_attention_out", "attention_out"),
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 def _scanned(block_cls, cfg: DiTConfig, length: int, in_axes):
   if cfg.remat_policy != "none":
-    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    block_cls = nn.remat(block_cls, policy=remat.policy(cfg.remat_policy, cfg.offload_block_inputs), prevent_cse=False)
   return nn.scan(
       block_cls,
       variable_axes={"params": 0},
