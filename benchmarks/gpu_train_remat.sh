@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # 2B training step on one GPU under each activation-checkpoint policy (issues 6 and 8), 432x768 unless the
 # extra arguments say otherwise (e.g. --config.dataloader_train.dataset.resolution_hw='(720,1280)').
-#   POLICIES="offload save_attention" STEPS=3 PROFILE=1 bash benchmarks/gpu_train_remat.sh [bench flags...]
+#   POLICIES="full save_self_attention" STEPS=3 PROFILE=1 bash benchmarks/gpu_train_remat.sh [bench flags...]
 # With PROFILE=1 each run also traces 2 steps and prints their kernel-time breakdown (benchmarks/profile_breakdown.py).
 set -uo pipefail
 out=${OUT:-/tmp}
-for policy in ${POLICIES:-full offload save_self_attention save_attention}; do
+for policy in ${POLICIES:-full save_self_attention save_attention}; do
   tag="$policy${TAG:-}"
   prof=()
   if [ -n "${PROFILE:-}" ]; then prof=(--profile "/tmp/profile_$tag"); fi
