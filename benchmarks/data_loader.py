@@ -5,8 +5,8 @@
 
 Per worker count w: samples/s through the grain iterator (batch 1) over max(--batches, 2·w) batches, after a
 warm-up batch that absorbs worker start-up (2·w keeps every worker busy for two samples, so the rate is the
-steady one rather than the samples already decoded during the warm-up). Also the single-process cost of one sample split into decode, resize and control.
-Prints one JSON line last.
+steady one rather than the samples already decoded during the warm-up). Also the single-process cost of one
+sample split into decode, resize and control. Prints one JSON line last.
 """
 
 from __future__ import annotations

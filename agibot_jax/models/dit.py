@@ -380,7 +380,8 @@ def heads_sharded(*arrays):
   """Attention operands split over heads on the context axis (the cuDNN kernel accepts batch/head splits only).
 
   The block's tokens are split over the context axis; this reshards q, k, v (…, H, hd) by heads for the
-  attention (an all-to-all), Ulysses-style, so each device attends over all tokens for its heads.
+  attention, Ulysses-style, so each device attends over all tokens for its heads. XLA realises it by gathering
+  each projection's input and computing only the device's heads (BENCHMARKS.md, multi-GPU scaling).
   """
   spec = lambda a: ("activation_batch",) + (None,) * (a.ndim - 3) + ("activation_heads", None)
   return tuple(sharding.constrain(a, spec(a)) for a in arrays)
