@@ -167,8 +167,19 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
       "view_indices_BT": latent_view_ids.astype(np.int32),
       "padding_mask_BHW": np.asarray(batch["padding_mask"], np.float32)[:, 0],
   }
-  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.shape(v)), np.asarray(v))
-          for k, v in out.items()}
+  return {k: _on_mesh(v, sharding.batch_sharding(mesh, np.shape(v))) for k, v in out.items()}
+
+
+def _on_mesh(value, target: jax.sharding.Sharding) -> jax.Array:
+  """A batch array with the step's input sharding.
+
+  Arrays already on the devices (latents from the online VAE, online text embeddings) are resharded there:
+  pulling them to the host would block the loop until the previous step and the encoder finish, leaving the GPU
+  idle while the host fetches the next batch. Host arrays (loader, caches) are this process's part of the batch.
+  """
+  if isinstance(value, jax.Array):
+    return jax.device_put(value, target)
+  return jax.make_array_from_process_local_data(target, np.asarray(value))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,9 +333,13 @@ def train(config, workdir: str) -> dict:
   start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
   last_metrics = {}
   progress = tqdm(total=max_iter, initial=start, desc="train", unit="step", disable=jax.process_index() != 0)
+  metrics = None
   for step in range(start, max_iter):
     loader_batch = next(data_iter)
     batch = model_batch(loader_batch, encode, vae_params, text_provider, config, mesh)
+    # The next batch is prepared (and its encoding queued) while the previous step runs; waiting for that step
+    # here keeps one step in flight, so the host never queues batches faster than the devices consume them.
+    jax.block_until_ready(metrics)
     state, metrics = step_fn(state, batch)
     done = step + 1
     progress.update(1)
