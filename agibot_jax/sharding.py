@@ -35,6 +35,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_length", "context"),
     ("activation_embed", None),
     ("activation_heads", "context"),
+    # Independent clips (views × video/control) through the VAE: spread over every device where they divide.
+    ("activation_clips", ("data", "fsdp", "context")),
 )
 
 

@@ -130,8 +130,8 @@ def ensure_dataset(config, workdir: str) -> None:
 def make_encoder(vae_model, num_views: int, mesh=None):
   """jit: loader batch (uint8 video and control) -> (video latent, control latent), one VAE call.
 
-  With a `mesh`, the clips (views of video and control folded into the batch) are sharded over its
-  data and fsdp axes.
+  With a `mesh`, the clips (views of video and control folded into the batch) are spread over its devices
+  where their count divides (sharding.py, "activation_clips").
   """
 
   @jax.jit

@@ -101,6 +101,12 @@ def test_logical_to_spec_rules():
   assert sharding.logical_to_spec(("embed", "mlp"), (128, 512), {"data": 1, "fsdp": 8, "context": 1}) == P("fsdp", None)
   # Size-1 mesh axes are dropped.
   assert sharding.logical_to_spec(("embed", "mlp"), (128, 512), {"data": 8, "fsdp": 1, "context": 1}) == P(None, None)
+  # VAE clips (3 views x video/control) spread over a context-parallel mesh; heads take the context axis in attention.
+  cp2 = {"data": 1, "fsdp": 1, "context": 2}
+  assert sharding.logical_to_spec(("activation_clips", None), (6, 93), cp2) == P("context", None)
+  assert sharding.logical_to_spec(("activation_clips", None), (6, 93), {"data": 1, "fsdp": 1, "context": 4}) == P(None, None)
+  heads = ("activation_batch", None, "activation_heads", None)
+  assert sharding.logical_to_spec(heads, (3, 31104, 16, 128), cp2) == P(None, None, "context", None)
 
 
 def test_make_mesh_errors():

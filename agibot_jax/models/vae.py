@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from agibot_jax import sharding
 from agibot_jax.models import attention as attention_lib
 
 CACHE = "cache"
@@ -548,11 +549,10 @@ def _fold_views(x_BNHWC: jax.Array, num_views: int, mesh: jax.sharding.Mesh | No
     raise ValueError(f"{n} frames do not split into {num_views} views")
   x = x_BNHWC.reshape((b * num_views, n // num_views) + x_BNHWC.shape[2:])
   if mesh is not None:
-    spec = jax.sharding.PartitionSpec(("data", "fsdp"))
-    types = dict(zip(mesh.axis_names, mesh.axis_types))
-    if any(types[a] == jax.sharding.AxisType.Explicit for a in ("data", "fsdp")):
+    if jax.sharding.AxisType.Explicit in mesh.axis_types:
       raise ValueError("the VAE shards its batch with with_sharding_constraint: build the mesh with "
                        "axis_types=(jax.sharding.AxisType.Auto,) * 3")
+    spec = sharding.logical_to_spec(("activation_clips",) + (None,) * (x.ndim - 1), x.shape, dict(mesh.shape))
     x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
   return x
 
@@ -567,8 +567,8 @@ def encode_multiview(model: WanVAE, params, video_BNHWC: jax.Array, *, num_views
   """Multiview clip (B, V*T, H, W, 3), views concatenated in time (view-major), uint8 or [-1, 1]
   -> normalised latents (B, V*t, H/8, W/8, z_dim) float32, view-major.
 
-  Each view is encoded on its own (views folded into the batch, sharded over ("data", "fsdp") when
-  `mesh` is given). To encode a video and its control map in one call, stack them along B.
+  Each view is encoded on its own (views folded into the batch, spread over the devices of `mesh` when
+  given and they divide the clip count). To encode a video and its control map in one call, stack them along B.
   jit with `model` and `num_views` static, e.g. `jax.jit(encode_multiview, static_argnums=0,
   static_argnames=("num_views", "mesh"))`.
   """
