@@ -28,8 +28,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("vocab", None),
     ("norm", None),
-    # Activations: batch over data x fsdp, the token axis of each view over context; inside attention the
-    # heads take the context axis instead (dit.heads_sharded), as the cuDNN kernel cannot split a sequence.
+    # Activations: batch over data x fsdp, the token axis of each view over context. Attention moves the context
+    # axis to the heads (dit.heads_sharded), as the cuDNN kernel cannot split a sequence; with
+    # model.net.context_local_attention the cross-view and text attentions run per device instead (context_local).
     ("activation_batch", ("data", "fsdp")),
     ("activation_view", None),
     ("activation_length", "context"),
@@ -70,6 +71,25 @@ def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
   if mesh.empty:
     return x
   return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, dict(mesh.shape)))
+
+
+def context_local(fn, in_axes: tuple, out_axes: tuple[str | None, ...], *args: jax.Array) -> jax.Array:
+  """`fn(*args)` run per device of the context axis on its token shards (`jax.shard_map`, manual over "context").
+
+  For computations that need no communication once the tokens are split (attention whose queries keep the
+  block's token split and whose keys are local or replicated). Each array is split over the context axis by its
+  logical axes; the other mesh axes stay automatic. An array replicated over the context axis (e.g. text keys)
+  gets its gradient summed over it. Without a context axis, or when nothing gets split, `fn` runs unchanged.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or dict(mesh.shape).get("context", 1) == 1:
+    return fn(*args)
+  shape = dict(mesh.shape)
+  in_specs = tuple(logical_to_spec(axes, a.shape, shape) for axes, a in zip(in_axes, args))
+  out_spec = logical_to_spec(out_axes, jax.eval_shape(fn, *args).shape, shape)
+  if "context" not in out_spec:
+    return fn(*args)
+  return jax.shard_map(fn, in_specs=in_specs, out_specs=out_spec, check_vma=False)(*args)
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, context: int = 1, devices=None) -> Mesh:

@@ -6,13 +6,18 @@ starts, so it runs this file as a script in a subprocess (`python tests/test_sha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESHES = ((8, 1, 1), (1, 8, 1), (2, 2, 2))
+# (2, 1, 4): 4-way context parallelism splits the 4 frames per view (cross-view attention per device), the
+# tokens (text attention per device) and the 4 heads (self-attention).
+MESHES = ((8, 1, 1), (1, 8, 1), (2, 2, 2), (2, 1, 4))
+# Meshes also run with model.net.context_local_attention (per-device cross-view and text attention).
+LOCAL_MESHES = ((2, 1, 4), (1, 1, 8))
 # float32 with different reduction orders across shards: loss to 1e-5 relative, each gradient leaf to
 # 1e-5 of its largest entry (observed on CPU: loss 1.5e-7 relative, gradients 3.0e-7 of the leaf maximum).
 LOSS_RTOL, GRAD_ATOL_REL = 1e-5, 1e-5
@@ -32,7 +37,8 @@ def _mesh_worker() -> None:
 
   jax.config.update("jax_default_matmul_precision", "highest")
   assert jax.device_count() == 8, jax.devices()
-  config = edge.get_config("tiny")  # 64x96 pixels -> latent 8x12 -> 4x6 tokens/frame, L = 3 x 24 = 72
+  config = edge.get_config("tiny")  # 64x96 pixels -> latent 8x12 -> 4x6 tokens/frame, L = 4 x 24 = 96
+  config.model.net.state_t = 4
   config.model.net.num_blocks = 2
   config.model.net.vace_block_every_n = 2
   config.model.net.text_tokens_per_view = 8
@@ -56,14 +62,18 @@ def _mesh_worker() -> None:
   step = make_train_step(model, capture, config, None)
   boxed = dit.abstract_params(cfg, boxed=True)
 
-  def run(mesh_shape):
+  # The same network with cross-view and text attention run per device (model.net.context_local_attention).
+  local_step = make_train_step(dit.MultiViewControlDiT(dataclasses.replace(cfg, context_local_attention=True)),
+                               capture, config, None)
+
+  def run(mesh_shape, step_fn=step):
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     mesh = sharding.make_mesh(*mesh_shape, devices=devices)
     with jax.set_mesh(mesh):
       sh = state_shardings(jax.eval_shape(lambda: state), boxed, mesh)
       st = jax.device_put(state, sh)
       bt = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.shape)) for k, v in batch.items()}
-      fn = jax.jit(step, out_shardings=(sh, None))
+      fn = jax.jit(step_fn, out_shardings=(sh, None))
       text = fn.lower(st, bt).as_text()
       new, metrics = fn(st, bt)
     return new, metrics, text
@@ -71,18 +81,19 @@ def _mesh_worker() -> None:
   ref, ref_metrics, _ = run((1, 1, 1))
   out = {"ref_loss": float(ref_metrics["loss"]), "meshes": {}}
   ref_grads = jax.tree_util.tree_flatten_with_path(ref.opt_state)[0]
-  for mesh_shape in MESHES:
-    new, metrics, text = run(mesh_shape)
+  for mesh_shape, local in [(m, False) for m in MESHES] + [(m, True) for m in LOCAL_MESHES]:
+    new, metrics, text = run(mesh_shape, local_step if local else step)
     worst = 0.0
     for (path, want), got in zip(ref_grads, jax.tree.leaves(new.opt_state)):
       scale = float(np.max(np.abs(np.asarray(want)))) or 1.0
       worst = max(worst, float(np.max(np.abs(np.asarray(got) - np.asarray(want)))) / scale)
     specs = {jax.tree_util.keystr(p): str(leaf.sharding.spec)
              for p, leaf in jax.tree_util.tree_flatten_with_path(new.trainable)[0]}
-    out["meshes"][str(mesh_shape)] = {
+    out["meshes"][str(mesh_shape) + (" local" if local else "")] = {
         "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
         "ref_grad_norm": float(ref_metrics["grad_norm"]), "worst_grad_rel": worst, "specs": specs,
         "context_constraint": '[{"data", "fsdp"}, {}, {"context"}, {}]' in text,
+        "per_device_attention": "manual_computation" in text or "SPMDFullToShardShape" in text,
     }
   print("RESULT " + json.dumps(out))
 
@@ -141,9 +152,12 @@ def test_mesh_equivalence_on_8_fake_cpu_devices():
   assert out["meshes"]["(2, 2, 2)"]["specs"]["['control_before_proj']['kernel']"] == "P('fsdp', None)"
   assert not any("fsdp" in s for s in out["meshes"]["(8, 1, 1)"]["specs"].values())
   # The token axis of each view is constrained onto `context` in the (2, 2, 2) program (batch 8 over
-  # data x fsdp, L = 72 over context); not on (8, 1, 1), where context has size 1.
+  # data x fsdp, L = 96 over context); not on (8, 1, 1), where context has size 1.
   assert out["meshes"]["(2, 2, 2)"]["context_constraint"]
   assert not out["meshes"]["(8, 1, 1)"]["context_constraint"]
+  # With context_local_attention, cross-view and text attention run per device (shard_map) where context is split.
+  assert out["meshes"]["(2, 1, 4) local"]["per_device_attention"]
+  assert not out["meshes"]["(2, 1, 4)"]["per_device_attention"]
 
 
 if __name__ == "__main__" and "--mesh-worker" in sys.argv:

@@ -97,6 +97,7 @@ class DiTConfig:
   attention: str = "auto"
   remat_policy: str = "none"
   offload_block_inputs: bool = False
+  context_local_attention: bool = False
 
   def __post_init__(self):
     if self.patch_temporal != 1:
@@ -377,7 +378,7 @@ class AttentionProjections(nn.Module):
 
 
 def heads_sharded(*arrays):
-  """Attention operands split over heads on the context axis (the cuDNN kernel accepts batch/head splits only).
+  """Self-attention operands split over heads on the context axis (the cuDNN kernel accepts batch/head splits only).
 
   The block's tokens are split over the context axis; this reshards q, k, v (…, H, hd) by heads for the
   attention, Ulysses-style, so each device attends over all tokens for its heads. XLA realises it by gathering
@@ -385,6 +386,19 @@ def heads_sharded(*arrays):
   """
   spec = lambda a: ("activation_batch",) + (None,) * (a.ndim - 3) + ("activation_heads", None)
   return tuple(sharding.constrain(a, spec(a)) for a in arrays)
+
+
+def per_frame_attention(q_NTSHK, k_NTMHK, v_NTMHK, kv_len_NT, *, implementation: str):
+  """Attention within each frame: queries (N, T, S, H, hd) over keys (N, T, M, H, hd) whose first kv_len are valid.
+
+  A frame with no valid key (a view without any neighbour present) gets a zero output.
+  """
+  n, t = q_NTSHK.shape[:2]
+  flat = lambda a: a.reshape(n * t, *a.shape[2:])
+  kv_len = kv_len_NT.reshape(n * t)
+  o = dot_product_attention(flat(q_NTSHK), flat(k_NTMHK), flat(v_NTMHK), kv_lengths_B=kv_len,
+                            implementation=implementation)
+  return (o * (kv_len > 0).astype(o.dtype)[:, None, None, None]).reshape(q_NTSHK.shape)
 
 
 def tokens_sharded(o, b: int, v: int):
@@ -399,6 +413,17 @@ class Block(nn.Module):
   cfg: DiTConfig
   frames_per_view: int
   tokens_per_frame: int
+
+  def context_parallel_attention(self, attend, in_axes, out_axes, q, k, v, *rest):
+    """Cross-view or text attention `attend(q, k, v, *rest)` with the block's tokens split over the context axis.
+
+    `model.net.context_local_attention`: False reshards q, k, v by heads (as self-attention does); True runs
+    `attend` per device on its tokens (`sharding.context_local`): cross-view attention is per frame and text keys
+    are replicated, so nothing moves. Same result either way (tests/test_sharding.py).
+    """
+    if self.cfg.context_local_attention:
+      return sharding.context_local(attend, in_axes, out_axes, q, k, v, *rest)
+    return sharding.constrain(attend(*heads_sharded(q, k, v), *rest), out_axes)
 
   def block(self, x_BVLD: Array, ctx: BlockContext) -> Array:
     cfg, d = self.cfg, self.cfg.model_channels
@@ -426,34 +451,38 @@ class Block(nn.Module):
 
     # Cross-view attention: each token sees its neighbour views' tokens at the same frame.
     # k/v are projected once per token, then each view's neighbours are selected by a one-hot sum over the views
-    # (exact: one term is 1·x, the others 0·y) straight into the per-frame layout (B·V·T, K·S, H, hd). Unlike an
+    # (exact: one term is 1·x, the others 0·y) straight into the per-frame layout (B·V, T, K·S, H, hd). Unlike an
     # indexed gather, its gradient is a plain reduction rather than a scatter-add, and no transpose is needed.
     y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVLD)
     cv = AttentionProjections(cfg, d, zero_init_output=True, name="cross_view_attn")
-    q = cv.queries(y).reshape(b * v * t, s, cfg.num_heads, cfg.head_dim)
-    q, k, val = heads_sharded(q, *cv.keys_values(y))
+    q_NTSHK = cv.queries(y).reshape(b * v, t, s, cfg.num_heads, cfg.head_dim)
+    k, val = cv.keys_values(y)
+    if not cfg.context_local_attention:  # select the neighbours after the head reshard, which then moves k/v once
+      q_NTSHK, k, val = heads_sharded(q_NTSHK, k, val)
     n_nbr = ctx.nbr_pos_BVK.shape[-1]
     select_BVKW = jax.nn.one_hot(ctx.nbr_pos_BVK, v, dtype=k.dtype)
 
     def neighbour_frames(a_BVLHK):
       a_BVTSHK = a_BVLHK.reshape(b, v, t, 1, s, cfg.num_heads, cfg.head_dim)
       picked = [select_BVKW[:, :, None, :, w, None, None, None] * a_BVTSHK[:, w:w + 1] for w in range(v)]
-      return functools.reduce(jnp.add, picked).reshape(b * v * t, n_nbr * s, cfg.num_heads, cfg.head_dim)
+      return functools.reduce(jnp.add, picked).reshape(b * v, t, n_nbr * s, cfg.num_heads, cfg.head_dim)
 
-    kv_len = jnp.repeat((ctx.nbr_count_BV * s).reshape(b * v), t)
-    o = dot_product_attention(*heads_sharded(q, neighbour_frames(k), neighbour_frames(val)), kv_lengths_B=kv_len,
-                              implementation=cfg.attention)
-    # A view with no neighbour present gets no cross-view update.
-    o = o * (kv_len > 0).astype(o.dtype)[:, None, None, None]
-    x_BVLD = x_BVLD + cv.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
+    kv_len_NT = jnp.broadcast_to((ctx.nbr_count_BV * s).reshape(b * v, 1), (b * v, t))
+    frames = ("activation_batch", "activation_length", None, None, None)
+    o = self.context_parallel_attention(functools.partial(per_frame_attention, implementation=cfg.attention),
+                                        (frames, frames, frames, frames[:2]), frames,
+                                        q_NTSHK, neighbour_frames(k), neighbour_frames(val), kv_len_NT)
+    x_BVLD = x_BVLD + cv.out(o).reshape(b, v, l, d)
 
     # Text cross-attention, per view, over that view's 512 tokens (padding tokens attended).
     shift, scale, gate = mod_chunks("adaln_modulation_cross_attn", 3)
     h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
     ca = AttentionProjections(cfg, cfg.crossattn_emb_channels, name="cross_attn")
     k, val = ca.keys_values(ctx.text_ctx_BVMC.reshape(b * v, -1, cfg.crossattn_emb_channels).astype(dtype))
-    o = dot_product_attention(*heads_sharded(ca.queries(h), k, val), implementation=cfg.attention)
-    x_BVLD = x_BVLD + gate * ca.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
+    tokens, text = ("activation_batch", "activation_length", None, None), ("activation_batch", None, None, None)
+    o = self.context_parallel_attention(functools.partial(dot_product_attention, implementation=cfg.attention),
+                                        (tokens, text, text), tokens, ca.queries(h), k, val)
+    x_BVLD = x_BVLD + gate * ca.out(o).reshape(b, v, l, d)
 
     # GELU MLP.
     shift, scale, gate = mod_chunks("adaln_modulation_mlp", 6)
