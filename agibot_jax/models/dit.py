@@ -231,6 +231,16 @@ class AffineLayerNorm(nn.Module):
     return y.astype(x.dtype)
 
 
+def gelu(x):
+  """Exact GELU, x·(1 + erf(x/√2))/2 in float32, result in x's dtype: PyTorch's nn.GELU() formula and precision.
+
+  Not jax.nn.gelu(approximate=False): its erfc form runs in x's dtype (bf16 here) and its float32 erfc costs
+  ~2.7× the memory-bound time at the MLP's width (BENCHMARKS.md, issue 8).
+  """
+  xf = x.astype(F32)
+  return (0.5 * xf * (1.0 + jax.lax.erf(xf * F32(1 / math.sqrt(2))))).astype(x.dtype)
+
+
 def modulate(x, shift, scale):
   return x * (1 + scale) + shift
 
@@ -488,7 +498,7 @@ class Block(nn.Module):
     shift, scale, gate = mod_chunks("adaln_modulation_mlp", 6)
     h = modulate(layer_norm(x_BVLD), shift, scale)
     h = dense(cfg.mlp_hidden, "mlp_layer1", in_dim=d, axes=("embed", "mlp"), cfg=cfg)(h)
-    h = dense(d, "mlp_layer2", in_dim=cfg.mlp_hidden, axes=("mlp", "embed"), cfg=cfg)(nn.gelu(h, approximate=False))
+    h = dense(d, "mlp_layer2", in_dim=cfg.mlp_hidden, axes=("mlp", "embed"), cfg=cfg)(gelu(h))
     return x_BVLD + gate * h
 
 
