@@ -4,7 +4,8 @@
 # with the wheels of shared/device/wheels.sh on PYTHONPATH:
 #   bash benchmarks/gpu_scaling.sh                       # every visible GPU, the default plan below
 #   RESOLUTIONS="720x1280" MESHES="1,1,2,1" POLICY=full OFFLOAD=True bash benchmarks/gpu_scaling.sh
-#   LOCAL=True bash benchmarks/gpu_scaling.sh   # cross-view/text attention per device (model.net.context_local_attention)
+#   LOCAL=False bash benchmarks/gpu_scaling.sh  # cross-view/text attention resharded by heads instead of per device
+#                                               # (model.net.context_local_attention, default True)
 # MESHES lists data,fsdp,context,batch; each line of output is one JSON result (also written to
 # $OUT/scaling_<n>gpu_<res>_d<data>f<fsdp>c<context>_b<batch>_<policy>.json).
 set -uo pipefail
@@ -16,12 +17,12 @@ default_meshes="1,1,$n,1"
 if [ "$n" -ge 4 ]; then default_meshes="$default_meshes 2,1,$((n / 2)),2"; fi
 policy=${POLICY:-save_self_attention}
 offload=${OFFLOAD:-False}
-local=${LOCAL:-False}
+local=${LOCAL:-True}
 for res in ${RESOLUTIONS:-432x768 720x1280}; do
   h=${res%x*}; w=${res#*x}
   for mesh in ${MESHES:-$default_meshes}; do
     IFS=, read -r data fsdp context batch <<< "$mesh"
-    tag="${n}gpu_${res}_d${data}f${fsdp}c${context}_b${batch}_${policy}$([ "$offload" = True ] && echo _offload)$([ "$local" = True ] && echo _local)"
+    tag="${n}gpu_${res}_d${data}f${fsdp}c${context}_b${batch}_${policy}$([ "$offload" = True ] && echo _offload)$([ "$local" = False ] && echo _heads)"
     timeout "${TIMEOUT:-600}" python3 -m agibot_jax.bench --config configs/edge.py --mode train --steps "${STEPS:-3}" \
       --config.model.net.param_dtype=bfloat16 --config.model.net.attention=cudnn \
       --config.model.net.remat_policy="$policy" --config.model.net.offload_block_inputs="$offload" \

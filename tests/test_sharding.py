@@ -43,7 +43,8 @@ def _mesh_worker() -> None:
   config.model.net.vace_block_every_n = 2
   config.model.net.text_tokens_per_view = 8
   config.optimizer.clip_norm = 1e9
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  # `step`: cross-view and text attention resharded by heads; `local_step` below: per device (the default).
+  cfg = dataclasses.replace(dit.DiTConfig.from_config(config.model.net), context_local_attention=False)
   model = dit.MultiViewControlDiT(cfg)
   capture = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
                                          lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
@@ -62,7 +63,7 @@ def _mesh_worker() -> None:
   step = make_train_step(model, capture, config, None)
   boxed = dit.abstract_params(cfg, boxed=True)
 
-  # The same network with cross-view and text attention run per device (model.net.context_local_attention).
+  # The same network with cross-view and text attention run per device (model.net.context_local_attention=True).
   local_step = make_train_step(dit.MultiViewControlDiT(dataclasses.replace(cfg, context_local_attention=True)),
                                capture, config, None)
 

@@ -97,7 +97,7 @@ class DiTConfig:
   attention: str = "auto"
   remat_policy: str = "none"
   offload_block_inputs: bool = False
-  context_local_attention: bool = False
+  context_local_attention: bool = True
 
   def __post_init__(self):
     if self.patch_temporal != 1:
