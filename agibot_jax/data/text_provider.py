@@ -27,19 +27,25 @@ class TextEmbeddingProvider(Protocol):
   def embed(self, captions: Sequence[str]) -> np.ndarray:
     """float32 (n, num_tokens, dim) for n captions, in order."""
 
+  # Optional: `embed_on_device(captions) -> jax.Array`, the same embeddings left on the devices. Online encoders
+  # provide it so that the train loop does not wait for the encoder and copy 3 x 512 x 100352 values per sample
+  # through the host (BENCHMARKS.md, real data against synthetic inputs).
 
-def embed_batch(provider: TextEmbeddingProvider, ai_caption: Sequence[Sequence[str]]) -> np.ndarray:
-  """Batch captions [[c_view0, ..., c_viewV-1], ...] (B lists) -> float32 (B, V·num_tokens, dim), view-major.
+
+def embed_batch(provider: TextEmbeddingProvider, ai_caption: Sequence[Sequence[str]]):
+  """Batch captions [[c_view0, ..., c_viewV-1], ...] (B lists) -> (B, V·num_tokens, dim), view-major.
 
   This is the multiview packing of spec §3.3: each view's caption is encoded separately and its
-  `num_tokens` tokens occupy rows [v·num_tokens, (v+1)·num_tokens).
+  `num_tokens` tokens occupy rows [v·num_tokens, (v+1)·num_tokens). A device array where the provider has
+  `embed_on_device` (online encoders), else a host array.
   """
   n_views = {len(c) for c in ai_caption}
   if len(n_views) != 1:
     raise ValueError(f"every sample needs the same number of view captions, got {sorted(n_views)}")
   (v,) = n_views
   flat = [c for sample in ai_caption for c in sample]
-  emb_NLC = np.asarray(provider.embed(flat))
+  on_device = getattr(provider, "embed_on_device", None)
+  emb_NLC = on_device(flat) if on_device else np.asarray(provider.embed(flat))
   expected = (len(flat), provider.num_tokens, provider.dim)
   if emb_NLC.shape != expected:
     raise ValueError(f"{type(provider).__name__}.embed returned {emb_NLC.shape}, expected {expected}")

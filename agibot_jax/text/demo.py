@@ -50,10 +50,20 @@ def build_demo_tokenizer():
   return tok
 
 
-def demo_text_embedder(embedding_channels: int, *, seed: int = 0, num_layers: int = 3) -> OnlineTextEmbedder:
-  """Random tiny Qwen text path whose FULL_CONCAT width is `embedding_channels` (= layers × hidden)."""
-  if embedding_channels % num_layers:
-    raise ValueError(f"embedding_channels {embedding_channels} is not a multiple of {num_layers} layers")
+def demo_layers(embedding_channels: int, min_layers: int = 3, max_hidden: int = 512) -> int:
+  """The fewest layers (≥ min_layers) whose hidden width, embedding_channels / layers, is ≤ max_hidden and splits
+  into 4 even-width heads: 3 for the tiny configs, 196 × 512 for the real 100352 (= 28 × 3584) channels."""
+  for layers in range(min_layers, embedding_channels + 1):
+    hidden, rest = divmod(embedding_channels, layers)
+    if not rest and hidden <= max_hidden and hidden % 8 == 0:
+      return layers
+  raise ValueError(f"embedding_channels {embedding_channels} has no split into ≥ {min_layers} layers of a width "
+                   f"≤ {max_hidden} divisible by 8")
+
+
+def demo_text_embedder(embedding_channels: int, *, seed: int = 0) -> OnlineTextEmbedder:
+  """Random small Qwen text path whose FULL_CONCAT width is `embedding_channels` (= layers × hidden)."""
+  num_layers = demo_layers(embedding_channels)
   hidden = embedding_channels // num_layers
   cfg = QwenTextConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=num_layers,
                        num_heads=4, num_kv_heads=2, dtype="float32", param_dtype="float32", attention="xla")

@@ -73,7 +73,8 @@ class OnlineTextEmbedder:
 
   `embed(captions) -> np.ndarray (n, 512, num_layers·hidden)` in the model's dtype (bf16 in
   production, half the host memory of float32): with `num_tokens` and `dim` this is
-  agibot_jax.data.text_provider.TextEmbeddingProvider. Captions are tokenised on the
+  agibot_jax.data.text_provider.TextEmbeddingProvider; `embed_on_device` returns the same as a device
+  array, which the train loop uses so as not to wait for the forward. Captions are tokenised on the
   host and run through one jitted forward per `batch_size` rows (the last batch is padded with
   pad-token rows so every call has the same shape and compiles once).
   """
@@ -94,16 +95,23 @@ class OnlineTextEmbedder:
   def dim(self) -> int:
     return self.config.embedding_channels
 
-  def embed_ids(self, token_ids_NS: np.ndarray) -> np.ndarray:
+  def embed_ids_on_device(self, token_ids_NS: np.ndarray) -> jax.Array:
+    """The embeddings as a device array: nothing waits for the forward (the train loop queues it)."""
     n = token_ids_NS.shape[0]
     if n == 0:
-      return np.zeros((0, token_ids_NS.shape[1], self.dim), self.config.jnp_dtype)
+      return jnp.zeros((0, token_ids_NS.shape[1], self.dim), self.config.jnp_dtype)
     pad_rows = (-n) % self.batch_size
     ids = np.concatenate([token_ids_NS, np.full((pad_rows, token_ids_NS.shape[1]),
                                                 self.tokenizer.pad_token_id, token_ids_NS.dtype)])
-    out = [np.asarray(self._forward(self.params, jnp.asarray(ids[i:i + self.batch_size])))
+    out = [self._forward(self.params, jnp.asarray(ids[i:i + self.batch_size]))
            for i in range(0, ids.shape[0], self.batch_size)]
-    return np.concatenate(out)[:n]
+    return jnp.concatenate(out)[:n]
+
+  def embed_ids(self, token_ids_NS: np.ndarray) -> np.ndarray:
+    return np.asarray(self.embed_ids_on_device(token_ids_NS))
+
+  def embed_on_device(self, captions: Sequence[str]) -> jax.Array:
+    return self.embed_ids_on_device(tokenize_captions(self.tokenizer, captions, self.num_tokens))
 
   def embed(self, captions: Sequence[str]) -> np.ndarray:
     return self.embed_ids(tokenize_captions(self.tokenizer, captions, self.num_tokens))
