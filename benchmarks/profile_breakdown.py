@@ -42,18 +42,23 @@ def load_trace(directory: str) -> dict:
     return json.load(f)
 
 
-def breakdown(trace: dict, steps: int) -> dict:
+def breakdown(trace: dict, steps: int, top: int = 15) -> dict:
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
   names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
   gpu_pids = {pid for pid, name in names.items() if "GPU" in name or "/device:" in name and "CPU" not in name}
-  seconds, counts, top = collections.Counter(), collections.Counter(), collections.Counter()
+  seconds, counts, by_name = collections.Counter(), collections.Counter(), collections.Counter()
+  glue, glue_counts, glue_ops = collections.Counter(), collections.Counter(), {}
   for e in events:
     if e.get("ph") != "X" or e.get("pid") not in gpu_pids:
       continue
-    category = categorise(e["name"])
-    seconds[category] += e.get("dur", 0) * 1e-6
+    category, dur = categorise(e["name"]), e.get("dur", 0) * 1e-6
+    seconds[category] += dur
     counts[category] += 1
-    top[e["name"][:80]] += e.get("dur", 0) * 1e-6
+    by_name[e["name"][:80]] += dur
+    if category == "other":  # the glue, by kernel, with the HLO op it runs (to find it in an HLO dump)
+      glue[e["name"]] += dur
+      glue_counts[e["name"]] += 1
+      glue_ops.setdefault(e["name"], (e.get("args") or {}).get("hlo_op", ""))
   total = sum(seconds.values())
   return dict(
       steps=steps, device_processes=sorted(names[p] for p in gpu_pids),
@@ -61,7 +66,9 @@ def breakdown(trace: dict, steps: int) -> dict:
       share={k: round(v / total, 4) for k, v in sorted(seconds.items())} if total else {},
       kernels_per_step={k: v / steps for k, v in sorted(counts.items())},
       total_s_per_step=round(total / steps, 4),
-      top_kernels_s_per_step={k: round(v / steps, 4) for k, v in top.most_common(15)},
+      top_kernels_s_per_step={k: round(v / steps, 4) for k, v in by_name.most_common(top)},
+      top_glue=[dict(kernel=k, hlo_op=glue_ops[k], s_per_step=round(v / steps, 5), calls_per_step=glue_counts[k] / steps)
+                for k, v in glue.most_common(top)],
   )
 
 
@@ -69,8 +76,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("directory")
   parser.add_argument("--steps", type=int, default=2, help="steps inside the trace (bench traces 2)")
+  parser.add_argument("--top", type=int, default=15, help="how many kernels to list (all kinds, and the glue alone)")
   args = parser.parse_args()
-  print(json.dumps(breakdown(load_trace(args.directory), args.steps)))
+  print(json.dumps(breakdown(load_trace(args.directory), args.steps, args.top)))
 
 
 if __name__ == "__main__":

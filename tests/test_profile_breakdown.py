@@ -37,3 +37,4 @@ def test_breakdown_sums_device_events_per_step(tmp_path):
   assert out["seconds_per_step"] == {"attention_fwd": 1.5, "matmul": 0.5, "other": 1.0}
   assert out["kernels_per_step"]["attention_fwd"] == 0.5
   assert out["total_s_per_step"] == 3.0
+  assert out["top_glue"] == [dict(kernel="loop_add_fusion", hlo_op="", s_per_step=1.0, calls_per_step=0.5)]
