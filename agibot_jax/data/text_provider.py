@@ -48,5 +48,6 @@ def embed_batch(provider: TextEmbeddingProvider, ai_caption: Sequence[Sequence[s
   emb_NLC = on_device(flat) if on_device else np.asarray(provider.embed(flat))
   expected = (len(flat), provider.num_tokens, provider.dim)
   if emb_NLC.shape != expected:
-    raise ValueError(f"{type(provider).__name__}.embed returned {emb_NLC.shape}, expected {expected}")
+    method = "embed_on_device" if on_device else "embed"
+    raise ValueError(f"{type(provider).__name__}.{method} returned {emb_NLC.shape}, expected {expected}")
   return emb_NLC.reshape(len(ai_caption), v * provider.num_tokens, provider.dim)
