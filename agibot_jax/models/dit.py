@@ -195,18 +195,69 @@ def dense(features, name, *, in_dim, axes, cfg, dtype=None, use_bias=False, zero
 
 
 class RMSNorm(nn.Module):
-  """x·rsqrt(mean(x²) + eps)·scale over the last axis, computed in float32."""
+  """x·rsqrt(mean(x²) + eps)·scale over the last axis, computed in float32 (`rms_norm`)."""
 
   param_dtype: str = "float32"
   eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, rope: tuple[Array, Array] | None = None):
+    """`rope` = (cos_LK, sin_LK) rotates the result (RoPE; x is (N, L, H, K)) in the same pass."""
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
                        (x.shape[-1],), jnp.dtype(self.param_dtype))
-    xf = x.astype(F32)
-    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(F32)).astype(x.dtype)
+    return rms_norm(x, scale, rope, self.eps)
+
+
+def _rotate_half(a):
+  half = a.shape[-1] // 2
+  return jnp.concatenate([-a[..., half:], a[..., :half]], axis=-1)
+
+
+def _rms_norm_parts(x, scale, rope, eps):
+  """float32 (x, r, R·(x·scale)): r = rsqrt(mean(x²) + eps) per row, R the rotate-half RoPE rotation or 1."""
+  xf = x.astype(F32)
+  r = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  u = xf * scale.astype(F32)
+  if rope is None:
+    return xf, r, u
+  cos, sin = (a[None, :, None, :] for a in rope)
+  return xf, r, u * cos + _rotate_half(u) * sin
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def rms_norm(x: Array, scale_K: Array, rope: tuple[Array, Array] | None, eps: float) -> Array:
+  """RMSNorm over the last axis, then RoPE if `rope` = (cos_LK, sin_LK): r·R(x·scale) in float32, rounded once.
+
+  qk-norm then RoPE (spec §5.2-5.3). The per-row factor r commutes with the rotation R, so the forward reads x
+  twice (the row statistic, then one elementwise pass) and never stores the normalised float32 tensor that XLA
+  kept between separate norm and RoPE fusions. The backward is written out for the same reason (it recomputes r
+  and reads only x and the cotangent), and so that XLA lays the scale gradient's column sum out without
+  transposing the activations. cos/sin are constants (no cotangent).
+  """
+  _, r, rotated = _rms_norm_parts(x, scale_K, rope, eps)
+  return (rotated * r).astype(x.dtype)
+
+
+def _rms_norm_fwd(x, scale, rope, eps):
+  return rms_norm(x, scale, rope, eps), (x, scale, rope)
+
+
+def _rms_norm_bwd(eps, res, g):
+  x, scale, rope = res
+  xf, r, _ = _rms_norm_parts(x, scale, rope, eps)
+  h = g.astype(F32)
+  if rope is not None:
+    cos, sin = (a[None, :, None, :] for a in rope)
+    h = h * cos - _rotate_half(h * sin)  # Rᵀg
+  w = scale.astype(F32)
+  # out = r·R(w·x) with r = (mean(x²) + eps)^(-1/2):  dx = r·w·Rᵀg − (r³/K)·Σ(Rᵀg·w·x)·x
+  dr_term = jnp.sum(h * w * xf, axis=-1, keepdims=True) * (r**3 / x.shape[-1])
+  dx = r * w * h - dr_term * xf
+  dscale = jnp.sum(r * h * xf, axis=tuple(range(x.ndim - 1)))  # no reshape: that would merge a sharded axis
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), None
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 def layer_norm(x, eps: float = 1e-6):
@@ -278,15 +329,6 @@ def rope_angles(cfg: DiTConfig, spatial_range, temporal_range, t: int, h: int, w
   return jnp.concatenate([grid, grid], axis=-1)
 
 
-def apply_rope(x_NLHK: Array, cos_LK: Array, sin_LK: Array) -> Array:
-  """Rotate-half RoPE in float32, result cast back to x's dtype."""
-  xf = x_NLHK.astype(F32)
-  half = xf.shape[-1] // 2
-  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-  out = xf * cos_LK[None, :, None, :] + rotated * sin_LK[None, :, None, :]
-  return out.astype(x_NLHK.dtype)
-
-
 def patchify(x_BTHWC: Array, p: int) -> Array:
   """(B, T, H, W, C) -> (B, T, H/p, W/p, C·p·p), feature index c·p² + m·p + n (channel-major)."""
   b, t, h, w, c = x_BTHWC.shape
@@ -324,6 +366,49 @@ def cross_view_neighbors(cfg: DiTConfig, view_ids_BV: Array) -> tuple[Array, Arr
   pos_BVK = jnp.where(match_BVKV.any(-1), jnp.argmax(match_BVKV, axis=-1), -1).astype(jnp.int32)
   pos_BVK = -jnp.sort(-pos_BVK, axis=-1)
   return jnp.maximum(pos_BVK, 0), jnp.sum(pos_BVK >= 0, axis=-1).astype(jnp.int32)
+
+
+def _neighbour_slots(pos_BVN: Array, count_BV: Array, num_views: int) -> Array:
+  """Neighbour positions with absent neighbours set to `num_views` (out of range: a gather fills zeros)."""
+  present_BVN = jnp.arange(pos_BVN.shape[-1]) < count_BV[..., None]
+  return jnp.where(present_BVN, pos_BVN, num_views)
+
+
+def _take(a, indices, axis):
+  """Per-sample `take` along `axis` (of the sample) with out-of-range indices giving zeros."""
+  return jax.vmap(lambda a1, i1: jnp.take(a1, i1, axis=axis, mode="fill", fill_value=0))(a, indices)
+
+
+@jax.custom_vjp
+def neighbour_frames(a_BVTSX: Array, pos_BVN: Array, count_BV: Array) -> Array:
+  """Each view's neighbours' tokens per frame: (B, V, T, S, …) -> (B·V, T, N·S, …).
+
+  Slot n of view v holds view pos[v, n] where n < count[v]; absent neighbours (n ≥ count) are zeros, which
+  attention masks by key length. A gather reads each kept slot once; its transpose is another gather (each
+  view collects the slots that read it), not a scatter-add, nor a one-hot sum that reads every view for every
+  slot (BENCHMARKS.md, issue 8).
+  """
+  b, v, t, s = a_BVTSX.shape[:4]
+  picked_BVNTSX = _take(a_BVTSX, _neighbour_slots(pos_BVN, count_BV, v), axis=0)
+  return jnp.moveaxis(picked_BVNTSX, 2, 3).reshape(b * v, t, -1, *a_BVTSX.shape[4:])
+
+
+def _neighbour_frames_fwd(a_BVTSX, pos_BVN, count_BV):
+  return neighbour_frames(a_BVTSX, pos_BVN, count_BV), (pos_BVN, count_BV)
+
+
+def _neighbour_frames_bwd(res, g_NTKX):
+  pos_BVN, count_BV = res
+  b, v, n = pos_BVN.shape
+  g_BVTNSX = g_NTKX.reshape(b, v, g_NTKX.shape[1], n, -1, *g_NTKX.shape[3:])
+  # slot_BUW: which slot of view u reads view w (n, i.e. out of range, if none); a view reads another at most once.
+  reads_BUNW = _neighbour_slots(pos_BVN, count_BV, v)[..., None] == jnp.arange(v)
+  slot_BUW = jnp.where(reads_BUNW.any(axis=2), jnp.argmax(reads_BUNW, axis=2), n)
+  da_BWTSX = sum(jnp.moveaxis(_take(g_BVTNSX[:, u], slot_BUW[:, u], axis=1), 2, 1) for u in range(v))
+  return da_BWTSX, None, None
+
+
+neighbour_frames.defvjp(_neighbour_frames_fwd, _neighbour_frames_bwd)
 
 
 @struct.dataclass
@@ -377,11 +462,12 @@ class AttentionProjections(nn.Module):
   def _heads(self, x):
     return x.reshape(*x.shape[:-1], self.cfg.num_heads, self.cfg.head_dim)
 
-  def queries(self, x):
-    return self.q_norm(self._heads(self.q_proj(x)))
+  def queries(self, x, rope=None):
+    """Normalised queries (…, H, hd); `rope` = (cos_LK, sin_LK) rotates them (self-attention only)."""
+    return self.q_norm(self._heads(self.q_proj(x)), rope)
 
-  def keys_values(self, ctx):
-    return self.k_norm(self._heads(self.k_proj(ctx))), self._heads(self.v_proj(ctx))
+  def keys_values(self, ctx, rope=None):
+    return self.k_norm(self._heads(self.k_proj(ctx)), rope), self._heads(self.v_proj(ctx))
 
   def out(self, o):
     return self.output_proj(o.reshape(*o.shape[:-2], self.cfg.model_channels))
@@ -401,14 +487,14 @@ def heads_sharded(*arrays):
 def per_frame_attention(q_NTSHK, k_NTMHK, v_NTMHK, kv_len_NT, *, implementation: str):
   """Attention within each frame: queries (N, T, S, H, hd) over keys (N, T, M, H, hd) whose first kv_len are valid.
 
-  A frame with no valid key (a view without any neighbour present) gets a zero output.
+  Every frame needs kv_len ≥ 1 (an empty softmax is undefined).
   """
   n, t = q_NTSHK.shape[:2]
   flat = lambda a: a.reshape(n * t, *a.shape[2:])
   kv_len = kv_len_NT.reshape(n * t)
   o = dot_product_attention(flat(q_NTSHK), flat(k_NTMHK), flat(v_NTMHK), kv_lengths_B=kv_len,
                             implementation=implementation)
-  return (o * (kv_len > 0).astype(o.dtype)[:, None, None, None]).reshape(q_NTSHK.shape)
+  return o.reshape(q_NTSHK.shape)
 
 
 def tokens_sharded(o, b: int, v: int):
@@ -453,35 +539,27 @@ class Block(nn.Module):
     shift, scale, gate = mod_chunks("adaln_modulation_self_attn", 0)
     h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
     sa = AttentionProjections(cfg, d, name="self_attn")
-    q = apply_rope(sa.queries(h), ctx.rope_cos_LK, ctx.rope_sin_LK)
-    k, val = sa.keys_values(h)
-    k = apply_rope(k, ctx.rope_cos_LK, ctx.rope_sin_LK)
+    rope = (ctx.rope_cos_LK, ctx.rope_sin_LK)
+    q = sa.queries(h, rope)
+    k, val = sa.keys_values(h, rope)
     o = dot_product_attention(*heads_sharded(q, k, val), implementation=cfg.attention)
     x_BVLD = x_BVLD + gate * sa.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
-    # Cross-view attention: each token sees its neighbour views' tokens at the same frame.
-    # k/v are projected once per token, then each view's neighbours are selected by a one-hot sum over the views
-    # (exact: one term is 1·x, the others 0·y) straight into the per-frame layout (B·V, T, K·S, H, hd). Unlike an
-    # indexed gather, its gradient is a plain reduction rather than a scatter-add, and no transpose is needed.
+    # Cross-view attention: each token sees its neighbour views' tokens at the same frame. k/v are projected
+    # once per token, then gathered into the per-frame layout (B·V, T, K·S, H, hd).
     y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVLD)
     cv = AttentionProjections(cfg, d, zero_init_output=True, name="cross_view_attn")
     q_NTSHK = cv.queries(y).reshape(b * v, t, s, cfg.num_heads, cfg.head_dim)
     k, val = cv.keys_values(y)
     if not cfg.context_local_attention:  # select the neighbours after the head reshard, which then moves k/v once
       q_NTSHK, k, val = heads_sharded(q_NTSHK, k, val)
-    n_nbr = ctx.nbr_pos_BVK.shape[-1]
-    select_BVKW = jax.nn.one_hot(ctx.nbr_pos_BVK, v, dtype=k.dtype)
-
-    def neighbour_frames(a_BVLHK):
-      a_BVTSHK = a_BVLHK.reshape(b, v, t, 1, s, cfg.num_heads, cfg.head_dim)
-      picked = [select_BVKW[:, :, None, :, w, None, None, None] * a_BVTSHK[:, w:w + 1] for w in range(v)]
-      return functools.reduce(jnp.add, picked).reshape(b * v, t, n_nbr * s, cfg.num_heads, cfg.head_dim)
-
-    kv_len_NT = jnp.broadcast_to((ctx.nbr_count_BV * s).reshape(b * v, 1), (b * v, t))
+    frames_of = lambda a: neighbour_frames(a.reshape(b, v, t, s, *a.shape[-2:]), ctx.nbr_pos_BVK, ctx.nbr_count_BV)
+    # A view without any neighbour present attends to one absent (zero) slot: its output is exactly 0, no mask pass.
+    kv_len_NT = jnp.broadcast_to(jnp.maximum(ctx.nbr_count_BV * s, 1).reshape(b * v, 1), (b * v, t))
     frames = ("activation_batch", "activation_length", None, None, None)
     o = self.context_parallel_attention(functools.partial(per_frame_attention, implementation=cfg.attention),
                                         (frames, frames, frames, frames[:2]), frames,
-                                        q_NTSHK, neighbour_frames(k), neighbour_frames(val), kv_len_NT)
+                                        q_NTSHK, frames_of(k), frames_of(val), kv_len_NT)
     x_BVLD = x_BVLD + cv.out(o).reshape(b, v, l, d)
 
     # Text cross-attention, per view, over that view's 512 tokens (padding tokens attended).
@@ -527,7 +605,8 @@ class ControlBlock(Block):
 
 def _scanned(block_cls, cfg: DiTConfig, length: int, in_axes):
   if cfg.remat_policy != "none":
-    block_cls = nn.remat(block_cls, policy=remat.policy(cfg.remat_policy, cfg.offload_block_inputs), prevent_cse=False)
+    policy = remat.policy(cfg.remat_policy, cfg.offload_block_inputs, cfg.text_tokens_per_view)
+    block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
   return nn.scan(
       block_cls,
       variable_axes={"params": 0},

@@ -96,6 +96,55 @@ def test_cross_view_neighbors_missing_views():
   np.testing.assert_array_equal(count, [[1, 1]])
 
 
+def test_neighbour_frames_and_its_gradient_equal_plain_indexing():
+  # Views 0, 1 of sample 0 see two neighbours; sample 1 has a view with one present neighbour and one with none.
+  rng = np.random.default_rng(0)
+  a_BVTSX = jnp.asarray(rng.normal(size=(2, 3, 4, 5, 2, 3)), jnp.float32)
+  pos_BVN = jnp.array([[[2, 1], [2, 0], [1, 0]], [[1, 0], [0, 0], [2, 0]]], jnp.int32)
+  count_BV = jnp.array([[2, 2, 2], [1, 0, 2]], jnp.int32)
+
+  def plain(a):  # slot n of view v holds view pos[v, n] where present, zeros where not
+    frames = [[jnp.where(n < count_BV[bi, vi], a[bi, pos_BVN[bi, vi, n]], 0.0) for n in range(2)]
+              for bi in range(2) for vi in range(3)]
+    return jnp.stack([jnp.concatenate(f, axis=1) for f in frames])  # (B·V, T, N·S, …)
+
+  got, got_vjp = jax.vjp(lambda a: dit.neighbour_frames(a, pos_BVN, count_BV), a_BVTSX)
+  want, want_vjp = jax.vjp(plain, a_BVTSX)
+  assert got.shape == (6, 4, 10, 2, 3)
+  np.testing.assert_array_equal(got, want)  # a copy: exact
+  cot = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
+  np.testing.assert_allclose(got_vjp(cot)[0], want_vjp(cot)[0], rtol=0, atol=1e-6)  # sums of ≤ 2 terms
+
+
+@pytest.mark.parametrize("with_rope", [True, False])
+def test_rms_norm_and_fused_rope_equal_plain_math(with_rope):
+  rng = np.random.default_rng(1)
+  x_NLHK = jnp.asarray(rng.normal(size=(2, 6, 3, 8)) * 3, jnp.float32)
+  scale_K = jnp.asarray(rng.normal(size=(8,)), jnp.float32)
+  angles_LK = jnp.asarray(rng.normal(size=(6, 8)), jnp.float32)
+  cos, sin = jnp.cos(angles_LK), jnp.sin(angles_LK)
+  rope = (cos, sin) if with_rope else None
+
+  def plain(x, scale):  # spec §5.2-5.3: RMSNorm over head_dim, then (self-attention) rotate-half RoPE
+    y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
+    if not with_rope:
+      return y
+    rotated = jnp.concatenate([-y[..., 4:], y[..., :4]], axis=-1)
+    return y * cos[None, :, None] + rotated * sin[None, :, None]
+
+  got, got_vjp = jax.vjp(lambda x, s: dit.rms_norm(x, s, rope, 1e-6), x_NLHK, scale_K)
+  want, want_vjp = jax.vjp(plain, x_NLHK, scale_K)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  cot = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
+  for g, w in zip(got_vjp(cot), want_vjp(cot)):  # dx and dscale
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  # Through the module, with bf16 inputs: one rounding of the float32 result.
+  bf16 = dit.RMSNorm().apply({"params": {"scale": scale_K}}, x_NLHK.astype(jnp.bfloat16), rope)
+  assert bf16.dtype == jnp.bfloat16
+  want_bf16 = plain(x_NLHK.astype(jnp.bfloat16).astype(jnp.float32), scale_K)
+  np.testing.assert_allclose(bf16.astype(jnp.float32), want_bf16, rtol=2**-8, atol=0)  # ≤ one bf16 rounding
+
+
 def test_missing_view_is_masked_like_an_absent_neighbour(golden):
   # Views 0 and 2 only: hand_left (id 1) is missing, its gathered key slot is masked. That must equal
   # a network whose neighbour map never listed id 1.
@@ -117,6 +166,24 @@ def test_missing_view_is_masked_like_an_absent_neighbour(golden):
   # And the missing neighbour matters at all: with 3 views the two views' outputs differ.
   full = np.asarray(dit.MultiViewControlDiT(cfg).apply({"params": golden["params"]}, **inputs))
   assert np.abs(full[:, keep] - masked).max() > 1e-2
+
+
+def test_single_view_gets_no_cross_view_term(golden):
+  # One view: no neighbour is present, so the cross-view branch must add nothing, as if its output projection
+  # were zero (whatever an attention kernel returns for a frame without keys).
+  inputs, t = golden["inputs"], golden["cfg"].state_t
+  one = {k: np.asarray(inputs[k])[:, :t] for k in ("x_BTHWC", "latent_control_BTHWC", "condition_mask_BTHW1",
+                                                  "view_indices_BT")}
+  one.update(crossattn_emb_BMC=inputs["crossattn_emb_BMC"][:, :512], timesteps_B=inputs["timesteps_B"],
+             padding_mask_BHW=inputs["padding_mask_BHW"])
+  no_cross_view = jax.tree_util.tree_map_with_path(
+      lambda path, a: a * 0 if "cross_view_attn" in jax.tree_util.keystr(path) and "output_proj" in
+      jax.tree_util.keystr(path) else a, golden["params"])
+  model = dit.MultiViewControlDiT(golden["cfg"])
+  got = np.asarray(model.apply({"params": golden["params"]}, **one))
+  want = np.asarray(model.apply({"params": no_cross_view}, **one))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  assert np.abs(np.asarray(jax.tree.leaves(golden["params"]["blocks"]["cross_view_attn"]["output_proj"])[0])).max() > 0
 
 
 def test_resize_nearest_matches_torch():
