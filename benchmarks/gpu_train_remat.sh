@@ -5,7 +5,7 @@
 # With PROFILE=1 each run also traces 2 steps and prints their kernel-time breakdown (benchmarks/profile_breakdown.py).
 set -uo pipefail
 out=${OUT:-/tmp}
-for policy in ${POLICIES:-full save_self_attention save_attention}; do
+for policy in ${POLICIES:-full save_self_attention save_self_and_cross_view_attention save_attention}; do
   tag="$policy${TAG:-}"
   prof=()
   if [ -n "${PROFILE:-}" ]; then prof=(--profile "/tmp/profile_$tag"); fi

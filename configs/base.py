@@ -53,7 +53,9 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.param_dtype = "float32"
   net.dtype = "bfloat16"
   net.attention = "auto"  # xla | cudnn | auto
-  net.remat_policy = "save_self_attention"  # agibot_jax/models/remat.py: none | full | save_self_attention | save_attention
+  # What each block keeps for its backward (agibot_jax/models/remat.py): none | full | save_self_attention |
+  # save_self_and_cross_view_attention | save_attention (README: memory and speed of each).
+  net.remat_policy = "save_self_attention"
   net.offload_block_inputs = False  # block inputs to host memory (720p on one 80 GB GPU)
   # Context parallelism: cross-view and text attention per device on its tokens, no reshard (2 H100s: 93% vs 86%).
   net.context_local_attention = True

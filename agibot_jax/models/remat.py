@@ -3,10 +3,11 @@
 Each block is one `jax.checkpoint` inside the layer scan. What its backward finds instead of
 recomputing:
 
-  none                 no checkpointing: every activation is kept (fits only small inputs)
-  full                 only the block input; all else recomputed
-  save_self_attention  the block input and the self-attention kernel's outputs
-  save_attention       the block input and all three attention kernels' outputs
+  none                               no checkpointing: every activation is kept (fits only small inputs)
+  full                               only the block input; all else recomputed
+  save_self_attention                the block input and the self-attention kernel's outputs
+  save_self_and_cross_view_attention the same and the cross-view attention kernel's outputs
+  save_attention                     the block input and all three attention kernels' outputs
 
 The scan stacks the block inputs (one (B, V, L, D) tensor per layer) on the device, unless
 `model.net.offload_block_inputs` moves them to pinned host memory (needed for 720p on one GPU;
@@ -28,7 +29,15 @@ from jax.ad_checkpoint import checkpoint_name
 # The block input, tagged so that a policy can offload it rather than have the scan stack it on device.
 BLOCK_INPUT = "block_input"
 
-POLICIES = ("none", "full", "save_self_attention", "save_attention")
+# Which attention kernels each policy keeps.
+SAVED_ATTENTION = {
+    "none": (),
+    "full": (),
+    "save_self_attention": ("self",),
+    "save_self_and_cross_view_attention": ("self", "cross_view"),
+    "save_attention": ("self", "cross_view", "text"),
+}
+POLICIES = tuple(SAVED_ATTENTION)
 
 
 def _cudnn_attention_forward():
@@ -40,19 +49,19 @@ def _cudnn_attention_forward():
   return getattr(fa, "_dot_product_attention_fwd_p_wrapper", None)
 
 
-def is_attention_kernel(prim, *avals, self_only: bool = False) -> bool:
-  """Whether `prim` is the cuDNN attention forward; with `self_only`, only where keys = queries in length.
+def attention_kernel_kind(prim, *avals, text_tokens: int = 512) -> str | None:
+  """Which attention ("self", "cross_view" or "text") if `prim` is the cuDNN attention forward, else None.
 
-  Self-attention runs over the same tokens (q and k both (B·V, L, H, K)); the cross-view (2 views'
-  frame as keys) and text (512 keys) attentions have other key lengths.
+  Told apart by shapes: self-attention runs over the same tokens (q and k both (B·V, L, H, K)), text
+  attention over `text_tokens` keys, cross-view attention over the neighbours' frame tokens.
   """
   kernel = _cudnn_attention_forward()
   if kernel is None or prim is not kernel:
-    return False
-  if not self_only:
-    return True
+    return None
   query, key = avals[0], avals[1]
-  return query.shape == key.shape
+  if query.shape == key.shape:
+    return "self"
+  return "text" if key.shape[1] == text_tokens else "cross_view"
 
 
 def block_input(x):
@@ -60,8 +69,8 @@ def block_input(x):
   return checkpoint_name(x, BLOCK_INPUT)
 
 
-def policy(name: str, offload_block_inputs: bool = False):
-  """The `jax.checkpoint` policy of `name`; None for "none" (no remat)."""
+def policy(name: str, offload_block_inputs: bool = False, text_tokens: int = 512):
+  """The `jax.checkpoint` policy of `name`; None for "none" (no remat). `text_tokens`: keys per text attention."""
   if name not in POLICIES:
     raise ValueError(f"remat_policy must be one of {POLICIES}, got {name!r}")
   if name == "none":
@@ -74,12 +83,12 @@ def policy(name: str, offload_block_inputs: bool = False):
         offload_src="device", offload_dst="pinned_host")
   else:
     inputs = jax.checkpoint_policies.nothing_saveable  # the scan keeps the block inputs on device
-  if name == "full":
+  saved = SAVED_ATTENTION[name]
+  if not saved:
     return inputs
-  self_only = name == "save_self_attention"
 
   def save_kernels(prim, *avals, **params):
-    if is_attention_kernel(prim, *avals, self_only=self_only):
+    if attention_kernel_kind(prim, *avals, text_tokens=text_tokens) in saved:
       return True
     return inputs(prim, *avals, **params)
 

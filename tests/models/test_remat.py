@@ -73,10 +73,12 @@ def test_attention_kernel_recognised_by_primitive_and_shapes():
   aval = lambda *shape: jax.core.ShapedArray(shape, jnp.bfloat16)
   self_attn = (aval(3, 96, 16, 128), aval(3, 96, 16, 128), aval(3, 96, 16, 128))
   text_attn = (aval(3, 96, 16, 128), aval(3, 512, 16, 128), aval(3, 512, 16, 128))
-  assert remat.is_attention_kernel(kernel, *self_attn, self_only=True)
-  assert not remat.is_attention_kernel(kernel, *text_attn, self_only=True)
-  assert remat.is_attention_kernel(kernel, *text_attn)
-  assert not remat.is_attention_kernel(jax.lax.exp_p, *self_attn)
+  cross_view_attn = (aval(72, 24, 16, 128), aval(72, 48, 16, 128), aval(72, 48, 16, 128))
+  assert remat.attention_kernel_kind(kernel, *self_attn) == "self"
+  assert remat.attention_kernel_kind(kernel, *text_attn) == "text"
+  assert remat.attention_kernel_kind(kernel, *text_attn, text_tokens=256) == "cross_view"
+  assert remat.attention_kernel_kind(kernel, *cross_view_attn) == "cross_view"
+  assert remat.attention_kernel_kind(jax.lax.exp_p, *self_attn) is None
 
 
 def test_unknown_policy_named():
