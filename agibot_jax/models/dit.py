@@ -213,15 +213,21 @@ def _rotate_half(a):
   return jnp.concatenate([-a[..., half:], a[..., :half]], axis=-1)
 
 
+def _rope_rotate(a_NLHK, rope, transpose: bool = False):
+  """R·a (rotate-half RoPE with rope = (cos_LK, sin_LK)), or Rᵀ·a; identity when rope is None."""
+  if rope is None:
+    return a_NLHK
+  cos, sin = (t[None, :, None, :] for t in rope)
+  if transpose:
+    return a_NLHK * cos - _rotate_half(a_NLHK * sin)
+  return a_NLHK * cos + _rotate_half(a_NLHK) * sin
+
+
 def _rms_norm_parts(x, scale, rope, eps):
   """float32 (x, r, R·(x·scale)): r = rsqrt(mean(x²) + eps) per row, R the rotate-half RoPE rotation or 1."""
   xf = x.astype(F32)
   r = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-  u = xf * scale.astype(F32)
-  if rope is None:
-    return xf, r, u
-  cos, sin = (a[None, :, None, :] for a in rope)
-  return xf, r, u * cos + _rotate_half(u) * sin
+  return xf, r, _rope_rotate(xf * scale.astype(F32), rope)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -245,10 +251,7 @@ def _rms_norm_fwd(x, scale, rope, eps):
 def _rms_norm_bwd(eps, res, g):
   x, scale, rope = res
   xf, r, _ = _rms_norm_parts(x, scale, rope, eps)
-  h = g.astype(F32)
-  if rope is not None:
-    cos, sin = (a[None, :, None, :] for a in rope)
-    h = h * cos - _rotate_half(h * sin)  # Rᵀg
+  h = _rope_rotate(g.astype(F32), rope, transpose=True)  # Rᵀg
   w = scale.astype(F32)
   # out = r·R(w·x) with r = (mean(x²) + eps)^(-1/2):  dx = r·w·Rᵀg − (r³/K)·Σ(Rᵀg·w·x)·x
   dr_term = jnp.sum(h * w * xf, axis=-1, keepdims=True) * (r**3 / x.shape[-1])
