@@ -6,9 +6,10 @@ Contract: shared/spec/network.md. Layout conventions (channels-last, views view-
   x_BVLD         token stream, L = T_view·H'·W' tokens per view (t-major, then h, then w)
   crossattn_emb  (B, V·512, C_in) text embeddings, 512 tokens per view, view-major
 
-The 28 main blocks and the 4 control blocks are each one `nn.scan` over stacked parameters, so the
-network compiles one block body per branch whatever its depth. Control hints enter the main scan
-as a broadcast stack and are added after the main blocks 0, n, 2n, ... (`vace_block_every_n`).
+The 28 main blocks and the 4 control blocks each have stacked parameters (one `nn.scan` at init), so
+the network compiles one block body per branch whatever its depth. Control hints enter the main
+blocks as a broadcast stack and are added after the main blocks 0, n, 2n, ... (`vace_block_every_n`).
+Main block 0 runs ahead of the main blocks' scan (`_main_blocks`), so training gives it no backward pass.
 
 Precision follows the reference's `use_wan_fp32_strategy` (§6): timestep/view embeddings, the adaLN
 modulation MLPs, RoPE and the final layer run in float32; everything else in `dtype`.
@@ -606,10 +607,13 @@ class ControlBlock(Block):
     return c_BVLD, hint
 
 
+def _block_policy(cfg: DiTConfig):
+  return remat.policy(cfg.remat_policy, cfg.offload_block_inputs, cfg.text_tokens_per_view)
+
+
 def _scanned(block_cls, cfg: DiTConfig, length: int, in_axes):
   if cfg.remat_policy != "none":
-    policy = remat.policy(cfg.remat_policy, cfg.offload_block_inputs, cfg.text_tokens_per_view)
-    block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+    block_cls = nn.remat(block_cls, policy=_block_policy(cfg), prevent_cse=False)
   return nn.scan(
       block_cls,
       variable_axes={"params": 0},
@@ -618,6 +622,31 @@ def _scanned(block_cls, cfg: DiTConfig, length: int, in_axes):
       length=length,
       metadata_params={nn.PARTITION_NAME: "layers"},
   )
+
+
+def _main_blocks(cfg: DiTConfig, t: int, s: int, stacked_params, x_BVLD, layers, ctx: BlockContext, hints_KBVLD,
+                 scale_B) -> Array:
+  """The main blocks over their stacked (num_blocks, …) parameters, as at init but in two parts.
+
+  The blocks up to the first hint (`control_layers[0]`) read frozen weights and the frozen patch embedding only,
+  so they run ahead of the layer scan: differentiating the control branch then gives them no backward pass.
+  One scan over all blocks would not (its carry is differentiated in every iteration), which costs a whole
+  block's backward and recomputation per step.
+  """
+  block = MainBlock(cfg, t, s)
+
+  def apply_block(x, i):
+    p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked_params)
+    layer = jax.tree.map(lambda a: a[i], layers)
+    return block.apply({"params": p}, x, layer, ctx, hints_KBVLD, scale_B)[0]
+
+  if cfg.remat_policy != "none":
+    apply_block = jax.checkpoint(apply_block, policy=_block_policy(cfg), prevent_cse=False)
+  first = cfg.control_layers[0] + 1
+  for i in range(first):
+    x_BVLD = apply_block(x_BVLD, i)
+  x_BVLD, _ = jax.lax.scan(lambda x, i: (apply_block(x, i), None), x_BVLD, jnp.arange(first, cfg.num_blocks))
+  return x_BVLD
 
 
 # ----------------------------------------------------------------------------------------------
@@ -724,9 +753,13 @@ class MultiViewControlDiT(nn.Module):
     # 9. Main branch; hint k is added after main block k·n.
     hint_index = jnp.array([i // cfg.vace_block_every_n for i in range(cfg.num_blocks)], jnp.int32)
     has_hint = jnp.array([i in cfg.control_layers for i in range(cfg.num_blocks)], F32)
-    main = _scanned(MainBlock, cfg, cfg.num_blocks, (0, nn.broadcast, nn.broadcast, nn.broadcast))(
-        cfg, t, hp * wp, name="blocks")
-    x_tok, _ = main(x_tok, (hint_index, has_hint), ctx, hints_KBVLD, scale_B)
+    if self.is_initializing():  # creates the stacked (num_blocks, …) parameters
+      main = _scanned(MainBlock, cfg, cfg.num_blocks, (0, nn.broadcast, nn.broadcast, nn.broadcast))(
+          cfg, t, hp * wp, name="blocks")
+      x_tok, _ = main(x_tok, (hint_index, has_hint), ctx, hints_KBVLD, scale_B)
+    else:
+      x_tok = _main_blocks(cfg, t, hp * wp, nn.unbox(self.variables["params"]["blocks"]), x_tok,
+                           (hint_index, has_hint), ctx, hints_KBVLD, scale_B)
 
     # 10. Final layer (float32) and unpatchify.
     y = FinalLayer(cfg, name="final_layer")(x_tok, emb, adaln_lora)

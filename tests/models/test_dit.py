@@ -186,6 +186,22 @@ def test_single_view_gets_no_cross_view_term(golden):
   assert np.abs(np.asarray(jax.tree.leaves(golden["params"]["blocks"]["cross_view_attn"]["output_proj"])[0])).max() > 0
 
 
+def test_training_gives_no_backward_pass_to_main_blocks_before_the_first_hint():
+  # Hints enter after main blocks 0 and 2 of 4: the control branch's gradient flows back through main blocks 1-3,
+  # so the main blocks' backward scan runs 3 iterations (one scan over all 4 ran 4) and the control branch's 2.
+  cfg = dit.DiTConfig(model_channels=64, num_heads=2, num_blocks=4, vace_block_every_n=2, state_t=2,
+                      crossattn_proj_in_channels=32, text_tokens_per_view=8, adaln_lora_dim=16, remat_policy="full",
+                      attention="xla")
+  params = dit.init_params(cfg, jax.random.key(0), latent_hw=(4, 4))
+  trainable = {k: v for k, v in params.items() if dit.is_trainable((k,))}
+  frozen = {k: v for k, v in params.items() if not dit.is_trainable((k,))}
+  inputs = dit.example_inputs(cfg, 3, (4, 4))
+  loss = lambda t: jnp.sum(dit.MultiViewControlDiT(cfg).apply({"params": {**t, **frozen}}, *inputs) ** 2)
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(trainable).jaxpr
+  lengths = sorted(e.params["length"] for e in jaxpr.eqns if e.primitive.name == "scan")
+  assert lengths == [2, 2, 3, 3]  # forward and backward: control blocks, main blocks 1-3
+
+
 def test_resize_nearest_matches_torch():
   torch = pytest.importorskip("torch", reason="the convert extra (torch) provides the reference resize")
   mask = np.random.default_rng(0).random((2, 50, 70)).astype(np.float32)

@@ -50,11 +50,12 @@ def test_policy_keeps_the_gradients(tiny, no_remat, name, offload):
 
 
 def _stacked_block_inputs(cfg, params, inputs):
-  """Memory spaces of the saved residuals shaped like the stacked main-block inputs (layers, B, V, L, D)."""
+  """Memory spaces of the saved residuals shaped like the stacked inputs (layers, B, V, L, D) of the main blocks'
+  scan, which starts after block 0 (`dit._main_blocks`)."""
   loss, _ = _loss_and_grad(cfg, params, inputs)
   found = []
   for aval, _ in saved_residuals(loss, params):
-    if aval.ndim == 5 and aval.shape[0] == cfg.num_blocks and aval.shape[-1] == cfg.model_channels:
+    if aval.ndim == 5 and aval.shape[0] == cfg.num_blocks - 1 and aval.shape[-1] == cfg.model_channels:
       found.append(aval.memory_space.name.lower())
   return found
 
