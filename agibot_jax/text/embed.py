@@ -107,11 +107,8 @@ class OnlineTextEmbedder:
            for i in range(0, ids.shape[0], self.batch_size)]
     return jnp.concatenate(out)[:n]
 
-  def embed_ids(self, token_ids_NS: np.ndarray) -> np.ndarray:
-    return np.asarray(self.embed_ids_on_device(token_ids_NS))
-
   def embed_on_device(self, captions: Sequence[str]) -> jax.Array:
     return self.embed_ids_on_device(tokenize_captions(self.tokenizer, captions, self.num_tokens))
 
   def embed(self, captions: Sequence[str]) -> np.ndarray:
-    return self.embed_ids(tokenize_captions(self.tokenizer, captions, self.num_tokens))
+    return np.asarray(self.embed_on_device(captions))
