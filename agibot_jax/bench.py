@@ -19,11 +19,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from agibot_jax import flops, sharding
-from agibot_jax import train as train_lib
+from agibot_jax import assemble, cli, flops, sharding
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
@@ -61,15 +59,14 @@ def synthetic_model_batch(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: 
   }
 
 
-def main(_):
-  config = flags.FLAGS.config
-  cfg = dit.DiTConfig.from_config(config.model.net)
+def main() -> int:
+  config = assemble.resolve(flags.FLAGS.config)
+  cfg = assemble.dit_config(config)
   res_h, res_w = config.dataloader_train.dataset.resolution_hw
   latent_hw = (res_h // 8, res_w // 8)
   num_views, batch = len(config.dataloader_train.dataset.views), config.dataloader_train.batch_size
   device = jax.devices()[0]
-  mesh = sharding.make_mesh(**config.mesh)
-  jax.set_mesh(mesh)
+  mesh = assemble.make_mesh(config)
 
   t0 = time.perf_counter()
   param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
@@ -88,7 +85,7 @@ def main(_):
   else:
     tx = optim.make_optimizer(config)
     ema = ema_lib.PowerEMA.from_config(config)
-    _, state_sh, make = train_lib.state_target(config, cfg, mesh, tx, ema)
+    _, state_sh, make = assemble.state_target(config, cfg, mesh, tx, ema)
     state = jax.jit(make, donate_argnums=0, out_shardings=state_sh)(params)
     del params
     model_batch = on_mesh(synthetic_model_batch(cfg, latent_hw, num_views, batch, (res_h, res_w), jax.random.key(1),
@@ -139,17 +136,13 @@ def main(_):
       peak_memory_gib=None if mem is None else round(mem, 2), losses=[round(x, 5) for x in losses],
   )
   print(json.dumps(result))
+  return 0
 
 
-def _define_flags():
-  """Command-line flags, defined only when run as a program (modules stay importable together)."""
-  config_flags.DEFINE_config_file("config", "configs/edge.py", "training config file")
+if __name__ == "__main__":
+  cli.define_config_flag("configs/edge.py")
   flags.DEFINE_enum("mode", "forward", ["forward", "train"], "what to time: the DiT forward or a training step")
   flags.DEFINE_integer("steps", 5, "timed steps")
   flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
   flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run(main)

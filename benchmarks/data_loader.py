@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from agibot_jax.data import controls, pipeline, resize, video
+from agibot_jax import video_io as video
+from agibot_jax.data import controls, pipeline, resize
 
 
 def sample_cost(source: pipeline.AgibotMultiviewSource, repeats: int) -> dict:

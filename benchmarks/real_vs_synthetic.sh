@@ -2,7 +2,7 @@
 # Issue 8, goal 5: the training step fed by the real pipeline against the synthetic-input benchmark, one GPU.
 #   DATA=<3-view dataset dir> bash benchmarks/real_vs_synthetic.sh [--config.<key>=<value> ...]
 # 1. `agibot_jax.bench` (synthetic latents and text); 2. `agibot_jax.train` on DATA with online VAE encoding of video
-# and control; 3. the same from a latent cache written by `agibot_jax.data.cache_latents` (edge: the epoch-0 control).
+# and control; 3. the same from a latent cache written by `agibot_jax.cache_latents` (edge: the epoch-0 control).
 # Random real-size weights (model.allow_random_init; the random stand-in text encoder of agibot_jax/text/demo.py runs
 # online, its output kept on the GPU). The train jobs log s_per_step over logging windows after the first (compile
 # excluded); each line printed is JSON.
@@ -38,6 +38,6 @@ PY
 }
 if [[ $runs == *" online "* ]]; then train online; fi
 if [[ $runs == *" cached "* ]]; then
-  python3 -m agibot_jax.data.cache_latents "${common[@]}" --workdir "$work/cache" > "$work/cache.log" 2>&1
+  python3 -m agibot_jax.cache_latents "${common[@]}" --workdir "$work/cache" > "$work/cache.log" 2>&1
   train cached --config.dataloader_train.dataset.latent_cache_dir="$work/cache/latent_cache"
 fi

@@ -53,7 +53,7 @@ def _timed(fn, repeats: int) -> dict:
 
 
 def synthetic_model_batch(config, cfg: dit.DiTConfig, latent_hw, key) -> dict:
-  """Random model batch (agibot_jax.train.model_batch's keys and dtypes), batch 1."""
+  """Random model batch (agibot_jax.assemble.model_batch's keys and dtypes), batch 1."""
   ds = config.dataloader_train.dataset
   v, (h, w) = len(ds.views), latent_hw
   vt = v * cfg.state_t

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agibot_jax.text.embed import embed_token_ids
-from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
+from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 
 SMALL = dict(vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2)
 

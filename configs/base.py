@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-CONTROL_TYPES = ("edge", "depth", "seg", "vis")
-VIEWS = ("head_color", "hand_left", "hand_right")
+from agibot_jax import registry
 
 
 def dit_2b() -> ml_collections.ConfigDict:
@@ -36,9 +35,9 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.crossattn_proj_in_channels = 100352
   net.crossattn_emb_channels = 1024
   net.text_tokens_per_view = 512
-  net.n_cameras_emb = 3
-  # view id -> neighbour view ids (head_color=0, hand_left=1, hand_right=2).
-  net.cross_view_attn_map = ((1, 2), (0, 2), (0, 1))
+  net.n_cameras_emb = len(registry.VIEWS)
+  # view id -> neighbour view ids (registry: head_color=0, hand_left=1, hand_right=2).
+  net.cross_view_attn_map = registry.cross_view_attn_map()
   net.state_t = 24
   net.max_img_h = 240
   net.max_img_w = 240
@@ -80,8 +79,7 @@ def tiny_net(net: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
-  if control_type not in CONTROL_TYPES:
-    raise ValueError(f"control type must be one of {CONTROL_TYPES}, got {control_type!r}")
+  registry.control(control_type)  # rejects an unknown control type, naming the known ones
   arg = (arg or "").strip()
   if arg not in ("", "2b", "tiny"):
     raise ValueError(f"config argument must be '', '2b' or 'tiny', got {arg!r}")
@@ -104,7 +102,7 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   ds = config.dataloader_train.dataset = ml_collections.ConfigDict()
   ds.dataset_dir = ""
   ds.control_input_type = control_type
-  ds.views = VIEWS
+  ds.views = registry.VIEW_NAMES
   ds.resolution_hw = (432, 768)
   ds.num_video_frames = 93
   ds.random_start_frame = False
@@ -125,6 +123,8 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.model.text_dropout = 0.2
   config.model.use_video_condition_dropout = 0.2
   config.model.hint_keys = control_type
+  # Scale of the control branch's hints in the network (the reference's control weight; 0 ignores the control).
+  config.model.control_weight = 1.0
   config.model.tokenizer = ml_collections.ConfigDict()
   config.model.tokenizer.dim = 96
   config.model.tokenizer.z_dim = 16
@@ -168,6 +168,7 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.trainer.callbacks.every_n_sample.every_n = 200
   config.trainer.callbacks.every_n_sample.guidance = (0.0, 3.0, 5.0)
   config.trainer.callbacks.every_n_sample.num_cond_frames = (0, 1)
+  config.trainer.callbacks.every_n_sample.control_weights = (1.0,)  # e.g. (0.0, 1.0) to see what the control adds
   config.trainer.callbacks.every_n_sample.num_sampling_step = 35
   config.trainer.callbacks.every_n_sample.fps = 10
 

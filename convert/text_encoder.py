@@ -101,7 +101,7 @@ def convert(src: str, dtype: str = "bfloat16"):
   """(QwenTextConfig, params tree of numpy arrays in `dtype`) from a Hugging Face checkpoint folder."""
   import jax
 
-  from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
+  from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 
   hf = read_hf_config(src)
   config = QwenTextConfig.from_hf(hf, dtype=dtype, param_dtype=dtype)

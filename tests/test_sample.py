@@ -10,7 +10,8 @@ import pytest
 
 from agibot_jax import params_io
 from agibot_jax import sample
-from agibot_jax.data import make_example, video
+from agibot_jax import video_io as video
+from agibot_jax.data import synthetic
 from configs import edge
 from tests.sampling import tiny_setup
 
@@ -85,7 +86,7 @@ def test_dataset_sample_with_clean_first_frame(converted, tmp_path):
   config = _config()
   config.model.tokenizer.path = str(converted / "vae")
   data = tmp_path / "data"
-  ids = make_example.write_example(str(data), num_samples=2, frames=FRAMES + 2, height=40, width=48)
+  ids = synthetic.write_example(str(data), num_samples=2, frames=FRAMES + 2, height=40, width=48)
   config.dataloader_train.dataset.dataset_dir = str(data)
   out = tmp_path / "sample.mp4"
   summary = sample.run(config, checkpoint=str(converted / "dit"), out=str(out), sample_id=ids[1], guidance=5.0,
@@ -126,7 +127,7 @@ def test_train_two_steps_then_sample_from_workdir(tmp_path):
     out = tmp_path / name
     proc = _cli("--checkpoint", str(workdir), flag, "--sample_id", "synthetic_001", "--num_steps", "3",
                 "--guidance", "3", "--num_cond_frames", "1", "--out", str(out))
-    assert f"restored step 2 from {workdir / 'checkpoints'} ({weights} weights)" in proc.stdout
+    assert f"restored step 2 from {workdir / 'checkpoints'} ({weights} weights)" in proc.stderr
     # Rows: sample, input video, control; the 3·96-px width is under video_out's 2048 cap.
     _assert_video(out, config.dataloader_train.dataset.num_video_frames, 3 * w, 3 * h)
     assert (tmp_path / name.replace(".mp4", "_12frames.jpg")).is_file()

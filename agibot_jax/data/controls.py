@@ -1,5 +1,7 @@
 """Control maps computed from the video at load time: `edge` (Canny) and `vis` (blur chain), spec §2.1–§2.2.
 
+`compute` dispatches by the control's `agibot_jax.registry` entry.
+
 Both take the already-resized RGB frames of all views of one sample, `frames_THWC` uint8 (T, H, W, 3) with
 the views stacked on T, and return a map of the same shape and dtype. Training (`rng` given) draws the
 random parameters once per sample, shared by every frame and view; inference uses a named preset.
@@ -7,9 +9,12 @@ random parameters once per sample, shared by every frame and view; inference use
 
 from __future__ import annotations
 
+import importlib
+
 import cv2
 import numpy as np
 
+from agibot_jax import registry
 from agibot_jax.data import resize
 
 PRESETS = ("none", "very_low", "low", "medium", "high", "very_high")
@@ -96,9 +101,9 @@ def vis(frames_THWC: np.ndarray, rng: np.random.Generator | None = None, preset:
 
 def compute(control_type: str, frames_THWC: np.ndarray, rng: np.random.Generator | None,
             preset: str = "medium") -> np.ndarray:
-  """Dispatch for the computed controls (`edge`, `vis`)."""
-  if control_type == "edge":
-    return edge(frames_THWC, rng, preset)
-  if control_type == "vis":
-    return vis(frames_THWC, rng, preset)
-  raise ValueError(f"control {control_type!r} is read from files, not computed")
+  """The computed control `control_type` of the frames, by its registry entry's `compute` function."""
+  control = registry.control(control_type)
+  if control.from_files:
+    raise ValueError(f"control {control_type!r} is read from files, not computed")
+  module, _, name = control.compute.partition(":")
+  return getattr(importlib.import_module(module), name)(frames_THWC, rng, preset)

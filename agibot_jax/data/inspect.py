@@ -13,10 +13,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from agibot_jax.data import layout, pipeline, video
+from agibot_jax import cli, registry
+from agibot_jax import video_io as video
+from agibot_jax.data import layout, pipeline
 
 
 EXIT_PROBLEMS = 2
@@ -49,7 +50,7 @@ def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str)
     x_VTHWC = x_CTHW.transpose(1, 2, 3, 0).reshape(n_views, t, *x_CTHW.shape[2:], 3)
     return x_VTHWC.transpose(1, 2, 0, 3, 4).reshape(t, x_CTHW.shape[2], n_views * x_CTHW.shape[3], 3)
 
-  frames = [row(sample["video"]), row(sample[f"control_input_{s.control_type}"])]
+  frames = [row(sample["video"]), row(sample[registry.control(s.control_type).key])]
   video.write_video(path, np.concatenate(frames, axis=1), float(sample["fps"]))
 
 
@@ -68,20 +69,13 @@ def run(config, preview: str | None = None, preview_index: int = 0) -> int:
   return 0
 
 
-def main(argv: list[str]) -> int:
-  del argv
-  if flags.FLAGS.config is None:
-    raise app.UsageError("--config is required")
+def main() -> int:
   return run(flags.FLAGS.config, flags.FLAGS.preview, flags.FLAGS.preview_index)
 
 
-def _define_flags():
-  """Command-line flags, defined only when run as a program (modules stay importable together)."""
-  config_flags.DEFINE_config_file("config", None, "configs/<control>.py[:tiny]", lock_config=True)
+if __name__ == "__main__":
+  cli.define_config_flag()
   flags.DEFINE_string("preview", None, "write a side-by-side preview mp4 of one sample here")
   flags.DEFINE_integer("preview_index", 0, "sample index (sorted by id) for --preview")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)

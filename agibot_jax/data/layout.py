@@ -2,7 +2,7 @@
 
   <dataset_dir>/videos/<view>/<id>.mp4             RGB clip per view
   <dataset_dir>/captions/<view>/<id>.json          {"caption": "..."} (head_color's is the prompt)
-  <dataset_dir>/control_input_<ct>/<view>/<id>.mp4 only for ct in {depth, seg}
+  <dataset_dir>/control_input_<ct>/<view>/<id>.mp4 only for file controls (depth, seg; agibot_jax.registry)
 
 Samples are matched across views by file stem. `scan` checks the whole dataset once and returns every
 problem it finds (each naming the file); `load_index` refuses a dataset with problems unless told to drop
@@ -16,18 +16,10 @@ import json
 import logging
 import os
 
-from agibot_jax.data import video
+from agibot_jax import registry
+from agibot_jax import video_io as video
 
-# View name -> view id (the camera embedding index), spec §1.3.
-VIEW_IDS = {"head_color": 0, "hand_left": 1, "hand_right": 2}
-CAPTION_PREFIXES = {
-    "head_color": "The video is captured from a camera mounted on the head of the subject, facing forward.",
-    "hand_left": "The video is captured from a camera mounted on the left hand of the subject.",
-    "hand_right": "The video is captured from a camera mounted on the right hand of the subject.",
-}
-PROMPT_VIEW = "head_color"
-CONTROL_TYPES = ("edge", "depth", "seg", "vis")
-FILE_CONTROLS = ("depth", "seg")
+log = logging.getLogger(__name__)
 _FPS_RTOL = 1e-3
 
 
@@ -62,22 +54,6 @@ class Sample:
   original_hw: tuple[tuple[int, int], ...]
 
 
-def view_captions(prompt: str, views: tuple[str, ...]) -> list[str]:
-  """Per-view caption strings fed to the text encoder (spec §1.3).
-
-  The prompt view gets `prefix + " " + prompt`; every other view gets `prefix + " "` (trailing space kept).
-  """
-  return [f"{CAPTION_PREFIXES[v]} {prompt if v == PROMPT_VIEW else ''}" for v in views]
-
-
-def check_config(views: tuple[str, ...], control_type: str) -> None:
-  unknown = [v for v in views if v not in VIEW_IDS]
-  if unknown or len(set(views)) != len(views) or not views:
-    raise ValueError(f"views must be distinct names from {tuple(VIEW_IDS)}, got {tuple(views)}")
-  if control_type not in CONTROL_TYPES:
-    raise ValueError(f"control_input_type must be one of {CONTROL_TYPES}, got {control_type!r}")
-
-
 def _read_caption(path: str) -> tuple[str | None, str | None]:
   """Returns (caption, problem message)."""
   if not os.path.isfile(path):
@@ -105,13 +81,13 @@ def _same_fps(a: float, b: float) -> bool:
 def scan(dataset_dir: str, views: tuple[str, ...], control_type: str,
          frames_needed: int) -> tuple[list[Sample], list[Problem]]:
   """Checks the whole dataset; returns the valid samples (sorted by id) and every problem found."""
-  views = tuple(views)
-  check_config(views, control_type)
+  views = registry.check_views(views)
+  control = registry.control(control_type)
   root = os.path.abspath(dataset_dir)
   problems: list[Problem] = []
   if not os.path.isdir(root):
     return [], [Problem(None, root, "dataset directory not found")]
-  ctrl_root = os.path.join(root, f"control_input_{control_type}") if control_type in FILE_CONTROLS else None
+  ctrl_root = os.path.join(root, control.key) if control.from_files else None
   folders = [os.path.join(root, "videos", v) for v in views] + [os.path.join(root, "captions", v) for v in views]
   if ctrl_root:
     folders += [os.path.join(ctrl_root, v) for v in views]
@@ -137,7 +113,7 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str,
       caption, msg = _read_caption(cap_path)
       if msg:
         sample_problems.append(Problem(sid, cap_path, msg))
-      elif v == PROMPT_VIEW:
+      elif v == registry.PROMPT_VIEW:
         prompt = caption
 
     infos = {}
@@ -199,6 +175,6 @@ def load_index(dataset_dir: str, views: tuple[str, ...], control_type: str, fram
     raise DatasetError(dataset_dir, problems)
   if problems:
     dropped = sorted({p.sample_id for p in problems if p.sample_id is not None})
-    logging.warning("skip_invalid: dropping %d sample(s) %s of %s:\n%s", len(dropped), dropped, dataset_dir,
+    log.warning("skip_invalid: dropping %d sample(s) %s of %s:\n%s", len(dropped), dropped, dataset_dir,
                     "\n".join(f"  - {p}" for p in problems))
   return samples

@@ -1,101 +1,36 @@
-"""Writes a small synthetic 3-view dataset in the exact Agibot layout (videos, captions, depth and seg controls).
+"""Writes a small synthetic 3-view dataset in the exact Agibot layout (agibot_jax/data/synthetic.py).
 
   python -m agibot_jax.data.make_example DIR [--num_samples 2 --frames 16 --height 96 --width 160 --fps 16]
 
-One world of moving shapes is filmed by three cameras looking at different, overlapping windows of it
-(head_color: the wide centre view; hand_left / hand_right: closer views left and right), so the views are
-consistent. Depth is brighter for nearer shapes; seg paints each shape in a fixed class colour.
-The defaults fit configs/*.py:tiny (64x96, 9 frames) and are valid for any resolution after resizing.
+The defaults pass `agibot_jax.data.inspect` with the tiny configs (configs/<ct>.py:tiny: 64x96, 9 frames); the
+full-size configs need at least 93 frames per clip (`--frames 93`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
+import logging
 
-import cv2
-import numpy as np
+from absl import flags
 
-from agibot_jax.data import layout, video
+from agibot_jax import cli, registry
+from agibot_jax.data import synthetic
 
-# Per-view camera: (centre x, centre y) in world units of the frame size, zoom (>1 = closer).
-_CAMERAS = {"head_color": (0.0, 0.0, 1.0), "hand_left": (-0.35, 0.15, 1.6), "hand_right": (0.35, 0.15, 1.6)}
-_SEG_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230], [230, 200, 40], [200, 60, 220]], np.uint8)
+log = logging.getLogger(__name__)
 
 
-def _world(rng: np.random.Generator, num_shapes: int) -> list[dict]:
-  return [{"pos": rng.uniform(-0.6, 0.6, 2), "vel": rng.uniform(-0.04, 0.04, 2), "depth": rng.uniform(1.0, 4.0),
-           "radius": rng.uniform(0.08, 0.16), "square": bool(rng.integers(2)),
-           "colour": tuple(int(c) for c in rng.integers(60, 255, 3))} for _ in range(num_shapes)]
-
-
-def _render(shapes: list[dict], t: int, cam: tuple[float, float, float], h: int, w: int):
-  """RGB, depth and seg frames (H, W, 3) uint8 of one camera at time t."""
-  cx, cy, zoom = cam
-  scale = zoom * min(h, w)
-  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-  wx, wy = (xx - w / 2) / scale + cx, (yy - h / 2) / scale + cy
-  rgb = np.stack([100 + 60 * np.sin(3 * wx), 90 + 50 * np.cos(2 * wy), 120 + 40 * np.sin(2 * (wx + wy))], -1)
-  rgb = np.clip(rgb, 0, 255).astype(np.uint8)
-  depth = np.full((h, w, 3), 20, np.uint8)
-  seg = np.zeros((h, w, 3), np.uint8)
-  for i in sorted(range(len(shapes)), key=lambda j: -shapes[j]["depth"]):  # far to near
-    s = shapes[i]
-    # Bounce inside the world square [-1, 1]^2.
-    p = (s["pos"] + t * s["vel"] + 1.0) % 4.0
-    p = np.where(p > 2.0, 4.0 - p, p) - 1.0
-    centre = (int(round((p[0] - cx) * scale + w / 2)), int(round((p[1] - cy) * scale + h / 2)))
-    r = max(2, int(round(s["radius"] * scale / s["depth"] * 2)))
-    near = int(255 - 50 * s["depth"])
-    for img, colour in ((rgb, s["colour"]), (depth, (near,) * 3), (seg, tuple(int(c) for c in _SEG_COLOURS[i % 5]))):
-      if s["square"]:
-        cv2.rectangle(img, (centre[0] - r, centre[1] - r), (centre[0] + r, centre[1] + r), colour, -1)
-      else:
-        cv2.circle(img, centre, r, colour, -1)
-  return rgb, depth, seg
-
-
-def write_example(out_dir: str, num_samples: int = 2, frames: int = 16, height: int = 96, width: int = 160,
-                  fps: float = 16.0, seed: int = 0) -> list[str]:
-  """Writes the dataset; returns the sample ids. Sizes must be even (H.264 yuv420p)."""
-  if height % 2 or width % 2:
-    raise ValueError(f"height and width must be even for yuv420p mp4, got {height}x{width}")
-  ids = []
-  for n in range(num_samples):
-    sid = f"synthetic_{n:03d}"
-    rng = np.random.default_rng([seed, n])
-    shapes = _world(rng, int(rng.integers(3, 6)))
-    prompt = (f"A synthetic tabletop scene in which {len(shapes)} coloured shapes drift and bounce "
-              f"slowly across a smoothly shaded background, seen by a head camera and two hand cameras.")
-    for view, cam in _CAMERAS.items():
-      rendered = [_render(shapes, t, cam, height, width) for t in range(frames)]
-      for folder, k in (("videos", 0), ("control_input_depth", 1), ("control_input_seg", 2)):
-        video.write_video(os.path.join(out_dir, folder, view, f"{sid}.mp4"), np.stack([r[k] for r in rendered]), fps)
-      cap_path = os.path.join(out_dir, "captions", view, f"{sid}.json")
-      os.makedirs(os.path.dirname(cap_path), exist_ok=True)
-      with open(cap_path, "w", encoding="utf-8") as f:
-        json.dump({"caption": prompt}, f)
-    ids.append(sid)
-  return ids
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("out_dir")
-  parser.add_argument("--num_samples", type=int, default=2)
-  parser.add_argument("--frames", type=int, default=16)
-  parser.add_argument("--height", type=int, default=96)
-  parser.add_argument("--width", type=int, default=160)
-  parser.add_argument("--fps", type=float, default=16.0)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  ids = write_example(args.out_dir, args.num_samples, args.frames, args.height, args.width, args.fps, args.seed)
-  print(f"wrote {len(ids)} samples x {len(layout.VIEW_IDS)} views ({args.frames} frames, "
-        f"{args.height}x{args.width}, depth+seg controls) to {args.out_dir}")
+def main(out_dir: str) -> int:
+  f = flags.FLAGS
+  ids = synthetic.write_example(out_dir, f.num_samples, f.frames, f.height, f.width, f.fps, f.seed)
+  log.info("wrote %d samples x %d views (%d frames, %dx%d, depth+seg controls) to %s", len(ids),
+           len(registry.VIEWS), f.frames, f.height, f.width, out_dir)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  flags.DEFINE_integer("num_samples", 2, "samples to write")
+  flags.DEFINE_integer("frames", 16, "frames per clip (the full-size configs read 93)")
+  flags.DEFINE_integer("height", 96, "frame height (even)")
+  flags.DEFINE_integer("width", 160, "frame width (even)")
+  flags.DEFINE_float("fps", 16.0, "frame rate")
+  flags.DEFINE_integer("seed", 0, "world seed")
+  cli.run(main, positional=("out_dir",))

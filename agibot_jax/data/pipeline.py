@@ -10,7 +10,7 @@ Per-sample randomness (edge thresholds, vis blur draws, optional random start fr
 regardless of worker count or process layout.
 
 With `dataloader_train.dataset.latent_cache_dir` set, samples carry `latent_video` / `latent_control` read
-from a cache written by `python -m agibot_jax.data.cache_latents` instead of `video` / `control_input_<ct>`;
+from a cache written by `python -m agibot_jax.cache_latents` instead of `video` / `control_input_<ct>`;
 the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_cache.py).
 """
 
@@ -25,7 +25,9 @@ import grain
 import ml_collections
 import numpy as np
 
-from agibot_jax.data import controls, latent_cache, layout, resize, video
+from agibot_jax import registry
+from agibot_jax import video_io as video
+from agibot_jax.data import controls, latent_cache, layout, resize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,7 @@ class DataSettings:
   """The `dataloader_train.dataset` keys the loader reads."""
   dataset_dir: str
   control_type: str
-  views: tuple[str, ...] = tuple(layout.VIEW_IDS)
+  views: tuple[str, ...] = registry.VIEW_NAMES
   resolution_hw: tuple[int, int] = (432, 768)
   num_video_frames: int = 93
   random_start_frame: bool = False
@@ -41,7 +43,7 @@ class DataSettings:
   video_backend: str = "auto"
   # None: training randomisation of edge/vis; a preset name ("medium", ...): inference maps.
   control_preset: str | None = None
-  # A cache written by agibot_jax.data.cache_latents: samples carry its latents instead of pixels.
+  # A cache written by agibot_jax.cache_latents: samples carry its latents instead of pixels.
   latent_cache_dir: str = ""
 
   @classmethod
@@ -72,10 +74,13 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
   holds every sample (latent_cache.CacheMismatchError / FileNotFoundError), and `rng` is unused.
   """
 
-  def __init__(self, settings: DataSettings):
+  def __init__(self, settings: DataSettings, samples: Sequence[layout.Sample] | None = None):
+    """`samples`: the dataset's validated samples when already scanned (`layout.load_index`), else scanned here."""
     self.settings = settings
-    self.samples = layout.load_index(settings.dataset_dir, settings.views, settings.control_type,
-                                     settings.num_video_frames, settings.skip_invalid)
+    if samples is None:
+      samples = layout.load_index(settings.dataset_dir, settings.views, settings.control_type,
+                                  settings.num_video_frames, settings.skip_invalid)
+    self.samples = list(samples)
     self._backend = video.resolve_backend(settings.video_backend)
     self.cache = None
     if settings.latent_cache_dir:
@@ -120,11 +125,11 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
       else:
         control = _concat_views([controls.compute(s.control_type, np.concatenate(per_view), rng,
                                                   s.control_preset or "medium")])
-      pixels_or_latents = {"video": _concat_views(per_view), f"control_input_{s.control_type}": control}
-    view_ids = np.array([layout.VIEW_IDS[v] for v in s.views], np.int64)
+      pixels_or_latents = {"video": _concat_views(per_view), registry.control(s.control_type).key: control}
+    view_ids = np.array(registry.view_ids(s.views), np.int64)
     return {
         **pixels_or_latents,
-        "ai_caption": layout.view_captions(sample.prompt, s.views),
+        "ai_caption": registry.view_captions(sample.prompt, s.views),
         "view_indices": np.repeat(view_ids, t),
         "fps": np.float64(sample.fps),
         "num_video_frames_per_view": np.int64(t),
@@ -215,13 +220,15 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
 
 
 def from_config(config: ml_collections.ConfigDict, shard_options: grain.sharding.ShardOptions | None = None,
-                num_epochs: int | None = None, vae_params: Any | None = None) -> grain.DatasetIterator:
+                num_epochs: int | None = None, vae_params: Any | None = None,
+                samples: Sequence[layout.Sample] | None = None) -> grain.DatasetIterator:
   """Training iterator from the `dataloader_train` section and `seed` of a configs/*.py config.
 
   With a latent cache, its VAE must match `config.model.tokenizer` and, when `vae_params` is given, those weights.
+  samples: the dataset's validated samples, when already scanned.
   """
   dl = config.dataloader_train
-  source = AgibotMultiviewSource(DataSettings.from_config(config))
+  source = AgibotMultiviewSource(DataSettings.from_config(config), samples)
   if source.cache is not None:
     from agibot_jax.models.vae import VAEConfig
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from agibot_jax import sharding
+from agibot_jax import registry, sharding
 from agibot_jax.models import remat
 from agibot_jax.models.attention import dot_product_attention
 
@@ -81,8 +81,8 @@ class DiTConfig:
   crossattn_proj_in_channels: int = 100352
   crossattn_emb_channels: int = 1024
   text_tokens_per_view: int = 512
-  n_cameras_emb: int = 3
-  cross_view_attn_map: tuple[tuple[int, ...], ...] = ((1, 2), (0, 2), (0, 1))
+  n_cameras_emb: int = len(registry.VIEWS)
+  cross_view_attn_map: tuple[tuple[int, ...], ...] = registry.cross_view_attn_map()
   state_t: int = 24
   max_img_h: int = 240
   max_img_w: int = 240
@@ -158,8 +158,8 @@ class DiTConfig:
     if unsupported:
       raise ValueError(f"unsupported reference options {unsupported}; this port implements "
                        f"{ {k: REFERENCE_FIXED_OPTIONS[k] for k in unsupported} }")
-    ids = kwargs.get("camera_to_view_id", {"head_color": 0, "hand_left": 1, "hand_right": 2})
-    n_cam = int(kwargs.get("n_cameras_emb", 3))
+    ids = kwargs.get("camera_to_view_id", {v.name: v.view_id for v in registry.VIEWS.values()})
+    n_cam = int(kwargs.get("n_cameras_emb", len(registry.VIEWS)))
     nbr_map = [()] * n_cam
     for cam, nbrs in kwargs.get("cross_view_attn_map_str", {}).items():
       nbr_map[ids[cam]] = tuple(ids[n] for n in nbrs)
@@ -333,6 +333,15 @@ def rope_angles(cfg: DiTConfig, spatial_range, temporal_range, t: int, h: int, w
   return jnp.concatenate([grid, grid], axis=-1)
 
 
+def condition_mask(num_cond_frames_B: Array, num_views: int, frames_per_view: int, height: int,
+                   width: int) -> Array:
+  """The `condition_mask_BTHW1` input: float32 (B, V·T, H, W, 1), 1 on latent frames [0, n_b) of every view."""
+  frame_in_view = jnp.arange(num_views * frames_per_view) % frames_per_view
+  on_BF = frame_in_view[None, :] < jnp.asarray(num_cond_frames_B)[:, None]
+  mask = on_BF.astype(F32)[:, :, None, None, None]
+  return jnp.broadcast_to(mask, mask.shape[:2] + (height, width, 1))
+
+
 def patchify(x_BTHWC: Array, p: int) -> Array:
   """(B, T, H, W, C) -> (B, T, H/p, W/p, C·p·p), feature index c·p² + m·p + n (channel-major)."""
   b, t, h, w, c = x_BTHWC.shape
@@ -413,6 +422,36 @@ def _neighbour_frames_bwd(res, g_NTKX):
 
 
 neighbour_frames.defvjp(_neighbour_frames_fwd, _neighbour_frames_bwd)
+
+
+def text_context(cfg: DiTConfig, proj: nn.Module, emb_BMC: Array, keep_BV: Array | None,
+                 projected: bool | None, v: int) -> Array:
+  """(B, V, 512, crossattn_emb_channels) text context: per-view dropout, then `proj` (crossattn_proj) unless projected.
+
+  A projected input skips the (frozen) projection; a dropped view then gets the projection of a zero row, which is
+  what the raw path computes for it, so both inputs give the network the same context.
+  """
+  b, m, c = emb_BMC.shape
+  m_tok = cfg.text_tokens_per_view
+  if projected is None:
+    if cfg.crossattn_emb_channels == cfg.crossattn_proj_in_channels:
+      raise ValueError("crossattn_proj maps C -> C: say whether the text embedding is projected (text_projected)")
+    projected = c == cfg.crossattn_emb_channels
+  want_c = cfg.crossattn_emb_channels if projected else cfg.crossattn_proj_in_channels
+  if m != v * m_tok or c != want_c:
+    raise ValueError(f"crossattn_emb is {emb_BMC.shape[1:]} per sample; expected ({v}×{m_tok}, {want_c}) for {v} "
+                     f"views of {'projected' if projected else 'raw'} text embeddings")
+  keep_BV11 = None if keep_BV is None else jnp.asarray(keep_BV)[:, :, None, None]
+  if not projected:
+    if keep_BV11 is not None:  # zero the raw embedding of dropped views (spec training.md §3.5)
+      emb_BMC = (emb_BMC.reshape(b, v, m_tok, c) * keep_BV11.astype(emb_BMC.dtype)).reshape(b, m, c)
+    ctx = nn.gelu(proj(emb_BMC.astype(jnp.dtype(cfg.dtype))), approximate=False)
+    return ctx.reshape(b, v, m_tok, cfg.crossattn_emb_channels)
+  ctx_BVNC = emb_BMC.reshape(b, v, m_tok, c)
+  if keep_BV11 is None:
+    return ctx_BVNC
+  dropped_D = nn.gelu(proj(jnp.zeros((1, cfg.crossattn_proj_in_channels), jnp.dtype(cfg.dtype))), approximate=False)[0]
+  return jnp.where(keep_BV11, ctx_BVNC, dropped_D.astype(ctx_BVNC.dtype))
 
 
 @struct.dataclass
@@ -669,18 +708,25 @@ class MultiViewControlDiT(nn.Module):
       view_indices_BT: Array,
       padding_mask_BHW: Array | None = None,
       control_context_scale: float | Array = 1.0,
+      text_keep_BV: Array | None = None,
+      text_projected: bool | None = None,
   ) -> Array:
     """Velocity prediction (B, V·T, H, W, out_channels), float32.
 
     Args:
       x_BTHWC: noisy latent, conditioned frames already substituted (V·T frames, view-major).
       timesteps_B: (B,) or (B, 1) time on the 0..1000 scale (multiplied by `timestep_scale`).
-      crossattn_emb_BMC: (B, V·512, crossattn_proj_in_channels) text embeddings, view-major.
+      crossattn_emb_BMC: (B, V·512, C) text embeddings, view-major: raw (C = crossattn_proj_in_channels), or
+        already projected by this network's `crossattn_proj` (C = crossattn_emb_channels) when `text_projected`.
       latent_control_BTHWC: control latent (≤ in_channels·num_max_modalities channels; zero-padded).
       condition_mask_BTHW1: 1 on conditioned latent frames.
       view_indices_BT: int view id of every latent frame.
       padding_mask_BHW: pixel-space padding mask (default zeros).
-      control_context_scale: python float or (B,) weight of every control hint.
+      control_context_scale: python float or (B,) weight of every control hint (the control weight; 0 ignores
+        the control).
+      text_keep_BV: optional bool (B, V), False where a view's text is dropped: its raw embedding becomes zeros
+        (spec training.md §3.5), so a projected view becomes the projection of zeros.
+      text_projected: whether `crossattn_emb_BMC` is projected; None tells it from its channel count.
     """
     cfg, d, p = self.cfg, self.cfg.model_channels, self.cfg.patch_spatial
     dtype = jnp.dtype(cfg.dtype)
@@ -719,12 +765,9 @@ class MultiViewControlDiT(nn.Module):
     angles = rope_angles(cfg, rope["dim_spatial_range"], rope["dim_temporal_range"], t, hp, wp)
 
     # 5. Text projection: 100352 -> 1024, exact GELU; 512 tokens per view.
-    m_tok = cfg.text_tokens_per_view
-    if crossattn_emb_BMC.shape[1] != v * m_tok:
-      raise ValueError(f"crossattn_emb has {crossattn_emb_BMC.shape[1]} tokens; expected {v}×{m_tok} for {v} views")
-    text_ctx = dense(cfg.crossattn_emb_channels, "crossattn_proj", in_dim=cfg.crossattn_proj_in_channels,
-                     axes=("text_in", "kv"), cfg=cfg, use_bias=True)(crossattn_emb_BMC.astype(dtype))
-    text_ctx = nn.gelu(text_ctx, approximate=False).reshape(b, v, m_tok, cfg.crossattn_emb_channels)
+    proj = dense(cfg.crossattn_emb_channels, "crossattn_proj", in_dim=cfg.crossattn_proj_in_channels,
+                 axes=("text_in", "kv"), cfg=cfg, use_bias=True)
+    text_ctx = text_context(cfg, proj, crossattn_emb_BMC, text_keep_BV, text_projected, v)
 
     # 6. Timestep: e = RMSNorm(sinusoid), a = MLP(sinusoid) (float32).
     tau_B = jnp.reshape(timesteps_B, (b, -1))[:, 0].astype(F32) * cfg.timestep_scale
@@ -764,6 +807,7 @@ class MultiViewControlDiT(nn.Module):
     # 10. Final layer (float32) and unpatchify.
     y = FinalLayer(cfg, name="final_layer")(x_tok, emb, adaln_lora)
     return unpatchify(y.reshape(b, vt, hp, wp, -1), p, cfg.out_channels)
+
 
 
 class RopeBuffers(nn.Module):

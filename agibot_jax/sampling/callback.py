@@ -1,9 +1,9 @@
 """In-training sample videos, the reference's `EveryNDrawSampleMultiviewVideo` (training.md §9).
 
 Every `trainer.callbacks.every_n_sample.every_n` steps (after the step; first at every_n), for the regular and
-then the EMA weights, on the current training batch: 6 samples (num_cond_frames outer × guidance inner, from
-the same RandomState(1) noise, 35 UniPC steps at shift 5), decoded, then the input video and the control pixels
-as the last two rows. Process 0 writes
+then the EMA weights, on the current training batch: one sample per (num_cond_frames, control weight, guidance),
+in that nesting order (the reference's; 2 × 1 × 3 = 6 by default), from the same RandomState(1) noise, 35 UniPC
+steps at shift 5, decoded, then the input video and the control pixels as the last two rows. Process 0 writes
 
   <workdir>/samples/{reg|ema}_ReplicateID0000_Sample_Iter{step:09d}_3views.mp4   and   …_12frames.jpg
 
@@ -13,6 +13,7 @@ runs the sampling (the arrays are sharded over all of them).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -24,27 +25,30 @@ from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.sampling import generate, video_out
 
+log = logging.getLogger(__name__)
+
 
 class EveryNSample:
   """Train-loop callback: `callback(step, state, batch, loader_batch)` after every optimizer step.
 
   Args:
     config: the run's config; reads `trainer.callbacks.every_n_sample` (every_n, guidance, num_cond_frames,
-      num_sampling_step, fps; optional shift and seed, default 5.0 and 1) and the dataset's views / control type.
+      control_weights, num_sampling_step, fps; optional shift and seed, default 5.0 and 1) and the dataset's views
+      / control type.
     workdir: the run directory.
-    dit_model, vae_model, vae_params: the networks (the DiT weights come from the state at each firing).
-    text_provider: unused: the model batch already holds the text embeddings and the unconditional branch is
-      all zeros (the reference callback uses no negative prompt); accepted so every callback is built alike.
+    dit_model, vae_model, vae_params: the networks (the DiT weights come from the state at each firing). The
+      model batch already holds the text embeddings; the unconditional branch drops every view's text (the
+      reference callback uses no negative prompt).
   """
 
   def __init__(self, config, workdir: str, *, dit_model: dit.MultiViewControlDiT, vae_model: vae_lib.WanVAE,
-               vae_params, text_provider=None):
-    del text_provider
+               vae_params):
     cb = config.trainer.callbacks.every_n_sample
     ds = config.dataloader_train.dataset
     self.every_n = int(cb.every_n)
     self.guidance = tuple(float(g) for g in cb.guidance)
     self.num_cond_frames = tuple(int(n) for n in cb.num_cond_frames)
+    self.control_weights = tuple(float(w) for w in cb.control_weights)
     self.fps = int(cb.fps)
     self.num_views = len(ds.views)
     self.control_key = f"control_input_{ds.control_input_type}"
@@ -71,15 +75,15 @@ class EveryNSample:
                                                    rows, fps=self.fps)
           image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
           writer.add_image(f"samples/{tag}", image, step, dataformats="HWC")
-          print(f"[agibot-jax] step {step}: {tag} samples in {time.perf_counter() - t0:.1f}s -> {mp4}")
+          log.info("step %d: %s samples in %.1fs -> %s", step, tag, time.perf_counter() - t0, mp4)
     finally:
       if writer is not None:
         writer.close()
 
   def sample_rows(self, params, batch: dict, loader_batch: dict) -> list[np.ndarray]:
     """The visualised rows, each (b, V, T, H, W, 3) in [-1, 1]: samples, input video, control pixels."""
-    rows = [self.generator.generate(params, self.vae_params, batch, guidance=g, num_cond_frames=n)
-            for n in self.num_cond_frames for g in self.guidance]
+    rows = [self.generator.generate(params, self.vae_params, batch, guidance=g, num_cond_frames=n, control_weight=w)
+            for n in self.num_cond_frames for w in self.control_weights for g in self.guidance]
     if "video" in loader_batch:
       rows.append(generate.pixels_to_rows(loader_batch["video"], self.num_views))
       rows.append(generate.pixels_to_rows(loader_batch[self.control_key], self.num_views))

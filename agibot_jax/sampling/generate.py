@@ -2,15 +2,16 @@
 
 One `Generator` serves the in-training callback and the `agibot_jax.sample` CLI. Its denoiser is ONE jitted
 function per input shape: the whole loop is the `lax.scan` of `unipc.sample`, the conditional and
-unconditional branches go through ONE batched DiT call per step (`guidance.guided_velocity_fn`), and both
-the guidance value and the number of conditional frames are traced scalars, so the six samples of a callback
-firing (n ∈ {0, 1} × g ∈ {0, 3, 5}) and the regular and EMA weights (same tree, same dtypes) share one compile.
+unconditional branches go through ONE batched DiT call per step (`guidance.guided_velocity_fn`), and the
+guidance value, the number of conditional frames and the control weight are traced scalars, so the samples of a
+callback firing (n ∈ {0, 1} × control weights × g ∈ {0, 3, 5}) and the regular and EMA weights (same tree, same
+dtypes) share one compile.
 
-Inputs are the train step's model batch (`agibot_jax.train.model_batch`):
+Inputs are the train step's model batch (`agibot_jax.assemble.model_batch`):
   x0_BTHWC           float32 (B, V·T, h, w, 16) clean video latent (the clean conditional frames; may be zeros
                      when num_cond_frames = 0)
   control_BTHWC      float32 (B, V·T, h, w, 16) control latent
-  crossattn_emb_BMC  (B, V·512, C) text embedding (the unconditional branch zeroes it for every view)
+  crossattn_emb_BMC  (B, V·512, C) text embedding, raw or projected (the unconditional branch drops every view's)
   view_indices_BT    int32 (B, V·T) latent view ids
   padding_mask_BHW   float32 (B, H, W) pixel-space padding mask
 """
@@ -28,7 +29,6 @@ from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.sampling import guidance as guidance_lib
 from agibot_jax.sampling import unipc
-from agibot_jax.training.objective import condition_mask
 
 BATCH_KEYS = ("x0_BTHWC", "control_BTHWC", "crossattn_emb_BMC", "view_indices_BT", "padding_mask_BHW")
 NOISE_SEED = 1  # the reference callback's RandomState seed
@@ -91,10 +91,10 @@ class Generator:
     self._denoise = jax.jit(self._denoise_fn)
     self._decode = jax.jit(functools.partial(vae_lib.decode_multiview, vae_model, num_views=num_views))
 
-  def _denoise_fn(self, params, batch, noise_BTHWC, guidance, num_cond_frames):
+  def _denoise_fn(self, params, batch, noise_BTHWC, guidance, num_cond_frames, control_weight):
     b, vt, h, w, _ = noise_BTHWC.shape
     compute_dtype = jnp.dtype(self.dit_model.cfg.dtype)
-    mask_BTHW1 = condition_mask(jnp.full((b,), num_cond_frames, jnp.int32), self.num_views, vt // self.num_views,
+    mask_BTHW1 = dit.condition_mask(jnp.full((b,), num_cond_frames, jnp.int32), self.num_views, vt // self.num_views,
                                 h, w)
     cond = {
         "emb": batch["crossattn_emb_BMC"],
@@ -102,14 +102,16 @@ class Generator:
         "mask": mask_BTHW1.astype(compute_dtype),
         "view_indices": batch["view_indices_BT"],
         "padding_mask": batch["padding_mask_BHW"],
+        "text_keep": jnp.ones((b, self.num_views), bool),
     }
     # The unconditional branch: every view's text dropped; control, clean frames and mask unchanged (§9.2).
-    uncond = {**cond, "emb": jnp.zeros_like(cond["emb"])}
+    uncond = {**cond, "text_keep": jnp.zeros_like(cond["text_keep"])}
 
     def model_fn(x, timesteps_int_B, inputs):
       return self.dit_model.apply(
           {"params": params}, x.astype(compute_dtype), timesteps_int_B.astype(jnp.float32), inputs["emb"],
-          inputs["control"], inputs["mask"], inputs["view_indices"], inputs["padding_mask"])
+          inputs["control"], inputs["mask"], inputs["view_indices"], inputs["padding_mask"], control_weight,
+          inputs["text_keep"])
 
     velocity_fn = guidance_lib.guided_velocity_fn(model_fn, cond, uncond, guidance)
     if self._ticker is not None:
@@ -127,7 +129,8 @@ class Generator:
     b, vt, h, w, c = latent_shape_BTHWC
     return guidance_lib.initial_noise((b, c, vt, h, w), self.seed).transpose(0, 2, 3, 4, 1)
 
-  def denoise(self, params, batch: dict[str, Any], *, guidance: float, num_cond_frames: int) -> jax.Array:
+  def denoise(self, params, batch: dict[str, Any], *, guidance: float, num_cond_frames: int,
+              control_weight: float = 1.0) -> jax.Array:
     """Sampled latent float32 (B, V·T, h, w, C), on device.
 
     Args:
@@ -135,6 +138,7 @@ class Generator:
       batch: the model batch (module docstring).
       guidance: g of v = v_cond + g·(v_cond − v_uncond).
       num_cond_frames: clean latent frames taken from `x0_BTHWC` at the start of every view.
+      control_weight: scale of every control hint (0 ignores the control).
     """
     check_batch(batch, self.num_views)
     shape = tuple(batch["x0_BTHWC"].shape)
@@ -144,13 +148,13 @@ class Generator:
     sharding = getattr(batch["x0_BTHWC"], "sharding", None)
     noise = jax.device_put(noise, sharding) if sharding is not None else jnp.asarray(noise)
     inputs = {k: batch[k] for k in BATCH_KEYS}
-    args = (params, inputs, noise, jnp.float32(guidance), jnp.int32(num_cond_frames))
+    args = (params, inputs, noise, jnp.float32(guidance), jnp.int32(num_cond_frames), jnp.float32(control_weight))
     if self._ticker is None:
       return self._denoise(*args)
     from tqdm import tqdm
 
-    with tqdm(total=self.num_steps, desc=f"denoise g={guidance:g} n={num_cond_frames}", unit="step",
-              disable=jax.process_index() != 0) as bar:
+    desc = f"denoise g={guidance:g} n={num_cond_frames} w={control_weight:g}"
+    with tqdm(total=self.num_steps, desc=desc, unit="step", disable=jax.process_index() != 0) as bar:
       self._ticker.bar = bar
       try:
         return jax.block_until_ready(self._denoise(*args))
@@ -165,10 +169,11 @@ class Generator:
     b, vt = video.shape[:2]
     return video.reshape((b, self.num_views, vt // self.num_views) + video.shape[2:])
 
-  def generate(self, params, vae_params, batch: dict[str, Any], *, guidance: float,
-               num_cond_frames: int) -> np.ndarray:
+  def generate(self, params, vae_params, batch: dict[str, Any], *, guidance: float, num_cond_frames: int,
+               control_weight: float = 1.0) -> np.ndarray:
     """`denoise` then `decode`: host float32 videos (B, V, T, H, W, 3) in ~[-1, 1]."""
-    return self.decode(vae_params, self.denoise(params, batch, guidance=guidance, num_cond_frames=num_cond_frames))
+    return self.decode(vae_params, self.denoise(params, batch, guidance=guidance, num_cond_frames=num_cond_frames,
+                                                control_weight=control_weight))
 
 
 def pixels_to_rows(video_BCTHW: np.ndarray, num_views: int) -> np.ndarray:

@@ -67,31 +67,6 @@ def guided_velocity_fn(
   return velocity_fn
 
 
-def conditional_frame_mask(
-    x_shape: tuple[int, ...], *, frame_axis: int, num_views: int, num_cond_frames: int
-) -> np.ndarray:
-  """Mask that is 1 on the first `num_cond_frames` latent frames of every view (training.md §4.4).
-
-  Args:
-    x_shape: the latent's shape; its `frame_axis` holds V·T frames, view-major (view v owns [v·T, (v+1)·T)).
-    frame_axis: index of the V·T axis (2 for the reference's (B, C, V·T, H, W)).
-
-  Returns:
-    float32 array with x's rank, size 1 on every axis but `frame_axis`, broadcastable to x.
-  """
-  frames = x_shape[frame_axis]
-  if frames % num_views:
-    raise ValueError(f"frame axis {frame_axis} has {frames} frames, not divisible by {num_views} views")
-  per_view = frames // num_views
-  if not 0 <= num_cond_frames <= per_view:
-    raise ValueError(f"num_cond_frames={num_cond_frames} outside [0, {per_view}]")
-  mask_VT = np.zeros((num_views, per_view), np.float32)
-  mask_VT[:, :num_cond_frames] = 1.0
-  shape = [1] * len(x_shape)
-  shape[frame_axis] = frames
-  return mask_VT.reshape(shape)
-
-
 def initial_noise(shape_BCTHW: tuple[int, ...], seed: int = 1) -> np.ndarray:
   """The reference's starting latent: NumPy `RandomState(seed).standard_normal(shape)` in float32.
 

@@ -154,16 +154,18 @@ def timestep_to_tau(timesteps_int: jax.Array) -> jax.Array:
   return timesteps_int.astype(jnp.float32) * jnp.float32(0.001)
 
 
-def _run(velocity_fn: VelocityFn, x_init: jax.Array, schedule: Schedule, keep_trajectory: bool):
-  batch = x_init.shape[0]
-  x_init = x_init.astype(jnp.float32)
-  xs = (
-      jnp.asarray(schedule.timesteps_N),
-      jnp.asarray(schedule.sigmas_N1[:-1]),
-      jnp.asarray(schedule.use_corrector_N),
-      jnp.asarray(schedule.corrector_N4),
-      jnp.asarray(schedule.predictor_N3),
-  )
+def schedule_arrays(schedule: Schedule) -> tuple[jax.Array, ...]:
+  """The per-step inputs `solver_step` scans over: (timestep, sigma, use_corrector, corrector, predictor)."""
+  return (jnp.asarray(schedule.timesteps_N), jnp.asarray(schedule.sigmas_N1[:-1]),
+          jnp.asarray(schedule.use_corrector_N), jnp.asarray(schedule.corrector_N4),
+          jnp.asarray(schedule.predictor_N3))
+
+
+def solver_step(velocity_fn: VelocityFn, batch: int):
+  """One UniPC step as a `lax.scan` body: (x, x_prev, m1, m2), per-step inputs -> new carry, (x_next, m, v).
+
+  m is the step's x0 prediction x − σ·v; the carry's start is (x_init, 0, 0, 0).
+  """
 
   def step(carry, per_step):
     x, x_prev, m1, m2 = carry
@@ -173,15 +175,12 @@ def _run(velocity_fn: VelocityFn, x_init: jax.Array, schedule: Schedule, keep_tr
     corrected = corr[0] * x_prev + corr[1] * m + corr[2] * m1 + corr[3] * m2
     x = jnp.where(use_corrector, corrected, x)
     x_next = pred[0] * x + pred[1] * m + pred[2] * m1
-    out = (x_next, m, v) if keep_trajectory else None
-    return (x_next, x, m, m1), out
+    return (x_next, x, m, m1), (x_next, m, v)
 
-  zeros = jnp.zeros_like(x_init)
-  (x0, _, _, _), trajectory = jax.lax.scan(step, (x_init, zeros, zeros, zeros), xs)
-  return x0, trajectory
+  return step
 
 
-def _with_conditional_frames(
+def with_conditional_frames(
     velocity_fn: VelocityFn, noise: jax.Array, cond_latent: jax.Array, cond_mask: jax.Array
 ) -> VelocityFn:
   """The reference model's `denoise` substitution for conditional (clean) latent frames.
@@ -201,17 +200,6 @@ def _with_conditional_frames(
   return fn
 
 
-def _prepare(velocity_fn, x_init, num_steps, shift, cond_latent, cond_mask):
-  if (cond_latent is None) != (cond_mask is None):
-    raise ValueError("cond_latent and cond_mask must be given together")
-  schedule = make_schedule(num_steps, shift)
-  if cond_latent is not None:
-    if cond_latent.shape != x_init.shape:
-      raise ValueError(f"cond_latent shape {cond_latent.shape} != x_init shape {x_init.shape}")
-    velocity_fn = _with_conditional_frames(velocity_fn, x_init.astype(jnp.float32), cond_latent, cond_mask)
-  return velocity_fn, schedule
-
-
 def sample(
     velocity_fn: VelocityFn,
     x_init: jax.Array,
@@ -229,39 +217,20 @@ def sample(
     x_init: float32 (B, ...) starting noise (see `guidance.initial_noise`). Any latent layout.
     num_steps, shift: static schedule parameters (35 and 5.0 in the training callback).
     cond_latent: optional clean latent (same shape as x_init) for conditional frames.
-    cond_mask: optional mask broadcastable to x_init, 1 on conditional frames (see `guidance.conditional_frame_mask`).
+    cond_mask: optional mask broadcastable to x_init, 1 on conditional frames (`dit.condition_mask` layout).
 
   Returns:
     x0: float32, x_init's shape, the sample at σ = 0.
   """
-  velocity_fn, schedule = _prepare(velocity_fn, x_init, num_steps, shift, cond_latent, cond_mask)
-  x0, _ = _run(velocity_fn, x_init, schedule, keep_trajectory=False)
+  if (cond_latent is None) != (cond_mask is None):
+    raise ValueError("cond_latent and cond_mask must be given together")
+  x_init = x_init.astype(jnp.float32)
+  if cond_latent is not None:
+    if cond_latent.shape != x_init.shape:
+      raise ValueError(f"cond_latent shape {cond_latent.shape} != x_init shape {x_init.shape}")
+    velocity_fn = with_conditional_frames(velocity_fn, x_init, cond_latent, cond_mask)
+  zeros = jnp.zeros_like(x_init)
+  step = solver_step(velocity_fn, x_init.shape[0])
+  (x0, _, _, _), _ = jax.lax.scan(lambda c, p: (step(c, p)[0], None), (x_init, zeros, zeros, zeros),
+                                  schedule_arrays(make_schedule(num_steps, shift)))
   return x0
-
-
-def sample_trajectory(
-    velocity_fn: VelocityFn,
-    x_init: jax.Array,
-    *,
-    num_steps: int = 35,
-    shift: float = 5.0,
-    cond_latent: jax.Array | None = None,
-    cond_mask: jax.Array | None = None,
-) -> dict[str, jax.Array]:
-  """`sample` that also returns every step (for tests; costs N copies of the latent).
-
-  Returns:
-    dict with x_after_step_N (N, *x.shape), x0_pred_N (N, *x.shape), velocity_N (N, *x.shape), the velocity as
-    fed to the solver (after any conditional-frame substitution), x_final, and the schedule's timesteps_N and
-    sigmas_N1 (NumPy).
-  """
-  velocity_fn, schedule = _prepare(velocity_fn, x_init, num_steps, shift, cond_latent, cond_mask)
-  x0, (x_after, x0_pred, velocity) = _run(velocity_fn, x_init, schedule, keep_trajectory=True)
-  return {
-      "x_after_step_N": x_after,
-      "x0_pred_N": x0_pred,
-      "velocity_N": velocity,
-      "x_final": x0,
-      "timesteps_N": schedule.timesteps_N,
-      "sigmas_N1": schedule.sigmas_N1,
-  }

@@ -21,7 +21,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from agibot_jax.data import video
+from agibot_jax import video_io as video
 
 MAX_VIDEO_WIDTH = 2048
 STRIP_SIZE = 1024

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from agibot_jax.text.embed import OnlineTextEmbedder
-from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
+from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 
 # The chat template published with Qwen2.5-VL-7B-Instruct (and, per spec B.3, Cosmos-Reason1-7B).
 QWEN25_VL_CHAT_TEMPLATE = (

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agibot_jax import sharding
-from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
+from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.text.tokenize import NUM_TOKENS, load_tokenizer, tokenize_captions
 
 STD_EPS = 1e-8
@@ -72,8 +72,8 @@ class OnlineTextEmbedder:
   """Embeds caption strings in-process with the JAX model (no cache).
 
   `embed(captions) -> np.ndarray (n, 512, num_layers·hidden)` in the model's dtype (bf16 in
-  production, half the host memory of float32): with `num_tokens` and `dim` this is
-  agibot_jax.data.text_provider.TextEmbeddingProvider; `embed_on_device` returns the same as a device
+  production, half the host memory of float32): with `num_tokens`, `dim` and `projected` this is
+  agibot_jax.text.provider.TextEmbeddingProvider; `embed_on_device` returns the same as a device
   array, which the train loop uses so as not to wait for the forward. Captions are tokenised on the
   host and run through one jitted forward per `batch_size` rows (the last batch is padded with
   pad-token rows so every call has the same shape and compiles once).
@@ -90,6 +90,8 @@ class OnlineTextEmbedder:
                  attention: str = "auto", batch_size: int = 1) -> "OnlineTextEmbedder":
     config, params = load_text_encoder(text_encoder, dtype=dtype, attention=attention)
     return cls(config, params, load_tokenizer(tokenizer), batch_size=batch_size)
+
+  projected = False  # raw FULL_CONCAT embeddings: the DiT applies its crossattn_proj
 
   @property
   def dim(self) -> int:

@@ -4,30 +4,44 @@
       --config.dataloader_train.dataset.dataset_dir=DIR --text_encoder CKPT [--tokenizer DIR] \
       [--cache_dir DIR] [--projected --crossattn_proj DIT_CKPT_OR_NPZ] [--batch_size 1]
 
-CKPT is a folder written by `python -m convert.text_encoder`; the tokenizer defaults to the
-Hugging Face folder it was converted from. The cache folder defaults to
-`config.dataloader_train.dataset.text_cache_dir`. Captions already cached are skipped; the two
-hand-view captions are the same for every sample and are computed once.
+CKPT is a folder written by `python -m convert.text_encoder`; the tokenizer defaults to the Hugging Face folder it
+was converted from. The cache folder defaults to `config.dataloader_train.dataset.text_cache_dir`. The captions are
+those training reads: the dataset is scanned and validated as training does (`agibot_jax.data.layout`), and each
+sample's per-view captions are built by `agibot_jax.registry.view_captions`. Captions already cached are skipped;
+the hand-view captions are the same for every sample and are computed once.
+
+`--projected` stores the DiT's crossattn_proj applied to each embedding (1024-d, 98x smaller in bf16), in
+`model.precision`. The projection weights are cast to `model.precision` first, as the training state holds them, so
+the cache's fingerprint matches the run that uses it.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from agibot_jax.text.cache import (TextEmbeddingCache, cache_meta, fingerprint, project_context, read_prompt,
-                                   sample_ids, view_captions)
+from agibot_jax import cli, logs, params_io, registry
+from agibot_jax.data import layout
+from agibot_jax.text.cache import (TextEmbeddingCache, cache_meta, load_crossattn_proj, project_context,
+                                   projection_fingerprint)
+
+log = logging.getLogger(__name__)
 
 
-def dataset_captions(dataset_dir: str) -> list[str]:
-  """Every distinct per-view caption of the dataset, in sample then view order."""
+def dataset_captions(config) -> list[str]:
+  """Every distinct per-view caption of the config's dataset, in sample then view order."""
+  ds = config.dataloader_train.dataset
+  samples = layout.load_index(ds.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
+                              bool(ds.skip_invalid))
   captions: dict[str, None] = {}
-  for sample_id in sample_ids(dataset_dir):
-    captions.update(dict.fromkeys(view_captions(read_prompt(dataset_dir, sample_id))))
+  for sample in samples:
+    captions.update(dict.fromkeys(registry.view_captions(sample.prompt, tuple(ds.views))))
   return list(captions)
 
 
@@ -39,33 +53,25 @@ def precompute(captions: Sequence[str], cache: TextEmbeddingCache, embed: Callab
   for batch in progress(batches, total=len(batches), unit="batch"):
     for caption, emb in zip(batch, embed(batch)):
       cache.put(caption, emb)
-    cache.write_index()  # after every batch: an interrupted run keeps its index
-  cache.write_index()  # also when nothing was missing (creates the index of a new, empty cache)
   return len(todo)
 
 
-def main(argv) -> int:
-  from absl import flags
-  from tqdm import tqdm
-
-  from agibot_jax.params_io import read_meta
-  from agibot_jax.text.cache import load_crossattn_proj
+def main() -> int:
+  from agibot_jax.models.qwen import QwenTextConfig
   from agibot_jax.text.embed import OnlineTextEmbedder
-  from agibot_jax.text.qwen import QwenTextConfig
 
   f = flags.FLAGS
-  if f.config is None:
-    raise ValueError("pass --config configs/<control>.py")
-  ds = f.config.dataloader_train.dataset
-  if not ds.dataset_dir:
+  config = f.config
+  if not config.dataloader_train.dataset.dataset_dir:
     raise ValueError("set --config.dataloader_train.dataset.dataset_dir")
-  cache_dir = f.cache_dir or ds.text_cache_dir
+  cache_dir = f.cache_dir or config.dataloader_train.dataset.text_cache_dir
   if not cache_dir:
     raise ValueError("set --cache_dir or --config.dataloader_train.dataset.text_cache_dir")
-  encoder_meta = read_meta(f.text_encoder)
+  encoder_meta = params_io.read_meta(f.text_encoder)
   tokenizer = f.tokenizer or encoder_meta.get("source")
   if not tokenizer:
     raise ValueError(f"{f.text_encoder}: no source folder recorded; pass --tokenizer")
+  captions = dataset_captions(config)
 
   # The 7B is loaded only when some caption is missing, so re-running on a complete cache is cheap.
   embedder = functools.cache(lambda: OnlineTextEmbedder.from_paths(
@@ -73,25 +79,31 @@ def main(argv) -> int:
   if f.projected:
     if not f.crossattn_proj:
       raise ValueError("--projected needs --crossattn_proj (a converted DiT checkpoint or an .npz)")
-    kernel, bias = load_crossattn_proj(f.crossattn_proj)
-    meta = cache_meta("projected", kernel.shape[1], os.path.abspath(f.text_encoder), fingerprint(kernel, bias))
+    # As the training state holds the frozen base: in model.precision.
+    kernel, bias = (np.asarray(a).astype(jnp.dtype(config.model.precision))
+                    for a in load_crossattn_proj(f.crossattn_proj))
+    meta = cache_meta("projected", kernel.shape[1], os.path.abspath(f.text_encoder),
+                      projection_fingerprint(kernel, bias), dtype=config.model.precision)
     embed = lambda batch: np.asarray(project_context(embedder().embed(batch), kernel, bias))
   else:
     channels = QwenTextConfig.from_hf(encoder_meta["config"]).embedding_channels
     meta = cache_meta("full_concat", channels, os.path.abspath(f.text_encoder))
     embed = lambda batch: embedder().embed(batch)
-  captions = dataset_captions(ds.dataset_dir)
   cache = TextEmbeddingCache(cache_dir, meta)
-  n = precompute(captions, cache, embed, batch_size=f.batch_size, progress=tqdm)
+
+  def progress(batches, **kwargs):
+    with logs.progress(**kwargs) as bar:
+      for batch in batches:
+        yield batch
+        bar.update(1)
+
+  n = precompute(captions, cache, embed, batch_size=f.batch_size, progress=progress)
   print(f"{len(captions)} distinct captions, {n} computed, {len(captions) - n} already cached -> {cache_dir}")
   return 0
 
 
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "training config file (configs/<ct>.py)", lock_config=True)
+if __name__ == "__main__":
+  cli.define_config_flag()
   flags.DEFINE_string("text_encoder", None, "converted text encoder (python -m convert.text_encoder)", required=True)
   flags.DEFINE_string("tokenizer", None, "local tokenizer folder (default: the encoder's source folder)")
   flags.DEFINE_string("cache_dir", None, "cache folder (default: config.dataloader_train.dataset.text_cache_dir)")
@@ -99,10 +111,5 @@ def _define_flags():
   flags.DEFINE_string("crossattn_proj", None, "with --projected: DiT checkpoint or .npz holding the projection")
   flags.DEFINE_integer("batch_size", 1, "captions per forward")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "text encoder compute dtype")
-
-
-if __name__ == "__main__":
-  from absl import app
-
-  _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)

@@ -64,3 +64,37 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState) -
       data=ocp.args.JsonRestore(),
   ))
   return restored.state, restored.data
+
+
+def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True) -> tuple[int, Any]:
+  """(step, full DiT params) of the newest complete checkpoint of a run, reading only the weights.
+
+  The frozen base and either the EMA (`use_ema`) or the regular trainable branch are restored, in their stored
+  dtypes, into `param_shardings` (a sharding per parameter path); the optimizer state is not read.
+  """
+  from flax import traverse_util
+
+  directory = checkpoint_dir(workdir)
+  with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no complete checkpoint")
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  stored = checkpointer.metadata(path).item_metadata.tree
+  branch = "ema" if use_ema else "trainable"
+  if not stored.get(branch):
+    raise ValueError(f"{directory}: the run kept no EMA (ema.enabled=False); use the regular weights (--no_ema)")
+  by_path = traverse_util.flatten_dict(param_shardings)
+  target, restore_args = {}, {}
+  for part in ("frozen", branch):
+    flat = traverse_util.flatten_dict(stored[part])
+    target[part] = traverse_util.unflatten_dict(
+        {k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=by_path[k]) for k, m in flat.items()})
+    restore_args[part] = traverse_util.unflatten_dict(
+        {k: ocp.ArrayRestoreArgs(sharding=by_path[k], dtype=m.dtype) for k, m in flat.items()})
+  out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                               partial_restore=True))
+  flat = traverse_util.flatten_dict(out["frozen"])
+  flat.update(traverse_util.flatten_dict(out[branch]))
+  return step, traverse_util.unflatten_dict(flat)

@@ -14,7 +14,8 @@ Per step (shift s = 5):
   n ~ conditional_frames_probs per sample (same n for every view); M = 1 on frames [0, n) of each view
   x_in = gt·M + x_t·(1 − M),  gt = x0 · use_video_condition
   v_out = target·M + v_pred·(1 − M);  loss = mean (v_out − target)²   (masked frames add exact zeros)
-Text: each (sample, view) block of the raw embedding is zeroed with probability text_dropout.
+Text: each (sample, view) block of the raw embedding is zeroed with probability text_dropout (by the network,
+which also handles projected embeddings).
 `use_video_condition` is off with probability use_video_condition_dropout, one draw per step.
 """
 
@@ -29,9 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# apply_fn(x_in_BTHWC, timesteps_B, crossattn_emb_BMD, condition_mask_BTHW1) -> v_pred_BTHWC.
-# The control latent, view indices and parameters are bound by the caller.
-ApplyFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+from agibot_jax.models.dit import condition_mask
+
+# apply_fn(x_in_BTHWC, timesteps_B, crossattn_emb_BMD, condition_mask_BTHW1, text_keep_BV) -> v_pred_BTHWC.
+# The network drops the text of views where text_keep_BV is False (MultiViewControlDiT's `text_keep_BV`). The control
+# latent, view indices and parameters are bound by the caller.
+ApplyFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 NUM_TRAIN_TIMESTEPS = 1000.0
 
@@ -110,29 +114,6 @@ def shifted_timesteps(u_B: jax.Array, shift: float) -> jax.Array:
   return shift * u_B / (1.0 + (shift - 1.0) * u_B) * NUM_TRAIN_TIMESTEPS
 
 
-def condition_mask(
-    num_cond_frames_B: jax.Array, num_views: int, frames_per_view: int, height: int, width: int
-) -> jax.Array:
-  """(B, V·T, H, W, 1) float32 mask, 1 on latent frames [0, n_b) of every view."""
-  frame_in_view = jnp.arange(num_views * frames_per_view) % frames_per_view
-  on_BF = frame_in_view[None, :] < jnp.asarray(num_cond_frames_B)[:, None]
-  mask = on_BF.astype(jnp.float32)[:, :, None, None, None]
-  return jnp.broadcast_to(mask, mask.shape[:2] + (height, width, 1))
-
-
-def drop_text(crossattn_emb_BMD: jax.Array, text_keep_BV: jax.Array) -> jax.Array:
-  """Zero the raw text embedding of dropped views (before the net's projection, §12.1).
-
-  crossattn_emb_BMD: (B, V·N, D), N tokens per view, view-major.
-  """
-  b, m, d = crossattn_emb_BMD.shape
-  v = text_keep_BV.shape[1]
-  if m % v:
-    raise ValueError(f"text embedding length {m} is not a multiple of the number of views {v}")
-  keep = text_keep_BV.astype(crossattn_emb_BMD.dtype)[:, :, None, None]
-  return (crossattn_emb_BMD.reshape(b, v, m // v, d) * keep).reshape(b, m, d)
-
-
 def sample_draws(key: jax.Array, cfg: ObjectiveConfig, latent_shape: tuple[int, ...], num_views: int) -> Draws:
   """Draw ε, the timesteps, n, the text keep-mask and `use_video_condition` for one step.
 
@@ -173,7 +154,7 @@ def rectified_flow_loss(
   Args:
     apply_fn: the network, see `ApplyFn`; its output is cast to float32.
     x0_BTHWC: clean video latent (B, V·T, H, W, C).
-    crossattn_emb_BMD: raw text embedding (B, V·N, D) before dropout.
+    crossattn_emb_BMD: text embedding (B, V·N, D) before dropout (raw, or projected; see ApplyFn).
     draws: from `sample_draws`, or fixed values.
     num_views: V.
     compute_dtype: the network's input dtype; x_t is formed in float32 and cast to it (§12.6).
@@ -193,8 +174,8 @@ def rectified_flow_loss(
   on = mask > 0.5
   gt = x0.astype(compute_dtype) * draws.use_video_condition.astype(compute_dtype)
   x_in = jnp.where(on, gt, x_t.astype(compute_dtype))
-  context = drop_text(crossattn_emb_BMD, draws.text_keep_BV)
-  net_out = apply_fn(x_in, draws.timesteps_B.astype(jnp.float32), context, mask.astype(compute_dtype))
+  net_out = apply_fn(x_in, draws.timesteps_B.astype(jnp.float32), crossattn_emb_BMD, mask.astype(compute_dtype),
+                     draws.text_keep_BV)
   net_out = net_out.astype(jnp.float32)
   pred = jnp.where(on, target, net_out)
 

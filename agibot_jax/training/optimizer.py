@@ -64,12 +64,15 @@ def merge_params(trainable: Params, frozen: Params) -> Params:
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW with the LambdaLinear learning rate, from `config.optimizer` and `config.scheduler`.
 
-  optax's update count starts at 0, so the first update uses lr · f(0), as in the reference.
-  Weight decay has no mask: every trainable tensor is decayed (§12.8).
+  optax's update count starts at 0, so the first update uses lr · f(0), as in the reference. The learning rate is
+  an injected hyperparameter: the optimizer state holds the rate its last update applied (`learning_rate`), which
+  the step logs, so the schedule is evaluated in one place. Weight decay has no mask: every trainable tensor is
+  decayed (§12.8).
   """
   opt = config.optimizer
   b1, b2 = (float(b) for b in opt.betas)
-  return optax.adamw(
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("b1", "b2", "eps", "weight_decay", "mu_dtype"))
+  return adamw(
       learning_rate=learning_rate_schedule(config),
       b1=b1,
       b2=b2,
@@ -77,6 +80,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
       weight_decay=float(opt.weight_decay),
       mu_dtype=jnp.float32,
   )
+
+
+def learning_rate(opt_state: optax.OptState) -> jax.Array | None:
+  """The learning rate of the last update applied with this state: `make_optimizer`'s injected hyperparameter (None
+  for an optimizer without one)."""
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  return None if hyperparams is None else hyperparams["learning_rate"]
 
 
 def clip_gradients(grads: Any, clip_norm: float) -> tuple[Any, jax.Array]:

@@ -2,13 +2,13 @@
 
 The model batch holds what the network consumes, already on device: VAE latents of the video and
 of the control video, the raw text embedding, view ids and the padding mask. It comes either from
-online encoding (`agibot_jax.train.encode_batch`) or from the latent/text caches, so the step is the
+online encoding (`agibot_jax.assemble.model_batch`) or from the latent/text caches, so the step is the
 same either way.
 
   model batch:
     x0_BTHWC               float32 (B, V·T, h, w, 16) normalised video latent, view-major
     control_BTHWC          float32 (B, V·T, h, w, 16) control latent
-    crossattn_emb_BMC      (B, V·512, C) raw text embedding (dropout happens in the step)
+    crossattn_emb_BMC      (B, V·512, C) text embedding, raw or projected (dropout happens in the network)
     view_indices_BT        int32 (B, V·T)
     padding_mask_BHW       float32 (B, H, W) pixel-space padding mask
 """
@@ -26,7 +26,6 @@ from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import objective
 from agibot_jax.training import optimizer as optim
-from agibot_jax.training.schedule import learning_rate_schedule
 from agibot_jax.training.state import TrainState
 
 
@@ -49,13 +48,14 @@ def make_loss_fn(model: dit.MultiViewControlDiT, config):
   """`loss_fn(trainable, frozen, micro) -> (loss, ())` for one (micro-)batch carrying its PRNG key at "key"."""
   step_cfg = StepConfig.from_config(config)
   compute_dtype = jnp.dtype(model.cfg.dtype)
+  control_weight = float(config.model.control_weight)
 
   def loss_fn(trainable, frozen, micro):
     params = optim.merge_params(trainable, frozen)
 
-    def apply_fn(x_in, timesteps, context, mask):
+    def apply_fn(x_in, timesteps, context, mask, text_keep):
       return model.apply({"params": params}, x_in, timesteps, context, micro["control_BTHWC"], mask,
-                         micro["view_indices_BT"], micro["padding_mask_BHW"])
+                         micro["view_indices_BT"], micro["padding_mask_BHW"], control_weight, text_keep)
 
     draws = objective.sample_draws(micro["key"], step_cfg.objective, micro["x0_BTHWC"].shape, step_cfg.num_views)
     loss, _ = objective.rectified_flow_loss(apply_fn, micro["x0_BTHWC"], micro["crossattn_emb_BMC"], draws,
@@ -78,7 +78,6 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
   the batch axis, micro-batch i drawing with `jax.random.split(step_key(state), k)[i]`.
   """
   step_cfg = StepConfig.from_config(config)
-  lr_schedule = learning_rate_schedule(config)
   loss_fn = make_loss_fn(model, config)
 
   def train_step(state: TrainState, batch: dict[str, Any]):
@@ -97,7 +96,9 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
     trainable, opt_state, grad_norm = optim.apply_gradients(tx, state.trainable, state.opt_state, grads,
                                                             step_cfg.clip_norm)
     new_ema = None if ema is None else ema.update(state.ema, trainable, state.step)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step)}
+    metrics = {"loss": loss, "grad_norm": grad_norm}
+    if optim.learning_rate(opt_state) is not None:
+      metrics["lr"] = optim.learning_rate(opt_state)
     return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state, ema=new_ema), metrics
 
   return train_step

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from agibot_jax.params_io import read_meta
 from agibot_jax.text.embed import full_concat, load_text_encoder
-from agibot_jax.text.qwen import QwenTextModel
+from agibot_jax.models.qwen import QwenTextModel
 from convert.mapping import ConversionError
 from convert.text_encoder import convert, key_table
 
@@ -97,7 +97,7 @@ import sys, numpy as np, jax
 from safetensors.numpy import load_file
 from agibot_jax import sharding
 from agibot_jax.text.embed import full_concat, load_text_encoder
-from agibot_jax.text.qwen import QwenTextModel
+from agibot_jax.models.qwen import QwenTextModel
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.set_mesh(sharding.make_mesh(1, 4, 1))
 config, params = load_text_encoder(sys.argv[1], attention="xla")

@@ -1,11 +1,11 @@
-"""Fixtures of the data tests: a small synthetic dataset (agibot_jax.data.make_example) and config helpers."""
+"""Fixtures of the data tests: a small synthetic dataset (agibot_jax.data.synthetic) and config helpers."""
 
 import pathlib
 import shutil
 
 import pytest
 
-from agibot_jax.data import make_example
+from agibot_jax.data import synthetic
 from configs import base
 
 FRAMES, HEIGHT, WIDTH = 12, 48, 80
@@ -15,7 +15,7 @@ FRAMES, HEIGHT, WIDTH = 12, 48, 80
 def synthetic_dir(tmp_path_factory) -> pathlib.Path:
   """2 samples x 3 views, 12 frames of 48x80 at 16 fps, with depth and seg controls (read-only: copy to edit)."""
   out = tmp_path_factory.mktemp("synthetic")
-  make_example.write_example(str(out), num_samples=2, frames=FRAMES, height=HEIGHT, width=WIDTH)
+  synthetic.write_example(str(out), num_samples=2, frames=FRAMES, height=HEIGHT, width=WIDTH)
   return out
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from agibot_jax.data import controls, video
+from agibot_jax import video_io as video
+from agibot_jax.data import controls
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from agibot_jax.data import inspect, video
+from agibot_jax import video_io as video
+from agibot_jax.data import inspect
 from tests.data.conftest import FRAMES, HEIGHT, WIDTH, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

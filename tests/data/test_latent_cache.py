@@ -1,4 +1,4 @@
-"""agibot_jax/data/latent_cache.py, agibot_jax/data/cache_latents.py and the cached mode of pipeline.py.
+"""agibot_jax/data/latent_cache.py, agibot_jax/cache_latents.py and the cached mode of pipeline.py.
 
 The tiny configs (64x96, 9 frames, random tiny VAE) on a synthetic 2-sample dataset of 80x112 clips: the
 train step's inputs from a float32 cache equal the online ones bit for bit (depth/seg), a vis cache holds
@@ -16,8 +16,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from agibot_jax import sharding, train
-from agibot_jax.data import cache_latents, latent_cache, make_example, pipeline
+from agibot_jax import array_cache, assemble, cache_latents, sharding
+from agibot_jax.data import latent_cache, pipeline, synthetic
 from tests.data.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,15 +28,15 @@ LATENT_KEYS = ("latent_video", "latent_control")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   out = tmp_path_factory.mktemp("latent_ds")
-  make_example.write_example(str(out), num_samples=2, frames=12, height=80, width=112)
+  synthetic.write_example(str(out), num_samples=2, frames=12, height=80, width=112)
   return out
 
 
 @pytest.fixture(scope="module")
 def vae(dataset):
   """The training job's VAE of the tiny configs (same for every control type) and one shared jitted encoder."""
-  model, params = train.build_vae(tiny_config("depth", dataset))
-  return model, params, train.make_encoder(model, 3)
+  model, params = assemble.build_vae(tiny_config("depth", dataset))
+  return model, params, assemble.make_encoder(model, 3)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def caches(dataset, vae, tmp_path_factory):
 
 class _TextStub:
   """Caption -> constant embedding of its length: enough to see both paths get the same captions."""
-  num_tokens, dim = 4, 8
+  num_tokens, dim, projected = 4, 8, False
 
   def embed(self, captions):
     return np.stack([np.full((self.num_tokens, self.dim), len(c), np.float32) for c in captions])
@@ -92,8 +92,8 @@ def test_cached_train_inputs_equal_online(dataset, vae, caches, control_type):
     for key in LATENT_KEYS:
       assert ca[key].shape == (1, 9, 8, 12, 16) and ca[key].dtype == np.float32
 
-    on_model = train.model_batch(on, encode, params, _TextStub(), config, mesh)
-    ca_model = train.model_batch(ca, encode, params, _TextStub(), cached_config, mesh)
+    on_model = assemble.model_batch(on, encode, params, _TextStub(), config, mesh)
+    ca_model = assemble.model_batch(ca, encode, params, _TextStub(), cached_config, mesh)
     assert set(on_model) == set(ca_model)
     for key in on_model:  # bit-exact, float32
       np.testing.assert_array_equal(np.asarray(ca_model[key]), np.asarray(on_model[key]), err_msg=key)
@@ -171,8 +171,8 @@ def test_missing_files_are_named(dataset, caches, tmp_path):
     source[1]  # deleted while training
   with pytest.raises(FileNotFoundError, match=str(cache_dir / f"{IDS[1]}.npz")):
     pipeline.from_config(config, num_epochs=1)  # checked up front
-  os.remove(cache_dir / latent_cache.INDEX_FILE)
-  with pytest.raises(FileNotFoundError, match=str(cache_dir / latent_cache.INDEX_FILE)):
+  os.remove(cache_dir / array_cache.INDEX_FILE)
+  with pytest.raises(FileNotFoundError, match=str(cache_dir / array_cache.INDEX_FILE)):
     pipeline.from_config(config, num_epochs=1)
 
 
@@ -194,12 +194,12 @@ def test_bfloat16_entries_round_trip(tmp_path):
 def test_cli_writes_the_same_cache(dataset, caches, tmp_path):
   """The command of the README, as a subprocess: exit 0, prints the folder, same latents as in-process."""
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "-m", "agibot_jax.data.cache_latents", "--config", "configs/depth.py:tiny",
+  cmd = [sys.executable, "-m", "agibot_jax.cache_latents", "--config", "configs/depth.py:tiny",
          "--workdir", str(workdir), f"--config.dataloader_train.dataset.dataset_dir={dataset}"]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   cache_dir = workdir / "latent_cache"
-  assert f"2 samples, 2 encoded, 0 already cached -> {cache_dir}" in result.stdout
+  assert f"2 samples, 2 encoded, 0 already cached -> {cache_dir}" in result.stderr
   reference = latent_cache.LatentCache(caches("depth"))
   written = latent_cache.LatentCache(str(cache_dir))
   assert written.meta == reference.meta  # same VAE weights (build_vae's seeded random init), same settings

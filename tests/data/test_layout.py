@@ -1,21 +1,10 @@
-"""agibot_jax/data/layout.py: per-view captions (spec §1.3), stem matching, skip_invalid."""
+"""agibot_jax/data/layout.py: stem matching, prompts, skip_invalid."""
 
 import pytest
 
 from agibot_jax.data import layout
 
 VIEWS = ("head_color", "hand_left", "hand_right")
-
-
-def test_view_captions_exact_reference_strings():
-  caps = layout.view_captions("A robot folds cloth.", VIEWS)
-  assert caps == [
-      "The video is captured from a camera mounted on the head of the subject, facing forward. A robot folds cloth.",
-      "The video is captured from a camera mounted on the left hand of the subject. ",
-      "The video is captured from a camera mounted on the right hand of the subject. ",
-  ]
-  # Permuted view order: the prompt stays with head_color.
-  assert layout.view_captions("p", ("hand_right", "head_color"))[1].endswith("forward. p")
 
 
 def test_scan_matches_stems_and_reads_prompt(synthetic_dir):
@@ -45,8 +34,8 @@ def test_skip_invalid_with_nothing_left_still_refuses(synthetic_copy):
     layout.load_index(str(synthetic_copy), VIEWS, "edge", 99, skip_invalid=True)
 
 
-def test_bad_config_is_named():
+def test_bad_config_is_named(synthetic_dir):
   with pytest.raises(ValueError, match="hand_middle"):
-    layout.check_config(("head_color", "hand_middle"), "edge")
+    layout.scan(str(synthetic_dir), ("head_color", "hand_middle"), "edge", 9)
   with pytest.raises(ValueError, match="hdmap"):
-    layout.check_config(VIEWS, "hdmap")
+    layout.scan(str(synthetic_dir), VIEWS, "hdmap", 9)

@@ -8,7 +8,9 @@ import grain
 import numpy as np
 import pytest
 
-from agibot_jax.data import controls, layout, pipeline, resize, video
+from agibot_jax import registry
+from agibot_jax import video_io as video
+from agibot_jax.data import controls, layout, pipeline, resize
 from tests.data.conftest import tiny_config
 
 VIEWS = ("head_color", "hand_left", "hand_right")
@@ -49,7 +51,7 @@ def test_night_3view_sample(data_dir, control_type):
   np.testing.assert_array_equal(s["view_indices"], [0] * t + [1] * t + [2] * t)
   assert s["view_indices"].dtype == np.int64
   prompt = json.loads((root / "captions/head_color/night_000.json").read_text())["caption"]
-  assert s["ai_caption"] == layout.view_captions(prompt, VIEWS)
+  assert s["ai_caption"] == registry.view_captions(prompt, VIEWS)
   assert s["fps"] == 30.0 and s["__key__"] == "night_000"
   assert s["padding_mask"].shape == (1, 72, 128) and s["padding_mask"].dtype == np.float32
   assert not s["padding_mask"].any()

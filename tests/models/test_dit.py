@@ -247,3 +247,53 @@ def test_unsupported_reference_options_are_rejected(golden):
   kwargs = dict(golden["meta"]["constructor_kwargs"], concat_view_embedding=True)
   with pytest.raises(ValueError, match="concat_view_embedding"):
     dit.DiTConfig.from_reference_kwargs(kwargs)
+
+
+def test_condition_mask_marks_the_first_n_frames_of_every_view():
+  m = np.asarray(dit.condition_mask(jnp.array([0, 1, 2]), num_views=3, frames_per_view=3, height=2, width=5))
+  assert m.shape == (3, 9, 2, 5, 1) and m.dtype == np.float32
+  per_frame = m[..., 0].max(axis=(2, 3))
+  assert (m.min(axis=(2, 3, 4)) == per_frame).all()  # constant over H, W
+  np.testing.assert_array_equal(per_frame[0], [0] * 9)
+  np.testing.assert_array_equal(per_frame[1], [1, 0, 0] * 3)
+  np.testing.assert_array_equal(per_frame[2], [1, 1, 0] * 3)
+
+
+def test_control_weight_zero_removes_the_control(golden, apply):
+  """Weight 0: the output no longer depends on the control latent (weight 1 does), and equals the network without
+  its hints; a weight in between moves the output."""
+  other = dict(golden["inputs"])
+  other["latent_control_BTHWC"] = np.asarray(other["latent_control_BTHWC"]) * -2.0 + 0.5
+  p = golden["params"]
+  at = lambda w, inputs: np.asarray(apply(p, w, inputs))
+  assert np.abs(at(1.0, golden["inputs"]) - at(1.0, other)).max() > 1e-3
+  np.testing.assert_array_equal(at(0.0, golden["inputs"]), at(0.0, other))
+  no_hints = {**p, "control_blocks": {**p["control_blocks"],
+                                      "after_proj": jax.tree.map(np.zeros_like, p["control_blocks"]["after_proj"])}}
+  np.testing.assert_allclose(at(0.0, golden["inputs"]), np.asarray(apply(no_hints, 1.0, golden["inputs"])),
+                             atol=1e-6)
+  half, zero, one = (at(w, golden["inputs"]) for w in (0.5, 0.0, 1.0))
+  assert np.abs(half - zero).max() > 1e-4 and np.abs(half - one).max() > 1e-4
+
+
+def test_text_dropout_and_projected_text_give_the_same_output(golden):
+  """Dropped views' raw text is zeroed before crossattn_proj; projected input (crossattn_proj applied outside) with
+  the same keep mask gives the same output, dropped views getting the projection of zeros (float32, 1e-5)."""
+  from agibot_jax.text.cache import project_context
+
+  cfg, p, inputs = golden["cfg"], golden["params"], golden["inputs"]
+  model = dit.MultiViewControlDiT(cfg)
+  run = jax.jit(lambda kw, keep: model.apply({"params": p}, **kw, text_keep_BV=keep))
+  emb = np.asarray(inputs["crossattn_emb_BMC"])
+  v = emb.shape[1] // cfg.text_tokens_per_view
+  keep = np.array([[True, False, True]])[:, :v]
+  zeroed = emb.reshape(1, v, cfg.text_tokens_per_view, -1) * keep[:, :, None, None]
+  want = np.asarray(run({**inputs, "crossattn_emb_BMC": zeroed.reshape(emb.shape)}, None))
+  np.testing.assert_array_equal(np.asarray(run(inputs, keep)), want)
+  assert np.abs(want - np.asarray(run(inputs, None))).max() > 1e-4  # dropping changes the output
+
+  projected = np.asarray(project_context(emb, p["crossattn_proj"]["kernel"], p["crossattn_proj"]["bias"]))
+  assert projected.shape[-1] == cfg.crossattn_emb_channels
+  np.testing.assert_allclose(np.asarray(run({**inputs, "crossattn_emb_BMC": projected}, keep)), want, atol=1e-5)
+  with pytest.raises(ValueError, match="projected text embeddings"):
+    model.apply({"params": p}, **{**inputs, "crossattn_emb_BMC": projected[:, :, :-1]}, text_projected=True)

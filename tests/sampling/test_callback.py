@@ -43,8 +43,7 @@ def workdir(tmp_path_factory):
 def cb(setup, workdir):
   """One callback for the module, so its compiled sampler is reused."""
   config, model, vae_model, vae_params = setup[:4]
-  return callback.EveryNSample(config, str(workdir), dit_model=model, vae_model=vae_model, vae_params=vae_params,
-                               text_provider=None)
+  return callback.EveryNSample(config, str(workdir), dit_model=model, vae_model=vae_model, vae_params=vae_params)
 
 
 def test_fires_every_n_and_writes_reg_and_ema(setup, cb, workdir):

@@ -78,16 +78,6 @@ def test_guidance_is_traced_inside_one_compiled_loop():
   assert np.abs(out[5.0] - out[0.0]).max() > 1e-3
 
 
-def test_conditional_frame_mask():
-  mask = guidance.conditional_frame_mask((2, 16, 3 * 4, 5, 6), frame_axis=2, num_views=3, num_cond_frames=1)
-  assert mask.shape == (1, 1, 12, 1, 1)
-  assert mask.ravel().tolist() == [1, 0, 0, 0] * 3
-  none = guidance.conditional_frame_mask((2, 12, 5, 6, 16), frame_axis=1, num_views=3, num_cond_frames=0)
-  assert none.shape == (1, 12, 1, 1, 1) and not none.any()
-  with pytest.raises(ValueError, match="not divisible by 3 views"):
-    guidance.conditional_frame_mask((1, 16, 10, 2, 2), frame_axis=2, num_views=3, num_cond_frames=1)
-
-
 def test_initial_noise_is_numpy_randomstate():
   noise = guidance.initial_noise((1, 16, 6, 2, 3), seed=1)
   assert noise.dtype == np.float32 and noise.shape == (1, 16, 6, 2, 3)

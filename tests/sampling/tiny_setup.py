@@ -31,7 +31,7 @@ def random_vae_params(model: vae_lib.WanVAE, seed: int):
 
 
 def make_model_batch(cfg: dit.DiTConfig, rng: np.random.RandomState, b: int = 1) -> dict:
-  """A random model batch (agibot_jax.train.model_batch's keys) at LATENT_HW."""
+  """A random model batch (agibot_jax.assemble.model_batch's keys) at LATENT_HW."""
   h, w = LATENT_HW
   vt = NUM_VIEWS * cfg.state_t
   f = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32))

@@ -23,7 +23,7 @@ def test_online_embeddings_stay_on_the_device():
   import jax
   import numpy as np
 
-  from agibot_jax.data.text_provider import embed_batch
+  from agibot_jax.text.provider import embed_batch
   from agibot_jax.text.demo import demo_text_embedder
 
   embedder = demo_text_embedder(96)

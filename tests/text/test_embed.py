@@ -8,7 +8,7 @@ import pytest
 from agibot_jax.params_io import save_params
 from agibot_jax.text.embed import OnlineTextEmbedder, embed_token_ids, full_concat, load_text_encoder, \
     standardize_per_token
-from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
+from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.text.tokenize import load_tokenizer, tokenize_captions
 
 TINY = QwenTextConfig(vocab_size=64, hidden_size=32, intermediate_size=24, num_layers=2, num_heads=4,
@@ -69,28 +69,32 @@ def test_load_rejects_other_checkpoints(tmp_path):
 
 
 def test_text_provider_from_config(encoder_dir, tokenizer_dir, tmp_path):
+  from agibot_jax import assemble
   from agibot_jax.text.cache import TextEmbeddingCache, cache_meta
-  from agibot_jax.text.provider import text_provider
   from configs import edge
 
   config = edge.get_config("tiny")
-  with pytest.raises(ValueError, match="text_cache_dir"):
-    text_provider(config)
+  config.model.allow_random_init = False
+  config.model.net.crossattn_proj_in_channels = 64  # the test encoder's FULL_CONCAT width
+  config.model.text_encoder.num_tokens = config.model.net.text_tokens_per_view = 512
+  provider = lambda c: assemble.build_text_provider(assemble.resolve(c), assemble.dit_config(c))
+  with pytest.raises(ValueError, match="model.text_encoder.path"):
+    provider(config)
   config.model.text_encoder.path = encoder_dir
   config.model.text_encoder.tokenizer = tokenizer_dir
-  online = text_provider(config)
+  online = provider(config)
   assert isinstance(online, OnlineTextEmbedder) and online.config.dtype == "float32"
   cache_dir = str(tmp_path / "cache")
-  TextEmbeddingCache(cache_dir, cache_meta("full_concat", 64, encoder_dir)).write_index()
+  TextEmbeddingCache(cache_dir, cache_meta("full_concat", 64, encoder_dir))
   config.dataloader_train.dataset.text_cache_dir = cache_dir
-  cached = text_provider(config)
+  cached = provider(config)
   out = cached.embed(["a cup"])  # missing: embedded online, then stored
   assert "a cup" in TextEmbeddingCache(cache_dir)
   np.testing.assert_allclose(out.astype(np.float32), online.embed(["a cup"]), atol=2e-2, rtol=1e-2)
 
 
 def test_sources_satisfy_the_loader_protocol(encoder_dir, tokenizer_dir, tmp_path):
-  from agibot_jax.data.text_provider import TextEmbeddingProvider, embed_batch
+  from agibot_jax.text.provider import TextEmbeddingProvider, embed_batch
   from agibot_jax.text.cache import TextEmbeddingCache, cache_meta
 
   online = OnlineTextEmbedder.from_paths(encoder_dir, tokenizer_dir, dtype="float32", attention="xla")

@@ -9,35 +9,44 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from agibot_jax import registry
+from agibot_jax.data import synthetic
+from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.params_io import save_params
-from agibot_jax.text.cache import TextEmbeddingCache, cache_meta, project_context, view_captions
+from agibot_jax.text.cache import TextEmbeddingCache, cache_meta, project_context
 from agibot_jax.text.embed import OnlineTextEmbedder
 from agibot_jax.text.precompute import dataset_captions, precompute
-from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel
+from configs import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = QwenTextConfig(vocab_size=64, hidden_size=32, intermediate_size=24, num_layers=2, num_heads=4,
                       num_kv_heads=2, dtype="float32", param_dtype="float32", attention="xla")
 
 
-@pytest.fixture
-def dataset(tmp_path):
-  root = tmp_path / "ds"
-  for view in ("head_color", "hand_left", "hand_right"):
-    (root / "videos" / view).mkdir(parents=True)
-    (root / "captions" / view).mkdir(parents=True)
-    for sid in ("s0", "s1", "s2"):
-      (root / "videos" / view / f"{sid}.mp4").write_bytes(b"")
-  (root / "captions" / "head_color" / "s0.json").write_text('{"caption": "The robot picks up the red cup"}')
-  (root / "captions" / "head_color" / "s1.json").write_text('{"caption": "a cup"}')
-  (root / "captions" / "hand_left" / "s1.json").write_text('{"caption": "ignored"}')
-  return str(root)  # s2 has no caption: its prompt is ""
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  """3 valid samples; their prompts are 'The robot picks up the red cup', 'a cup' and '' (training reads these)."""
+  root = tmp_path_factory.mktemp("ds")
+  synthetic.write_example(str(root), num_samples=3, frames=9, height=48, width=64)
+  for sid, prompt in zip(("synthetic_000", "synthetic_001", "synthetic_002"), PROMPTS):
+    (root / "captions" / "head_color" / f"{sid}.json").write_text(f'{{"caption": "{prompt}"}}')
+  return str(root)
+
+
+PROMPTS = ("The robot picks up the red cup", "a cup", "")
+
+
+def _config(dataset):
+  config = base.get_config("edge", "tiny")
+  config.dataloader_train.dataset.dataset_dir = dataset
+  return config
 
 
 def test_distinct_captions_and_skip(dataset, tmp_path):
-  captions = dataset_captions(dataset)
-  assert captions == [*view_captions("The robot picks up the red cup"), view_captions("a cup")[0],
-                      view_captions("")[0]]
+  captions = dataset_captions(_config(dataset))
+  views = registry.VIEW_NAMES
+  assert captions == [*registry.view_captions(PROMPTS[0], views), registry.view_captions(PROMPTS[1], views)[0],
+                      registry.view_captions(PROMPTS[2], views)[0]]
   calls = []
 
   def embed(batch):
@@ -70,7 +79,7 @@ def test_cli_raw_and_projected(dataset, tokenizer_dir, tmp_path):
                                 str(tmp_path / "proj.npz")], cwd=REPO, env=env, capture_output=True, text=True)
   assert proj.returncode == 0, proj.stderr
 
-  captions = dataset_captions(dataset)
+  captions = dataset_captions(_config(dataset))
   want = OnlineTextEmbedder.from_paths(enc, tokenizer_dir, dtype="float32", attention="xla").embed(captions)
   got_raw = TextEmbeddingCache(str(tmp_path / "raw")).embed(captions)
   # The raw cache stores bf16: within bf16 rounding of O(1) standardised values.

@@ -124,7 +124,7 @@ def test_trainable_partition_and_frozen_base(train_base):
   else:
     assert set(state.trainable) == set(dit.TRAINABLE_GROUPS) & groups and state.trainable
     assert set(state.frozen) == groups - set(dit.TRAINABLE_GROUPS)
-  adam = state.opt_state[0]
+  adam = state.opt_state.inner_state[0]
   assert jax.tree.structure(adam.mu) == jax.tree.structure(state.trainable)
 
   step = jax.jit(make_train_step(model, tx, config, ema))
@@ -143,3 +143,36 @@ def test_trainable_partition_and_frozen_base(train_base):
   assert len(moved) >= 0.5 * len(old_t), (len(moved), len(old_t))
   if train_base:
     assert any(p[0] not in dit.TRAINABLE_GROUPS for p in moved), "the base must train with train_base=True"
+
+
+def test_projected_text_gives_the_raw_loss_and_control_gradients():
+  """Issue 16: a batch of projected embeddings (crossattn_proj applied outside, as the projected text cache stores)
+  gives the loss and the control-branch gradients of the raw batch, dropped views included (float32; loss to 1e-6
+  relative, every gradient leaf to 1e-5 of its largest entry)."""
+  from agibot_jax.text.cache import project_context
+
+  config = small_config(**{"model.text_dropout": 0.5})
+  cfg, model, state, _ = build(config, gradient_capture())
+  batch = synthetic_batch(cfg, 2)
+  proj = state.frozen["crossattn_proj"]
+  projected = {**batch, "crossattn_emb_BMC": project_context(batch["crossattn_emb_BMC"], proj["kernel"],
+                                                              proj["bias"])}
+  loss_fn = make_loss_fn(model, config)
+  grad_fn = jax.jit(jax.value_and_grad(lambda t, micro: loss_fn(t, state.frozen, micro), has_aux=True))
+  key = jax.random.key(3)
+  keep = objective_keep(key, config, batch)
+  assert not keep.all() and keep.any(), keep  # the draw drops some views and keeps others
+  (loss_raw, _), grads_raw = grad_fn(state.trainable, {**batch, "key": key})
+  (loss_proj, _), grads_proj = grad_fn(state.trainable, {**projected, "key": key})
+  assert float(loss_proj) == pytest.approx(float(loss_raw), rel=1e-6)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads_raw)[0], jax.tree.leaves(grads_proj)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5 * float(np.abs(a).max()) + 1e-12,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def objective_keep(key, config, batch) -> np.ndarray:
+  """The text keep mask the step draws with `key`."""
+  from agibot_jax.training import objective
+
+  draws = objective.sample_draws(key, objective.ObjectiveConfig.from_config(config), batch["x0_BTHWC"].shape, 3)
+  return np.asarray(draws.text_keep_BV)

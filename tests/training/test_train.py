@@ -8,7 +8,6 @@ What is proved here:
     loss, lr, grad norm, s/step and TFLOP/s/device;
   - a CLI run killed with SIGKILL (possibly mid-save) resumes from the last complete checkpoint,
     ignoring Orbax's unfinished tmp directories, and finishes (slow: two CLI start-ups);
-  - the multi-process guard of `main` (`distributed_init_args`).
 """
 
 from __future__ import annotations
@@ -26,11 +25,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from agibot_jax import sharding
+from agibot_jax import assemble, sharding
 from agibot_jax import train as train_lib
-from agibot_jax.data import make_example
+from agibot_jax.data import synthetic
 from agibot_jax.models import dit
-from agibot_jax.training import checkpointing
+from agibot_jax.training import checkpointing, loop
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from configs import edge
@@ -77,7 +76,7 @@ def dataset_dir(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("example_data"))
   config = small_config("")
   h, w = config.dataloader_train.dataset.resolution_hw
-  make_example.write_example(out, num_samples=2, frames=config.dataloader_train.dataset.num_video_frames + 3,
+  synthetic.write_example(out, num_samples=2, frames=config.dataloader_train.dataset.num_video_frames + 3,
                              height=h + 16, width=w + 32, seed=0)
   return out
 
@@ -121,7 +120,7 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   assert result["step"] == 4
   ckpts = checkpointing.checkpoint_dir(straight)
   assert sorted(os.listdir(ckpts)) == ["2", "4"]
-  losses = train_lib.read_metrics(straight)
+  losses = loop.read_metrics(straight)
   assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in losses.values())
 
   # Logging: TensorBoard scalars (and throughput from the second logged step on).
@@ -144,8 +143,8 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   cfg = dit.DiTConfig.from_config(config.model.net)
   mesh = sharding.make_mesh(**config.mesh)
   manager = checkpointing.make_manager(resumed, config)
-  restored, data_state, shardings = train_lib.init_or_restore(
-      config, resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config), manager)
+  restored, data_state, shardings = assemble.init_or_restore(
+      assemble.resolve(config), resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config), manager)
   manager.close()
   assert data_state == data2
   assert_trees_equal(jax.tree.map(np.asarray, restored), state2, "restored step-2 state")
@@ -155,7 +154,7 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   # Resume to 4: same losses at steps 3 and 4, same final state and iterator position.
   result = train_lib.train(config, resumed)
   assert result["step"] == 4
-  resumed_losses = train_lib.read_metrics(resumed)
+  resumed_losses = loop.read_metrics(resumed)
   assert sorted(resumed_losses) == [3, 4], "the resumed run must start at step 3"
   for step in (3, 4):
     assert resumed_losses[step]["loss"] == losses[step]["loss"], step
@@ -203,22 +202,5 @@ def test_sigkill_resumes_from_last_complete_checkpoint(dataset_dir, tmp_path):
   assert f"at step {last}" in out, out[-3000:]
   assert finalised_steps(ckpt_dir)[-1] == last + 2
   assert not glob.glob(os.path.join(ckpt_dir, "*orbax-checkpoint-tmp*"))
-  metrics = train_lib.read_metrics(workdir)
+  metrics = loop.read_metrics(workdir)
   assert {last + 1, last + 2} <= set(metrics)
-
-
-@pytest.mark.parametrize("environ, expected", [
-    ({}, None),
-    ({"SLURM_NTASKS": "1"}, None),
-    ({"SLURM_NTASKS": "4"}, {}),
-    ({"OMPI_COMM_WORLD_SIZE": "2"}, {}),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
-     {"num_processes": 2, "process_id": 1}),
-])
-def test_distributed_init_args(environ, expected):
-  assert train_lib.distributed_init_args(environ) == expected
-
-
-def test_distributed_init_args_needs_process_count():
-  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
-    train_lib.distributed_init_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})

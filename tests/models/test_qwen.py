@@ -1,11 +1,11 @@
-"""agibot_jax/text/qwen.py against transformers' own PyTorch Qwen2.5-VL (tiny random config, float32)."""
+"""agibot_jax/models/qwen.py against transformers' own PyTorch Qwen2.5-VL (tiny random config, float32)."""
 
 import jax
 import numpy as np
 import pytest
 
 from agibot_jax.text.embed import full_concat
-from agibot_jax.text.qwen import QwenTextConfig, QwenTextModel, apply_rope, rope_cos_sin
+from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel, apply_rope, rope_cos_sin
 from agibot_jax.text.tokenize import pad_or_truncate
 from convert.text_encoder import convert
 

@@ -1,9 +1,9 @@
-"""agibot_jax/data/video.py: probing, both decoding backends, frame windows, writing."""
+"""agibot_jax/video_io.py: probing, both decoding backends, frame windows, writing."""
 
 import numpy as np
 import pytest
 
-from agibot_jax.data import video
+from agibot_jax import video_io as video
 
 CLIP = "night_3view/videos/head_color/night_000.mp4"
 

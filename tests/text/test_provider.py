@@ -1,15 +1,16 @@
-"""agibot_jax/data/text_provider.py: per-view packing of caption embeddings (spec §3.3)."""
+"""agibot_jax/text/provider.py: per-view packing of caption embeddings (spec §3.3)."""
 
 import numpy as np
 import pytest
 
-from agibot_jax.data import text_provider
+from agibot_jax.text import provider as text_provider
 
 
 class _ConstantProvider:
   """Test double: caption i of a call -> a block filled with its length."""
   num_tokens = 4
   dim = 2
+  projected = False
 
   def embed(self, captions):
     return np.stack([np.full((4, 2), len(c), np.float32) for c in captions])

@@ -1,0 +1,427 @@
+"""Builds a run from its config: the one place where config keys become models, weights, data and placements.
+
+The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scripts over these functions:
+
+  resolve            the frozen config of a run: the embedded example dataset, a `checkpoint.load_path` bundle's
+                     parts (dit/, vae/, text_encoder/) filled in; nothing later writes into a config
+  prepare_dataset    writes the embedded example dataset if needed, then validates the dataset (before any model)
+  make_mesh          the device mesh (`config.mesh`), set as the current mesh
+  build_vae, build_text_provider, dit_config, initial_params
+                     the networks and their weights (converted checkpoints, or random for the CPU demo)
+  make_encoder, model_batch
+                     loader batch -> the train step's model batch, on the mesh
+  state_target, init_or_restore, sampling_params
+                     train states and their shardings; what sampling restores of a training checkpoint
+  initialize_distributed
+                     `jax.distributed.initialize` for multi-process launches
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from agibot_jax import params_io, registry, sharding
+from agibot_jax.data import layout, synthetic
+from agibot_jax.models import dit
+from agibot_jax.models import vae as vae_lib
+from agibot_jax.text import provider as text_provider_lib
+from agibot_jax.training import checkpointing
+from agibot_jax.training.state import new_state, precision_dtype, state_shardings
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_DATA = "example_data"
+BUNDLE_PARTS = {"vae": ("model", "tokenizer", "path"), "text_encoder": ("model", "text_encoder", "path")}
+
+# ----------------------------------------------------------------------------------------------
+# Launch and config
+
+
+def distributed_init_args(environ=os.environ) -> dict | None:
+  """`jax.distributed.initialize` arguments for a multi-process launch, None for a single process.
+
+  Multi-process runs are recognised from
+    JAX_COORDINATOR_ADDRESS=host:port with JAX_NUM_PROCESSES and JAX_PROCESS_ID  (any launcher, one
+        process per host; JAX reads the address itself, the other two are passed explicitly)
+    SLURM_NTASKS > 1 (srun) or OMPI_COMM_WORLD_SIZE > 1 (mpirun)  (JAX detects the rest)
+  A single-task SLURM or MPI job stays single-process, so `sbatch` without `srun` still runs.
+  """
+  if environ.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not environ.get(k)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not: set JAX_NUM_PROCESSES "
+                       "(total processes) and JAX_PROCESS_ID (this process, 0-based) too")
+    return {"num_processes": int(environ["JAX_NUM_PROCESSES"]), "process_id": int(environ["JAX_PROCESS_ID"])}
+  for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if int(environ.get(key) or 1) > 1:
+      return {}
+  return None
+
+
+def initialize_distributed(environ=os.environ) -> None:
+  init_args = distributed_init_args(environ)
+  if init_args is not None:
+    jax.distributed.initialize(**init_args)
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
+            load_path: str | None = None) -> ml_collections.FrozenConfigDict:
+  """The run's frozen config, its paths resolved; `config` itself is not changed.
+
+  - no `dataloader_train.dataset.dataset_dir` and a workdir: the embedded example dataset `<workdir>/example_data`;
+  - `load_path` (default `checkpoint.load_path`) a bundle (a folder with dit/, and maybe vae/ and text_encoder/):
+    `checkpoint.load_path` becomes its dit/, and its vae/ and text_encoder/ fill `model.tokenizer.path` and
+    `model.text_encoder.path` where those are empty.
+  Paths become absolute, so the config saved with a checkpoint says what the run read.
+  """
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  ds = c.dataloader_train.dataset
+  if not ds.dataset_dir and workdir:
+    ds.dataset_dir = os.path.join(workdir, EXAMPLE_DATA)
+  load = c.checkpoint.load_path if load_path is None else load_path
+  if load and os.path.isdir(os.path.join(load, "dit")):
+    for part, keys in BUNDLE_PARTS.items():
+      section = functools.reduce(getattr, keys[:-1], c)
+      if not section[keys[-1]] and os.path.isdir(os.path.join(load, part)):
+        section[keys[-1]] = os.path.join(load, part)
+    load = os.path.join(load, "dit")
+  c.checkpoint.load_path = load or ""
+  for keys in (("dataloader_train", "dataset", "dataset_dir"), ("dataloader_train", "dataset", "text_cache_dir"),
+               ("dataloader_train", "dataset", "latent_cache_dir"), ("checkpoint", "load_path"),
+               *BUNDLE_PARTS.values()):
+    section = functools.reduce(getattr, keys[:-1], c)
+    if section[keys[-1]]:
+      section[keys[-1]] = os.path.abspath(section[keys[-1]])
+  return ml_collections.FrozenConfigDict(c)
+
+
+def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
+  """Validates the training dataset (raising layout.DatasetError with every problem) and returns its samples.
+
+  The embedded example dataset (`resolve`) is written first when it does not exist yet.
+  """
+  ds = config.dataloader_train.dataset
+  if workdir and ds.dataset_dir == os.path.abspath(os.path.join(workdir, EXAMPLE_DATA)):
+    if not os.path.isdir(os.path.join(ds.dataset_dir, "videos")):
+      h, w = ds.resolution_hw
+      synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h + 16,
+                              width=w + 32, seed=config.seed)
+    log.info("no dataset_dir given: using the synthetic example dataset at %s", ds.dataset_dir)
+  return layout.load_index(ds.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
+                           bool(ds.skip_invalid))
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The (data, fsdp, context) mesh of `config.mesh` over every device, set as the current mesh."""
+  mesh = sharding.make_mesh(**config.mesh)
+  jax.set_mesh(mesh)
+  devices = jax.devices()
+  log.info("devices: %d x %s (%d process(es)); mesh %s", len(devices), devices[0].device_kind, jax.process_count(),
+           dict(mesh.shape))
+  return mesh
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and weights
+
+
+def _random_ok(config, what: str, key: str) -> None:
+  if not config.model.allow_random_init:
+    raise ValueError(f"no {what} given: set {key} (or a checkpoint.load_path bundle with it); random weights are "
+                     "only allowed with model.allow_random_init=True (the tiny demo config)")
+  log.warning("%s: randomly initialised (demo; set %s for real weights)", what, key)
+
+
+def dit_config(config) -> dit.DiTConfig:
+  return dit.DiTConfig.from_config(config.model.net)
+
+
+def build_vae(config):
+  """(WanVAE, params): the converted VAE at `model.tokenizer.path`, or random weights for the demo."""
+  cfg = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
+  model = vae_lib.WanVAE(cfg)
+  path = config.model.tokenizer.path
+  if path:
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.param_dtype)),
+                            vae_lib.abstract_params(model))
+    return model, params_io.restore_params(path, abstract)
+  _random_ok(config, "VAE", "model.tokenizer.path")
+  # One jitted init at XLA -O0: eager init compiles every initializer op separately and an optimised
+  # compile of ~200 truncated-normal draws alone takes ~15 s on CPU (values are the same draws).
+  key = jax.random.key(config.seed + 1)
+  init = jax.jit(functools.partial(vae_lib.init_params, model)).lower(key).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+  return model, init(key)
+
+
+def _online_text_embedder(config):
+  from agibot_jax.text.embed import OnlineTextEmbedder
+
+  te = config.model.text_encoder
+  tokenizer = te.tokenizer or params_io.read_meta(te.path).get("source")
+  if not tokenizer:
+    raise ValueError(f"{te.path}: no tokenizer folder recorded; set config.model.text_encoder.tokenizer")
+  return OnlineTextEmbedder.from_paths(te.path, tokenizer, dtype=config.model.precision)
+
+
+def build_text_provider(config, cfg: dit.DiTConfig):
+  """The run's text embeddings: a cache (`dataset.text_cache_dir`), the online encoder (`model.text_encoder.path`),
+  or a random stand-in encoder for the demo; checked against the DiT's text input.
+
+  A full_concat cache embeds the captions it lacks with the online encoder when one is configured; a projected
+  cache (1024-d, the DiT's projection already applied) must be complete and made with this run's crossattn_proj
+  (`check_text_projection`).
+  """
+  from agibot_jax.text.cache import TextEmbeddingCache
+
+  te = config.model.text_encoder
+  cache_dir = config.dataloader_train.dataset.text_cache_dir
+  if cache_dir:
+    provider = TextEmbeddingCache(cache_dir)
+    if not provider.projected and te.path:
+      provider.fallback = _online_text_embedder(config).embed
+  elif te.path:
+    provider = _online_text_embedder(config)
+  else:
+    _random_ok(config, "text encoder", "model.text_encoder.path")
+    from agibot_jax.text.demo import demo_text_embedder
+
+    provider = demo_text_embedder(cfg.crossattn_proj_in_channels, seed=config.seed + 2)
+    provider.num_tokens = int(cfg.text_tokens_per_view)
+  dim = cfg.crossattn_emb_channels if provider.projected else cfg.crossattn_proj_in_channels
+  if provider.num_tokens != cfg.text_tokens_per_view or provider.dim != dim:
+    kind = "projected" if provider.projected else "raw"
+    raise ValueError(f"{kind} text embeddings are ({provider.num_tokens} tokens, {provider.dim} channels) per view "
+                     f"but the DiT expects ({cfg.text_tokens_per_view}, {dim}) (model.net.text_tokens_per_view / "
+                     f"model.net.{'crossattn_emb_channels' if provider.projected else 'crossattn_proj_in_channels'})")
+  return provider
+
+
+def check_text_projection(provider, params) -> None:
+  """A projected text cache must have been made with the crossattn_proj of `params` (the run's frozen weights)."""
+  if not getattr(provider, "projected", False):
+    return
+  proj = {k: _host_array(v) for k, v in params["crossattn_proj"].items()}
+  provider.check_projection(proj["kernel"], proj["bias"])
+
+
+def _host_array(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh):
+  """DiT params of a `convert.dit` directory, restored directly into their mesh shardings."""
+  meta = params_io.read_meta(path)
+  if meta.get("model") != "dit":
+    raise ValueError(f"{path} holds a {meta.get('model')!r} checkpoint, not a DiT")
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
+  return params_io.restore_params(path, _with_shardings(dit.abstract_params(cfg), shardings))
+
+
+def initial_params(config, cfg: dit.DiTConfig, mesh):
+  """The base DiT weights: the converted checkpoint at `checkpoint.load_path`, or random for the demo."""
+  path = config.checkpoint.load_path
+  if path:
+    params = restore_dit_params(path, cfg, mesh)
+    log.info("DiT base loaded from %s", path)
+    return params
+  _random_ok(config, "DiT", "checkpoint.load_path")
+  param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
+  return jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(config.seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+
+
+def make_encoder(vae_model, num_views: int, mesh=None):
+  """jit: loader batch (uint8 video and control) -> (video latent, control latent), one VAE call.
+
+  With a `mesh`, the clips (views of video and control folded into the batch) are spread over its devices
+  where their count divides (sharding.py, "activation_clips").
+  """
+
+  @jax.jit
+  def encode(vae_params, video_BCTHW, control_BCTHW):
+    clips = jnp.concatenate([vae_lib.loader_to_channels_last(video_BCTHW),
+                             vae_lib.loader_to_channels_last(control_BCTHW)], axis=0)
+    latents = vae_lib.encode_multiview(vae_model, vae_params, clips, num_views=num_views, mesh=mesh)
+    b = video_BCTHW.shape[0]
+    return latents[:b], latents[b:]
+
+  return encode
+
+
+def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
+  """Loader batch -> the train step's model batch (see agibot_jax/training/step.py), sharded on `mesh`."""
+  ds = config.dataloader_train.dataset
+  num_views = len(ds.views)
+  if "latent_video" in batch:  # from the latent cache (agibot_jax.cache_latents)
+    x0, control = batch["latent_video"], batch["latent_control"]
+  else:
+    control_key = registry.control(ds.control_input_type).key
+    x0, control = encode(vae_params, jnp.asarray(batch["video"]), jnp.asarray(batch[control_key]))
+  t = x0.shape[1] // num_views
+  view_indices = np.asarray(batch["view_indices"])
+  # Latent view ids: the first t pixel-frame ids of each view (spec §1.10).
+  frames_per_view = view_indices.shape[1] // num_views
+  latent_view_ids = np.concatenate([view_indices[:, v * frames_per_view:v * frames_per_view + t]
+                                    for v in range(num_views)], axis=1)
+  emb = text_provider_lib.embed_batch(text_provider, batch["ai_caption"])
+  out = {
+      "x0_BTHWC": x0,
+      "control_BTHWC": control,
+      "crossattn_emb_BMC": emb.astype(precision_dtype(config)),
+      "view_indices_BT": latent_view_ids.astype(np.int32),
+      "padding_mask_BHW": np.asarray(batch["padding_mask"], np.float32)[:, 0],
+  }
+  return {k: _on_mesh(v, sharding.batch_sharding(mesh, np.shape(v))) for k, v in out.items()}
+
+
+def _on_mesh(value, target: jax.sharding.Sharding) -> jax.Array:
+  """A batch array with the step's input sharding.
+
+  Arrays already on the devices (latents from the online VAE, online text embeddings) are resharded there:
+  pulling them to the host would block the loop until the previous step and the encoder finish, leaving the GPU
+  idle while the host fetches the next batch. Host arrays (loader, caches) are this process's part of the batch.
+  """
+  if isinstance(value, jax.Array):
+    return jax.device_put(value, target)
+  return jax.make_array_from_process_local_data(target, np.asarray(value))
+
+
+# ----------------------------------------------------------------------------------------------
+# Train states
+
+
+def _with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def state_target(config, cfg: dit.DiTConfig, mesh, tx, ema):
+  """(TrainState of sharded ShapeDtypeStructs to restore into, its shardings, the `new_state` maker)."""
+  make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
+  abstract_state = jax.eval_shape(make, dit.abstract_params(cfg))
+  shardings = state_shardings(abstract_state, dit.abstract_params(cfg, boxed=True), mesh)
+  return _with_shardings(abstract_state, shardings), shardings, make
+
+
+def init_or_restore(config, workdir: str, cfg: dit.DiTConfig, mesh, tx, ema, manager):
+  """(state, data iterator state or None, state shardings): resumed from the workdir, else fresh from the base."""
+  target, shardings, make = state_target(config, cfg, mesh, tx, ema)
+  restored = checkpointing.restore_latest(manager, target)
+  if restored is not None:
+    state, data_state = restored
+    log.info("resumed from %s at step %d", checkpointing.checkpoint_dir(workdir), int(state.step))
+    return state, data_state, shardings
+  state = jax.jit(make, out_shardings=shardings)(initial_params(config, cfg, mesh))
+  return state, None, shardings
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingWeights:
+  params: dict  # full DiT parameters
+  workdir: str | None  # the training run they came from (None: a converted checkpoint)
+  step: int | None
+
+
+def training_workdir(path: str) -> str | None:
+  """The workdir of a training run given as the workdir or as its checkpoints/ folder, else None."""
+  path = os.path.abspath(path)
+  if os.path.basename(path) == "checkpoints" and os.path.isdir(path):
+    return os.path.dirname(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return path
+  return None
+
+
+def sampling_params(config, workdir: str | None, cfg: dit.DiTConfig, mesh, *, use_ema: bool = True) -> SamplingWeights:
+  """The DiT weights to sample with: a training run's newest checkpoint (its EMA unless `use_ema` is False), of which
+  only the weights are read (no optimizer state), or, without a run, the converted DiT at `checkpoint.load_path`."""
+  if workdir is None:
+    path = config.checkpoint.load_path
+    if not os.path.exists(os.path.join(path, params_io.META_FILE)):
+      raise ValueError(f"--checkpoint {path} is neither a training workdir (no checkpoints/ folder), nor a "
+                       f"converted DiT ({params_io.META_FILE}), nor a bundle with dit/")
+    log.info("DiT weights from %s", path)
+    return SamplingWeights(restore_dit_params(path, cfg, mesh), None, None)
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
+  step, params = checkpointing.restore_weights(workdir, shardings, use_ema=use_ema)
+  log.info("restored step %d from %s (%s weights)", step, checkpointing.checkpoint_dir(workdir),
+           "EMA" if use_ema else "regular")
+  return SamplingWeights(params, workdir, step)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling inputs
+
+
+def dataset_loader_batch(config, sample_id: str | None, control_preset: str) -> dict:
+  """One collated loader batch (batch 1) of `sample_id` (default: the first sample) with inference-preset controls.
+
+  Pixels, not a training latent cache: the input row needs them and the control uses the inference preset.
+  """
+  from agibot_jax.data import pipeline
+
+  settings = dataclasses.replace(pipeline.DataSettings.from_config(config, control_preset=control_preset),
+                                 latent_cache_dir="")
+  source = pipeline.AgibotMultiviewSource(settings)
+  ids = [s.sample_id for s in source.samples]
+  if sample_id is not None and sample_id not in ids:
+    raise ValueError(f"--sample_id {sample_id!r} is not in {settings.dataset_dir} ({len(ids)} samples, e.g. {ids[:5]})")
+  index = 0 if sample_id is None else ids.index(sample_id)
+  log.info("sample %r from %s", ids[index], settings.dataset_dir)
+  return pipeline.collate([source.load(index, rng=None)])
+
+
+def control_video_loader_batch(config, control_videos: list[str], prompt: str) -> dict:
+  """A loader-like batch (batch 1) from one control video per view: control pixels, captions, view ids."""
+  from agibot_jax import video_io
+  from agibot_jax.data import resize
+
+  ds = config.dataloader_train.dataset
+  views = tuple(ds.views)
+  if len(control_videos) != len(views):
+    raise ValueError(f"--control_videos has {len(control_videos)} files; need one per view {views}")
+  t = int(ds.num_video_frames)
+  per_view = []
+  for view, path in zip(views, control_videos):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"--control_videos: {path} (view {view}) does not exist")
+    try:
+      frames = video_io.read_frames(path, 0, t, ds.video_backend)
+    except video_io.VideoError as e:
+      raise ValueError(f"--control_videos: view {view}: {e}") from e
+    per_view.append(resize.resize_uint8(frames, tuple(ds.resolution_hw), "bilinear"))
+  h, w = ds.resolution_hw
+  return {
+      # (3, V·T, H, W), views major along time, as the loader lays out pixels.
+      registry.control(ds.control_input_type).key: np.concatenate(per_view).transpose(3, 0, 1, 2)[None],
+      "ai_caption": [registry.view_captions(prompt, views)],
+      "view_indices": np.repeat(np.array(registry.view_ids(views), np.int64), t)[None],
+      "padding_mask": np.zeros((1, 1, h, w), np.float32),
+  }
+
+
+def control_only_model_batch(loader_batch, vae_model, vae_params, text_provider, config, mesh) -> dict:
+  """Model batch without an input video: the control latent is encoded and the video latent is zeros (unused with 0
+  conditional frames); then as `model_batch` from a latent cache."""
+  ds = config.dataloader_train.dataset
+  control = vae_lib.loader_to_channels_last(jnp.asarray(loader_batch[registry.control(ds.control_input_type).key]))
+  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model, num_views=len(ds.views)))
+  latent_control = encode(vae_params, control)
+  latents = {"latent_video": jnp.zeros_like(latent_control), "latent_control": latent_control}
+  return model_batch({**loader_batch, **latents}, None, vae_params, text_provider, config, mesh)

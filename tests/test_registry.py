@@ -1,0 +1,71 @@
+"""agibot_jax/registry.py: the dataset's facts, and that a fifth control type needs only a registry entry."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from agibot_jax import registry
+from agibot_jax.data import latent_cache, layout, pipeline, synthetic
+from configs import base
+
+
+def test_view_captions_exact_reference_strings():
+  caps = registry.view_captions("A robot folds cloth.", registry.VIEW_NAMES)
+  assert caps == [
+      "The video is captured from a camera mounted on the head of the subject, facing forward. A robot folds cloth.",
+      "The video is captured from a camera mounted on the left hand of the subject. ",
+      "The video is captured from a camera mounted on the right hand of the subject. ",
+  ]
+  # Permuted view order: the prompt stays with head_color.
+  assert registry.view_captions("p", ("hand_right", "head_color"))[1].endswith("forward. p")
+
+
+def test_views_controls_and_neighbours():
+  assert registry.VIEW_NAMES == ("head_color", "hand_left", "hand_right")
+  assert registry.view_ids(("hand_right", "head_color")) == (2, 0)
+  assert registry.cross_view_attn_map() == ((1, 2), (0, 2), (0, 1))
+  assert registry.control_types() == ("edge", "depth", "seg", "vis")
+  assert [c.name for c in registry.CONTROLS.values() if c.from_files] == ["depth", "seg"]
+  assert [c.name for c in registry.CONTROLS.values() if c.randomized] == ["edge", "vis"]
+  with pytest.raises(ValueError, match="hdmap.*known"):
+    registry.control("hdmap")
+  with pytest.raises(ValueError, match="hand_middle"):
+    registry.check_views(("head_color", "hand_middle"))
+  with pytest.raises(ValueError, match="needs `compute`"):
+    registry.ControlType("x", "computed", randomized=False)
+
+
+def invert(frames_THWC, rng, preset):
+  """A computed stand-in control for the test below: the negative image."""
+  del rng, preset
+  return 255 - frames_THWC
+
+
+@pytest.mark.parametrize("control", [registry.ControlType("normal", "file", randomized=False),
+                                     registry.ControlType("invert", "computed", randomized=False,
+                                                          compute="tests.test_registry:invert")])
+def test_a_fifth_control_type_needs_only_its_registry_entry(control, tmp_path, monkeypatch):
+  """A new control (file or computed) registered, with its config: the config, the dataset scan, the loader and the
+  latent cache's index take it with no other change."""
+  monkeypatch.setitem(registry.CONTROLS, control.name, control)
+  dataset = tmp_path / "ds"
+  synthetic.write_example(str(dataset), num_samples=2, frames=9, height=64, width=96)
+  if control.from_files:
+    shutil.copytree(dataset / "control_input_depth", dataset / control.key)
+  config = base.get_config(control.name, "tiny")  # what configs/<name>.py would return
+  config.dataloader_train.dataset.dataset_dir = str(dataset)
+  assert config.dataloader_train.dataset.control_input_type == control.name
+
+  samples, problems = layout.scan(str(dataset), registry.VIEW_NAMES, control.name, 9)
+  assert problems == [] and len(samples) == 2
+  assert (samples[0].controls is not None) == control.from_files
+  sample = pipeline.AgibotMultiviewSource(pipeline.DataSettings.from_config(config))[0]
+  if control.from_files:
+    depth = pipeline.AgibotMultiviewSource(pipeline.DataSettings(str(dataset), "depth", resolution_hw=(64, 96),
+                                                                 num_video_frames=9))[0]
+    np.testing.assert_array_equal(sample[control.key], depth["control_input_depth"])
+  else:
+    np.testing.assert_array_equal(sample[control.key], 255 - sample["video"])
+  settings = pipeline.DataSettings.from_config(config)
+  assert latent_cache.data_meta(settings)["control_type"] == control.name
