@@ -23,7 +23,8 @@ inference `preset`, and compares:
 The proxies' absolute values are low even for a perfect video: texture edges inside a region lower the
 precision, and boundaries between regions of similar colour or depth lower the recall. On the reference's robot
 example (480x640, first 40 frames) the ground-truth clip scores depth 0.44 and seg 0.38 against its own
-controls, its mirror image 0.12 and 0.16: compare checkpoints with them, not with 1.
+controls, its mirror image 0.12 and 0.16 (edge, against the reference's own edge video of the clip: 0.98 and
+0.33): compare checkpoints with the proxies, not with 1.
 
 Reconstruction (ground truth given): `psnr` (dB, per frame, capped at 100, mean over frames) and `ssim`.
 
@@ -103,8 +104,7 @@ CONTROL_METRICS: dict[str, ControlMetric] = {
 def register(control_type: str, fn: ControlMetric, *, replace: bool = False) -> None:
   """Makes `fn` the adherence metric of `control_type` (a new control type, or `replace=True` for a known one)."""
   if control_type in CONTROL_METRICS and not replace:
-    raise ValueError(f"control {control_type!r} already has a metric ({CONTROL_METRICS[control_type].__name__}); "
-                     "pass replace=True to replace it")
+    raise ValueError(f"control {control_type!r} already has a metric; pass replace=True to replace it")
   CONTROL_METRICS[control_type] = fn
 
 
@@ -140,7 +140,7 @@ def score_sample(control_type: str, generated_VTHWC: np.ndarray, control_VTHWC: 
       are left out of every score (module docstring).
     preset: the inference preset the control was made with (controls.PRESETS); the generated video is mapped
       with it. A control drawn at random (training) has no preset: score samples of preset controls.
-    views: the names of the V views, keys of the per-view scores.
+    views: the V views' names (distinct, from registry.VIEW_NAMES), keys of the per-view scores.
 
   Returns:
     {metric: mean over views} and {f"{metric}/{view}": value}, floats.
@@ -156,6 +156,7 @@ def score_sample(control_type: str, generated_VTHWC: np.ndarray, control_VTHWC: 
   shapes = {name: video.shape for name, video in videos.items()}
   if len(set(shapes.values())) != 1:
     raise ValueError(f"generated, control and ground-truth videos must have one shape, got {shapes}")
+  views = registry.check_views(views)
   num_views, num_frames = videos["generated"].shape[:2]
   if len(views) != num_views:
     raise ValueError(f"got {num_views} view(s) but {len(views)} view names {tuple(views)}: pass `views`")

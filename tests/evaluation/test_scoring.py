@@ -153,6 +153,7 @@ def test_one_view_without_the_view_axis():
     (dict(control_VTHWC=np.zeros((V, T, H, W + 1, 3), np.uint8)), "must have one shape"),
     (dict(ground_truth_VTHWC=np.zeros((V, T, H, W, 3), np.float32)), "ground_truth must be uint8"),
     (dict(views=("head_color",)), r"got 3 view\(s\) but 1 view names"),
+    (dict(views=("head_color", "head_color", "hand_left")), "views must be distinct names"),
     (dict(num_cond_frames=3), "none of the 9 frames"),
 ])
 def test_bad_input_is_named(change, message):
