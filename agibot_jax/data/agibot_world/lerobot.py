@@ -176,8 +176,11 @@ def discover(root: str, tasks: tuple[str, ...] = (), episodes: tuple[str, ...] =
   info = read_info(root, video_keys)
   name = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.basename(info.root))
   meta = os.path.join(info.root, "meta")
-  rows = (_read_parquet_rows(os.path.join(meta, "episodes", "chunk-*", "file-*.parquet")) if info.packed
-          else _read_jsonl(os.path.join(meta, "episodes.jsonl")))
+  episodes_meta = (os.path.join(meta, "episodes", "chunk-*", "file-*.parquet") if info.packed
+                   else os.path.join(meta, "episodes.jsonl"))
+  rows = _read_parquet_rows(episodes_meta) if info.packed else _read_jsonl(episodes_meta)
+  if bad := [i for i, r in enumerate(rows) if not {"episode_index", "length"} <= set(r)]:
+    raise ValueError(f"{episodes_meta}: row {bad[0]} has no episode_index or no length")
   task_index = _task_indices(info) if tasks else {}
   found: list[LeRobotEpisode] = []
   skips: list[source.Skip] = []
@@ -191,7 +194,7 @@ def discover(root: str, tasks: tuple[str, ...] = (), episodes: tuple[str, ...] =
     except source.Unusable as e:
       skips.append(source.Skip(name, str(ep), e.path, e.reason))
     except KeyError as e:
-      raise ValueError(f"{meta}: the row of episode {ep} has no {e}") from None
+      raise ValueError(f"{episodes_meta}: the row of episode {ep} has no {e}") from None
   log.info("LeRobot %s root %s: %d episode(s) found, %d skipped", info.version, root, len(found), len(skips))
   return found, skips
 
