@@ -4,8 +4,9 @@ AgiBot World's MP4s are AV1 (spec agibot_world_formats.md §1.3). Who decodes it
   imageio-ffmpeg   its bundled FFmpeg binary carries libdav1d (used here, named explicitly with -c:v) and
                    libaom-av1; `av1_decoder()` checks the binary at run time.
   OpenCV           the pip wheels' FFmpeg has only the native `av1` decoder, which needs hardware
-                   acceleration: it opens the file, reports its metadata, and decodes no frame. An AV1 source
-                   with the OpenCV backend is refused (MissingCodecError) before any work.
+                   acceleration: it opens the file, reports its metadata, and decodes no frame (seen with
+                   OpenCV 4.11 here and OpenCV 5.0 on the H200 machine). An AV1 source with the OpenCV backend
+                   is refused (MissingCodecError) before any work.
 Probing reads container metadata only (OpenCV, no decoding), so it works for every codec.
 """
 
@@ -37,7 +38,7 @@ class StreamInfo:
   fps: float
   height: int
   width: int
-  codec: str  # FourCC as OpenCV reports it, e.g. "av01", "avc1"
+  codec: str  # FourCC in lower case ("av01", "avc1"): OpenCV 4.11 reports AV1 as "av01", OpenCV 5.0 as "AV01"
 
 
 def probe(blob: source.Blob) -> StreamInfo:

@@ -39,10 +39,11 @@ def read_png(blob: source.Blob) -> np.ndarray:
 def to_video(depth_mm_THW: np.ndarray) -> np.ndarray:
   """uint16 millimetres (T, H, W) -> uint8 (T, H, W, 3), normalised over the clip (module docstring)."""
   valid = depth_mm_THW > 0
-  grey_THW = np.zeros(depth_mm_THW.shape, np.uint8)
-  if valid.any():
-    inv = 1.0 / depth_mm_THW[valid].astype(np.float64)
-    lo, hi = inv.min(), inv.max()
-    scaled = np.full(inv.shape, 255.0) if hi == lo else 1 + 254 * (inv - lo) / (hi - lo)
-    grey_THW[valid] = np.rint(scaled).astype(np.uint8)
-  return np.repeat(grey_THW[..., None], 3, axis=-1)
+  if not valid.any():
+    return np.zeros(depth_mm_THW.shape + (3,), np.uint8)
+  near, far = int(depth_mm_THW.min(where=valid, initial=np.iinfo(np.uint16).max)), int(depth_mm_THW.max())
+  # One entry per millimetre value: a 93-frame 640x480 clip maps through it without a float copy of itself.
+  lut = np.zeros(far + 1, np.uint8)
+  inv = 1.0 / np.arange(near, far + 1, dtype=np.float64)
+  lut[near:] = 255 if near == far else np.rint(1 + 254 * (inv - 1 / far) / (1 / near - 1 / far))
+  return np.repeat(lut[depth_mm_THW][..., None], 3, axis=-1)
