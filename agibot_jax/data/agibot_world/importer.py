@@ -378,6 +378,31 @@ class Summary:
             f"now); {len(self.skipped)} item(s) skipped")
 
 
+def _select(planned: list[Plan | source.Skip], max_clips: int) -> list[tuple[Plan, list[int]]]:
+  """(plan, its clips) in episode order, the first `max_clips` clips in all (0: every clip)."""
+  plans = [p for p in planned if isinstance(p, Plan)]
+  budget = max_clips or sum(len(p.clips) for p in plans)
+  selection = []
+  for plan in plans:
+    if budget == 0:
+      break
+    ks = [k for k, _, _ in plan.clips][:budget]
+    budget -= len(ks)
+    selection.append((plan, ks))
+  return selection
+
+
+def _record(manifest: dict, settings: Settings, imported: list[tuple[Plan, list[int]]],
+            skips: list[source.Skip]) -> None:
+  """Merges this run into the manifest and writes it atomically."""
+  manifest["sources"] = sorted(set(manifest["sources"]) | {os.path.abspath(settings.src)})
+  manifest["episodes"].update({plan.key: _episode_entry(plan, ks, settings) for plan, ks in imported})
+  manifest["skipped"] = {k: v for k, v in manifest["skipped"].items() if k not in manifest["episodes"]}
+  manifest["skipped"].update({s.key: {"path": s.path, "reason": s.reason} for s in skips})
+  utils.atomic_write(os.path.join(settings.dst, MANIFEST),
+                     lambda f: json.dump(manifest, f, indent=1, ensure_ascii=False), mode="w")
+
+
 def run(settings: Settings, progress: bool = False) -> Summary:
   """Imports settings.src into settings.dst; returns what was done.
 
@@ -398,17 +423,10 @@ def run(settings: Settings, progress: bool = False) -> Summary:
     planned = list(tqdm(pool.map(functools.partial(plan_episode, settings=settings, backend=backend), episodes),
                         total=len(episodes), desc="plan", unit="episode", disable=not progress))
     skips += [p for p in planned if isinstance(p, source.Skip)]
-    budget = settings.max_clips or sum(len(p.clips) for p in planned if isinstance(p, Plan))
-    selection: list[tuple[Plan, list[int]]] = []  # (plan, its clips within --max_clips)
-    for plan in (p for p in planned if isinstance(p, Plan)):
-      if budget == 0:
-        break
-      ks = [k for k, _, _ in plan.clips][:budget]
-      budget -= len(ks)
-      selection.append((plan, ks))
+    selection = _select(planned, settings.max_clips)
     jobs = [pool.submit(cut_episode, plan, todo, settings, backend)
             for plan, ks in selection if (todo := [k for k in ks if k not in plan.done])]
-    results = {}
+    results: dict[str, CutResult] = {}
     with tqdm(total=sum(len(ks) for _, ks in selection), desc="clips", unit="clip", disable=not progress) as bar:
       bar.update(sum(len(plan.done & set(ks)) for plan, ks in selection))
       for job in concurrent.futures.as_completed(jobs):
@@ -425,12 +443,7 @@ def run(settings: Settings, progress: bool = False) -> Summary:
       imported.append((plan, ks))
   for s in skips:
     log.warning("skipped %s", s)
-  manifest["sources"] = sorted(set(manifest["sources"]) | {os.path.abspath(settings.src)})
-  manifest["episodes"].update({plan.key: _episode_entry(plan, ks, settings) for plan, ks in imported})
-  manifest["skipped"] = {k: v for k, v in manifest["skipped"].items() if k not in manifest["episodes"]}
-  manifest["skipped"].update({s.key: {"path": s.path, "reason": s.reason} for s in skips})
-  utils.atomic_write(os.path.join(settings.dst, MANIFEST),
-                     lambda f: json.dump(manifest, f, indent=1, ensure_ascii=False), mode="w")
+  _record(manifest, settings, imported, skips)
   if settings.depth and settings.hand_depth == "none":
     log.warning("head depth only: a depth run needs %s/<view> for all three views; add hand-view depth "
                 "(e.g. Video-Depth-Anything on the hand clips) or import into a new DST with --hand_depth=blank",

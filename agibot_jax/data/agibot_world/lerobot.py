@@ -127,7 +127,7 @@ def _read_parquet_rows(pattern: str) -> list[dict]:
   for path in paths:
     try:
       rows += _pq().read_table(path).to_pylist()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
       raise ValueError(f"{path}: unreadable parquet ({e})") from None
   return rows
 
@@ -146,12 +146,16 @@ def _frame_texts(path: str) -> dict[int, list[tuple[int, str, str]]]:
   """Episode -> [(frame_index, action_text, init_scene_text)] of one data parquet ({} without the columns)."""
   if not os.path.isfile(path):
     return {}
-  names = set(_pq().read_schema(path).names)
-  if "action_text" not in names and "init_scene_text" not in names:
-    return {}
-  columns = [c for c in ("episode_index", "frame_index", "action_text", "init_scene_text") if c in names]
+  try:
+    names = set(_pq().read_schema(path).names)
+    if not {"episode_index", "frame_index"} <= names or not names & {"action_text", "init_scene_text"}:
+      return {}
+    columns = [c for c in ("episode_index", "frame_index", "action_text", "init_scene_text") if c in names]
+    rows = _pq().read_table(path, columns=columns).to_pylist()
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: unreadable parquet ({e})") from None
   by_episode: dict[int, list[tuple[int, str, str]]] = {}
-  for r in _pq().read_table(path, columns=columns).to_pylist():
+  for r in rows:
     by_episode.setdefault(int(r["episode_index"]), []).append(
         (int(r["frame_index"]), r.get("action_text") or "", r.get("init_scene_text") or ""))
   return by_episode

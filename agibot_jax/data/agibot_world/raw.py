@@ -51,9 +51,12 @@ class RawEpisode:
   shard: ShardSlice | None = None
 
   def media(self, want_depth: bool) -> source.Media:
-    files = self._folder_files() if self.folder else self._shard_files()
-    missing = [name for name in VIDEO_FILES.values() if f"videos/{name}" not in files]
     where = self.folder or f"{self.shard.path}:{self.episode}/"
+    try:
+      files = self._folder_files() if self.folder else self._shard_files()
+    except (tarfile.TarError, OSError) as e:
+      raise source.Unusable(where, f"unreadable ({e})") from None
+    missing = [name for name in VIDEO_FILES.values() if f"videos/{name}" not in files]
     if missing:
       raise source.Unusable(os.path.join(where, "videos"), f"missing video(s) {', '.join(missing)}")
     depth = None
@@ -98,7 +101,8 @@ def _episode_member(name: str) -> tuple[str, str] | None:
 
 def _text(entry: dict) -> captions.EpisodeText:
   """The caption texts of one task_info entry; segments without integer frames or text are left out."""
-  label = entry.get("label_info") or entry.get("lable_info") or {}  # one README copy misspells it (spec §1.5)
+  label = entry.get("label_info") or entry.get("lable_info")  # one README copy misspells it (spec §1.5)
+  label = label if isinstance(label, dict) else {}
   segments = tuple(
       captions.Segment(int(a["start_frame"]), int(a["end_frame"]), a["action_text"])
       for a in (label.get("action_config") or []) if isinstance(a, dict)
