@@ -1,7 +1,7 @@
 """What every source format hands the importer: episodes, their files, and why an episode is skipped.
 
 A format module (raw.py, lerobot.py) lists `Episode`s cheaply; `Episode.media()` resolves the episode's files
-(in a worker process, so slow listings run in parallel) or raises `Unusable` naming the file and the reason.
+(in a worker thread, so slow listings run in parallel) or raises `Unusable` naming the file and the reason.
 """
 
 from __future__ import annotations

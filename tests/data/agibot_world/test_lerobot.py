@@ -58,13 +58,13 @@ def test_v30_packed_file_and_frame_texts(roots):
 
 
 def test_v30_timestamps_disagreeing_with_length_skip(tmp_path):
+  import pyarrow as pa
   import pyarrow.parquet as pq
 
   conftest.write_lerobot(tmp_path / "d", "v3.0", [20, 14], ["a", "b"])
   path = tmp_path / "d" / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
   table = pq.read_table(path).to_pydict()
   table["length"] = [20, 16]
-  import pyarrow as pa
   pq.write_table(pa.table(table), path)
   episodes, skips = lerobot.discover(str(tmp_path / "d"))
   assert [e.episode for e in episodes] == ["0"]
