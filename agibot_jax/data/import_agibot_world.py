@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from agibot_jax import cli
 from agibot_jax.data.agibot_world import captions, clips, decode, importer
 
 EXIT_REFUSED = 2
@@ -32,23 +33,20 @@ def settings_from_flags(src: str, dst: str) -> importer.Settings:
       video_keys=tuple(f.video_keys or ()))
 
 
-def main(argv: list[str]) -> int:
-  if len(argv) != 3:
-    raise app.UsageError("usage: python -m agibot_jax.data.import_agibot_world SRC DST [flags]")
+def main(src: str, dst: str) -> int:
   # OpenCV's FFmpeg logs every probe of an AV1 file as a failed hardware decode; probing decodes nothing.
   # Read once, at the first video OpenCV opens.
   os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
   try:
-    summary = importer.run(settings_from_flags(argv[1], argv[2]), progress=True)
+    summary = importer.run(settings_from_flags(src, dst), progress=True)
   except (ValueError, decode.MissingCodecError) as e:
     print(f"REFUSED {e}", file=sys.stderr)
     return EXIT_REFUSED
-  print(f"imported {summary} -> {argv[2]} (details: {argv[2]}/{importer.MANIFEST})")
+  print(f"imported {summary} -> {dst} (details: {dst}/{importer.MANIFEST})")
   return 0
 
 
-def _define_flags():
-  """Command-line flags, defined only when run as a program (modules stay importable together)."""
+if __name__ == "__main__":
   flags.DEFINE_integer("clip_frames", 93, "frames per clip (the loader reads 93)")
   flags.DEFINE_integer("stride", None, "output frames between clip starts (default: clip_frames, no overlap)")
   flags.DEFINE_float("fps", None, "output fps, subsampling the source uniformly (default: the source's, 30)")
@@ -66,8 +64,4 @@ def _define_flags():
                     "decoder: imageio-ffmpeg (AV1 via libdav1d) or OpenCV (no AV1); auto prefers imageio")
   flags.DEFINE_list("video_keys", None, "LeRobot video features for head_color,hand_left,hand_right "
                     "(default: detected from meta/info.json)")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run(main, positional=("src", "dst"))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from agibot_jax import registry
-from agibot_jax.data import controls, video
+from agibot_jax import video_io as video
+from agibot_jax.data import controls
 from agibot_jax.evaluation import metrics, scoring
 
 V, T, H, W = 3, 9, 32, 48  # 9 pixel frames = 3 latent frames (1 + 4 + 4)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from agibot_jax.data import video
+from agibot_jax import video_io as video
 from agibot_jax.data.agibot_world import source
 
 AV1_DECODERS = ("libdav1d", "libaom-av1")  # in order of preference

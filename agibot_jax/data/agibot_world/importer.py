@@ -30,7 +30,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from agibot_jax import registry, utils
-from agibot_jax.data import video
+from agibot_jax import video_io as video
 from agibot_jax.data.agibot_world import captions, clips, decode, depth, lerobot, raw, source
 
 log = logging.getLogger(__name__)

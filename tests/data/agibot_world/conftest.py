@@ -17,7 +17,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from agibot_jax.data import video
+from agibot_jax import video_io as video
 
 H, W, FPS = 48, 64, 30.0
 VIEW_FILES = {"head_color": "head_color.mp4", "hand_left": "hand_left_color.mp4",

@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from agibot_jax.data import video
+from agibot_jax import video_io as video
 from agibot_jax.data.agibot_world import decode, source
 from tests.data.agibot_world import conftest
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from agibot_jax import registry
-from agibot_jax.data import inspect, pipeline, video
+from agibot_jax import video_io as video
+from agibot_jax.data import inspect, pipeline
 from agibot_jax.data.agibot_world import decode, depth, importer, raw
 from tests.data.agibot_world import conftest
 from tests.data.conftest import tiny_config
