@@ -93,7 +93,7 @@ def _attention_matmuls(cfg: dit.DiTConfig, policy) -> int:
 
   def count(jaxpr) -> int:
     return sum(sum(count(j) for j in jax_core.jaxprs_in_params(e.params))
-               + (e.primitive.name == "dot_general" and any(v.aval.shape in probs for v in (*e.invars, *e.outvars)))
+               + (e.primitive.name == "dot_general" and any(x.aval.shape in probs for x in (*e.invars, *e.outvars)))
                for e in jaxpr.eqns)
 
   loss, args = _block_loss(cfg, policy)
