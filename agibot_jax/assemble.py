@@ -187,6 +187,9 @@ def build_text_provider(config, cfg: dit.DiTConfig):
   cache_dir = config.dataloader_train.dataset.text_cache_dir
   if cache_dir:
     provider = TextEmbeddingCache(cache_dir)
+    if provider.projected and config.model.train_base:
+      raise ValueError(f"{cache_dir} is a projected text cache, which holds crossattn_proj frozen; with "
+                       "model.train_base=True the projection trains: use a full_concat cache")
     if not provider.projected and te.path:
       provider.fallback = _online_text_embedder(config).embed
   elif te.path:
