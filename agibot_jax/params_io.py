@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 META_FILE = "agibot_meta.json"
 PARTS_FILE = "parts.json"
-# An Orbax save holds its part in memory; leaves larger than this get a part of their own.
-PART_BYTES = 1 << 30
+# A part is closed once it holds this many bytes: memory holds at most this plus the largest leaf.
+PART_BYTES = 256 << 20
 
 # The `model` field of agibot_meta.json, one per converter.
 MODEL_DIT = "dit"
@@ -84,16 +84,19 @@ def _is_running(pid: int) -> bool:
 
 
 def _parts(leaves: Iterable[tuple[Path, Any]], part_bytes: int):
-  """Groups (path, array) pairs into dicts of at most `part_bytes` each (a larger array alone)."""
+  """Groups (path, array) pairs into dicts, each closed as soon as it holds `part_bytes`.
+
+  A part is handed on before the next leaf is asked for, so a large leaf is never in memory
+  together with the next one."""
   part: dict[Path, np.ndarray] = {}
   size = 0
   for path, leaf in leaves:
-    leaf = np.asarray(leaf)
-    if part and size + leaf.nbytes > part_bytes:
+    part[tuple(path)] = np.asarray(leaf)
+    size += part[tuple(path)].nbytes
+    del leaf  # else this name would hold it while the next leaf is built
+    if size >= part_bytes:
       yield part
       part, size = {}, 0
-    part[tuple(path)] = leaf
-    size += leaf.nbytes
   if part:
     yield part
 
@@ -102,7 +105,8 @@ def _checkpointer() -> ocp.Checkpointer:
   # The saves are synchronous, so Orbax need not copy each host array before writing it; weights
   # barely compress, and zstd would halve the write speed.
   registry = ocp.type_handlers.create_type_handler_registry(
-      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (jax.Array, ocp.type_handlers.ArrayHandler()))  # never used: np.asarray'd leaves; Orbax warns without it
   return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry))
 
 
@@ -118,8 +122,8 @@ def write_params(dst: str, leaves: Iterable[tuple[Path, Any]], meta: dict | None
 
   leaves: (path, array) pairs, each array numpy-convertible; consumed one at a time, so a
     generator that reads and converts on demand keeps at most one part in memory.
+  part_bytes: bytes after which a part is saved (default PART_BYTES).
   force: replace an existing `dst` (only once the new tree is complete).
-  part_bytes: most bytes per Orbax part (default PART_BYTES).
   """
   dst = os.path.abspath(dst)
   check_destination(dst, force)
@@ -132,10 +136,13 @@ def write_params(dst: str, leaves: Iterable[tuple[Path, Any]], meta: dict | None
     with _checkpointer() as ckptr:
       for part in _parts(leaves, part_bytes or PART_BYTES):
         name = f"part-{len(parts):03d}"
-        ckptr.save(os.path.join(tmp, "params", name), args=ocp.args.PyTreeSave(unflatten_tree(part)))
+        # One chunk per array: Orbax would otherwise split an array above 2 GiB into chunks and copy it
+        # whole to do so (the text encoder's 3.8 GB stacked MLP kernels).
+        ckptr.save(os.path.join(tmp, "params", name),
+                   args=ocp.args.PyTreeSave(unflatten_tree(part), ocdbt_target_data_file_size=0))
         log.info("%s: wrote %s (%d arrays, %.2f GB)", dst, name, len(part), sum(a.nbytes for a in part.values()) / 1e9)
         parts[name] = list(part)
-        del part  # else it would live on while the next part is gathered
+        del part  # else this name would hold it while the next part is gathered
     with open(os.path.join(tmp, "params", PARTS_FILE), "w") as f:
       json.dump(parts, f, indent=1)
     with open(os.path.join(tmp, META_FILE), "w") as f:
