@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 
@@ -13,6 +14,10 @@ EXIT_BAD_INPUT = 2
 
 def run(command: Callable[[], int | None]) -> int:
   """Calls `command`; its exit status (None: 0), or EXIT_BAD_INPUT after printing `error: <message>` to stderr."""
+  # Orbax (through absl) logs every step of every save at INFO, jax its backend search: the
+  # converters' own lines are enough.
+  for name in ("absl", "jax"):
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     return command() or 0
   except BAD_INPUT as e:

@@ -215,11 +215,10 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
         ("pathlib", "PosixPath"): pathlib.PosixPath,
         ("pathlib._local", "PosixPath"): pathlib.PosixPath,  # how Python 3.13 pickles it
     })
+    # vars(), not getattr(): an unknown name must not reach torch's lazy module loader.
+    self._allowed.update({("torch", n): v for n, v in vars(torch).items() if isinstance(v, torch.dtype)})
 
   def find_class(self, module: str, name: str):
-    torch = _torch()
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-      return getattr(torch, name)
     if (module, name) not in self._allowed:
       raise CheckpointError(f"{self._path}: refused to unpickle {module}.{name}, which is not a torch distributed "
                             "checkpoint metadata type")
@@ -251,6 +250,7 @@ class _DcpDir(_Source):
 
   def __init__(self, path: str):
     super().__init__(path)
+    torch = _torch()
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -266,6 +266,9 @@ class _DcpDir(_Source):
         raise CheckpointError(f"{file}: truncated ({os.path.getsize(file)} bytes, "
                               f"{path}/{DCP_METADATA} needs {info.offset + info.length})")
     self._tensors = {k: md for k, md in metadata.state_dict_metadata.items() if isinstance(md, TensorStorageMetadata)}
+    for key, md in self._tensors.items():
+      if not (isinstance(md.size, torch.Size) and isinstance(getattr(md.properties, "dtype", None), torch.dtype)):
+        raise CheckpointError(f"{path}/{DCP_METADATA}: tensor {key} has no valid size and dtype")
     self.shapes = {k: tuple(md.size) for k, md in self._tensors.items()}
 
     class Reader(FileSystemReader):
