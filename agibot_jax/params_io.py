@@ -184,7 +184,7 @@ def restore_params(path: str, abstract: Any | None = None) -> Any:
   parts_file = os.path.join(params_dir, PARTS_FILE)
   with ocp.StandardCheckpointer() as ckptr:
     if not os.path.exists(parts_file):  # one Orbax checkpoint, as written before parts
-      return ckptr.restore(params_dir, abstract) if abstract is not None else ckptr.restore(params_dir)
+      return ckptr.restore(params_dir, abstract)
     with open(parts_file) as f:
       parts = {name: [tuple(p) for p in paths] for name, paths in json.load(f).items()}
     flat_abstract = None if abstract is None else flatten_tree(abstract)
@@ -196,12 +196,8 @@ def restore_params(path: str, abstract: Any | None = None) -> Any:
         raise ValueError(f"{path}: parameter tree differs from the model's (missing {missing}, unexpected {extra})")
     flat = {}
     for name, paths in parts.items():
-      part_dir = os.path.join(params_dir, name)
-      if flat_abstract is None:
-        part = ckptr.restore(part_dir)
-      else:
-        part = ckptr.restore(part_dir, unflatten_tree({p: flat_abstract[p] for p in paths}))
-      flat.update(flatten_tree(part))
+      part_abstract = None if flat_abstract is None else unflatten_tree({p: flat_abstract[p] for p in paths})
+      flat.update(flatten_tree(ckptr.restore(os.path.join(params_dir, name), part_abstract)))
   return unflatten_tree(flat)
 
 

@@ -6,7 +6,6 @@ import pickle
 import shutil
 
 import ml_dtypes
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs the `convert` extra (torch)")
