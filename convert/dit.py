@@ -6,8 +6,8 @@
 
 The key table (`key_table`) is this model's only contribution; matching, shape checks, error
 reports and the inverse map come from `convert.mapping`. The checkpoint is read one tensor at a
-time and written leaf by leaf (`params_io.write_params`): memory holds one Orbax part (about 1 GB)
-besides the memory-mapped source.
+time and written leaf by leaf (`params_io.write_params`): besides the memory-mapped source, memory
+holds one Orbax part (256 MiB, or one larger leaf).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def reference_buffers(cfg) -> dict[str, np.ndarray]:
 
 
 def torch_state_to_params(state, cfg, *, source: str = ""):
-  """In-memory reference state dict (numpy, no `net.` prefix) -> Flax params (numpy), checked against the abstract model."""
+  """In-memory reference state dict (numpy, no `net.` prefix) -> Flax params (numpy), checked against the model."""
   from agibot_jax.models import dit
 
   return mapping.torch_to_flax(state, key_table(cfg), dit.abstract_params(cfg), ignore=is_ignored_key, source=source)
