@@ -41,6 +41,10 @@ REFERENCE_ONLY_KEYS = {
 # The override keys of the reference's post-training guide, listed by --help.
 REFERENCE_KEYS = ("dataloader_train.dataset.dataset_dir", "trainer.max_iter", "trainer.logging_iter", "optimizer.lr",
                   "checkpoint.save_iter", "checkpoint.load_path", "scheduler.warm_up_steps", "scheduler.cycle_lengths")
+EXIT_BAD_INPUT = 2
+# An unreadable or mismatched checkpoint (the converters' CheckpointError and ConversionError are ValueErrors;
+# missing or existing files OSErrors): reported in one line by the converters.
+BAD_CHECKPOINT = (OSError, ValueError)
 _HELP = ("-h", "--help", "-help", "--helpshort", "-?")
 _OVERRIDE = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)=(.*)$", re.S)
 
@@ -128,11 +132,14 @@ def print_help(positional: Sequence[str]) -> None:
   print("\n--helpfull lists the flags of every library.")
 
 
-def run(main: Callable[..., int | None], *, positional: Sequence[str] = ()) -> None:
+def run(main: Callable[..., int | None], *, positional: Sequence[str] = (),
+        bad_input: tuple[type[Exception], ...] = ()) -> None:
   """`app.run` for a command: rewrites the overrides, sets up the console, and calls `main(*positional_values)`.
 
   positional: names of the command's positional arguments (e.g. ("out_dir",)); any other leftover argument is an
-  error naming it.
+    error naming it.
+  bad_input: exceptions that mean the input is unusable (their messages name the file or key): reported as one line
+    `error: <message>`, exit status 2, instead of a traceback.
   """
   if any(a in _HELP for a in sys.argv[1:]):
     print_help(positional)
@@ -160,7 +167,11 @@ def run(main: Callable[..., int | None], *, positional: Sequence[str] = ()) -> N
     if "print_config" in flags.FLAGS and flags.FLAGS.print_config:
       print(config)
       return 0
-    return main(*extra)
+    try:
+      return main(*extra)
+    except bad_input as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_BAD_INPUT
 
   # config_flags registers the override flags it finds in sys.argv, so the rewritten line becomes sys.argv.
   sys.argv[:] = line.argv
