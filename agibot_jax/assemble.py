@@ -176,6 +176,8 @@ def check_config(config) -> None:
 
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and proves it writable (a probe file, written and removed), else ConfigError."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe_"):

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -178,6 +179,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   `strict` raises ResumeError instead. Raises ResumeError as well when checkpoints exist but none restores.
   """
   steps = sorted(manager.all_steps(), reverse=True)
+  if steps:
+    _drop_late_restore_callbacks()
   for step in steps:
     try:
       return _restore(manager, step, abstract_state, config)
@@ -189,6 +192,24 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
     raise ResumeError(f"{manager.directory}: none of the checkpoints {steps} restores (each moved aside to "
                       f"<step>{CORRUPT_SUFFIX}); rerun to start from the base weights")
   return None
+
+
+def _drop_late_restore_callbacks() -> None:
+  """When a restore fails, Orbax closes its asyncio loop while TensorStore still completes the other reads; each
+  completion then calls into the closed loop and Python prints a traceback ("Event loop is closed"), hundreds for a
+  train state, drowning the one line that names the failure. Those, and only those, are dropped from the process's
+  unraisable-exception hook (they arrive any time later, so the filter stays)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def _restore(manager, step: int, abstract_state, config) -> tuple[TrainState, Any]:

@@ -430,12 +430,16 @@ def test_valid_tiny_config_passes():
   assemble.check_config(assemble.resolve(edge.get_config("tiny"), "/tmp/x"))
 
 
-@pytest.mark.parametrize("workdir", ["file", "/proc/agibot_jax_run", "/proc"])
-def test_unwritable_workdir_is_refused_before_any_model(tmp_path, no_models, workdir):
+@pytest.mark.parametrize("workdir, why", [
+    ("file", "exists and is not a directory"),
+    ("/proc/agibot_jax_run", "not a writable directory"),  # cannot be created, even by root
+    ("/proc", "not a writable directory"),  # exists, no file can be written in it, even by root
+])
+def test_unwritable_workdir_is_refused_before_any_model(tmp_path, no_models, workdir, why):
   if workdir == "file":
     workdir = str(tmp_path / "file")
     open(workdir, "w").close()
-  with pytest.raises(assemble.ConfigError, match=f"--workdir {workdir}: not a writable directory"):
+  with pytest.raises(assemble.ConfigError, match=f"^--workdir {workdir}: {why}"):
     train_lib.train(tiny(str(tmp_path / "data")), workdir)
 
 
