@@ -1,4 +1,5 @@
-"""Issue 17: what a training run does when something goes wrong (README, Reliability), on CPU and fast.
+"""Issue 17: what a training run does when something goes wrong (README, Reliability), on CPU. The step test compiles
+a tiny DiT (the cost of the other step tests); everything else runs on fakes or tiny Orbax checkpoints in seconds.
 
   item 2  a non-finite step changes nothing but the step count and reports the real gradient norm; the loop writes
           no checkpoint right after one and stops after `trainer.max_nonfinite_steps` in a row;
@@ -11,7 +12,8 @@
           failing while it builds leaves no checkpoints/, metrics.jsonl or tensorboard/;
   item 7  a failed asynchronous save stops the loop at the next step, naming the step, its tmp dir removed;
   item 8  config values that cannot run are refused up front, naming the key.
-The end-to-end versions (real train runs, slow) are in test_train.py.
+Items 5 and 10 (data) are tested in tests/data (test_layout, test_inspect, test_pipeline); the end-to-end
+versions of items 2 and 3 (real train runs, slow) in test_train.py.
 """
 
 from __future__ import annotations
