@@ -8,8 +8,9 @@ logs the step's metrics and where the time went:
   data_s         waiting for the loader (decoding, resizing, controls)
   prepare_s      turning the loader batch into the model batch (VAE encode, text embedding, placement on the mesh;
                  work the devices run asynchronously is not in it)
-  device_wait_s  waiting for the devices to finish the previous step (the part the host could not overlap)
+  device_wait_s  waiting for the devices to finish a step (the part of it the host could not overlap)
   dispatch_s     launching the step (on a CPU backend this includes running it)
+  save_s         writing checkpoints (asynchronous saves: their synchronous part)
 
 (seconds per step, averaged since the last log). Throughput comes from the analytic FLOP count.
 
@@ -255,6 +256,7 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
       if callbacks:
         jax.block_until_ready(metrics)  # the step's own time is training time, not callback time
         t_callbacks = time.perf_counter()
+        timer.add("device_wait_s", t_callbacks - t4)
         for callback in callbacks:
           callback(done, state, batch, loader_batch)
         spent = time.perf_counter() - t_callbacks
@@ -268,7 +270,9 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
         log.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
       save_due = save_due or done % save_iter == 0 or done == max_iter
       if save_due and watch.finite(done, metrics):
+        t_save = time.perf_counter()
         checkpoints.save(state)
+        timer.add("save_s", time.perf_counter() - t_save)
         saved, save_due = done, False
   if save_due:
     log.warning("step %d was not finite: no checkpoint written after it", done)

@@ -99,13 +99,15 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
       loss, _, grads = optim.accumulate_gradients(grad_fn, state.trainable, micro)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    trainable, opt_state, _ = optim.apply_gradients(tx, state.trainable, state.opt_state, grads, step_cfg.clip_norm)
 
-    def keep_if_finite(new, old):  # one scalar predicate over whole trees: a non-finite step updates nothing
-      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    def update(trainable, opt_state, ema_state):
+      trainable, opt_state, _ = optim.apply_gradients(tx, trainable, opt_state, grads, step_cfg.clip_norm)
+      return trainable, opt_state, None if ema is None else ema.update(ema_state, trainable, state.step)
 
-    trainable, opt_state = keep_if_finite((trainable, opt_state), (state.trainable, state.opt_state))
-    new_ema = None if ema is None else keep_if_finite(ema.update(state.ema, trainable, state.step), state.ema)
+    # A conditional rather than a select over the trees: a select keeps the old and the new weights, moments and EMA
+    # alive together (2.3 GiB more on the 2B step), a conditional updates them in place.
+    trainable, opt_state, new_ema = jax.lax.cond(finite, update, lambda *old: old, state.trainable, state.opt_state,
+                                                 None if ema is None else state.ema)
     metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
     if optim.learning_rate(opt_state) is not None:
       metrics["lr"] = optim.learning_rate(opt_state)
