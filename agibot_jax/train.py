@@ -31,6 +31,7 @@ from absl import flags
 
 from agibot_jax import assemble, cli, flops
 from agibot_jax.data import pipeline
+from agibot_jax.evaluation import scoring
 from agibot_jax.models import dit
 from agibot_jax.training import checkpointing, loop
 from agibot_jax.training import ema as ema_lib
@@ -71,7 +72,10 @@ def train(config, workdir: str) -> dict:
   if sample_cfg.every_n > 0:
     from agibot_jax.sampling.callback import EveryNSample
 
-    callbacks.append(EveryNSample(config, workdir, dit_model=model, vae_model=vae_model, vae_params=vae_params))
+    score_fn = scoring.row_scorer(config.dataloader_train.dataset.control_input_type,
+                                  views=tuple(config.dataloader_train.dataset.views)) if sample_cfg.metrics else None
+    callbacks.append(EveryNSample(config, workdir, dit_model=model, vae_model=vae_model, vae_params=vae_params,
+                                  score_fn=score_fn))
 
   ds = config.dataloader_train.dataset
   latent_hw = tuple(x // vae_model.cfg.spatial_factor for x in ds.resolution_hw)

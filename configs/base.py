@@ -171,6 +171,9 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.trainer.callbacks.every_n_sample.control_weights = (1.0,)  # e.g. (0.0, 1.0) to see what the control adds
   config.trainer.callbacks.every_n_sample.num_sampling_step = 35
   config.trainer.callbacks.every_n_sample.fps = 10
+  # Control adherence (and PSNR/SSIM of samples with clean frames) of every sample, to TensorBoard
+  # (agibot_jax/evaluation/scoring.py; host CPU time on process 0).
+  config.trainer.callbacks.every_n_sample.metrics = True
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.save_iter = 500
