@@ -31,7 +31,7 @@ from absl import flags
 
 from agibot_jax import assemble, cli, flops
 from agibot_jax.data import pipeline
-from agibot_jax.evaluation import scoring
+from agibot_jax.evaluation import scoring, validation
 from agibot_jax.models import dit
 from agibot_jax.training import checkpointing, loop
 from agibot_jax.training import ema as ema_lib
@@ -46,6 +46,8 @@ def train(config, workdir: str) -> dict:
   config = assemble.resolve(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   samples = assemble.prepare_dataset(config, workdir)
+  # A held-out fraction leaves the training samples here, before the loader is built.
+  samples, val_samples = validation.split_samples(config, samples, required=config.trainer.validation_iter > 0)
   mesh = assemble.make_mesh(config)
   cfg = assemble.dit_config(config)
   model = dit.MultiViewControlDiT(cfg)
@@ -68,6 +70,9 @@ def train(config, workdir: str) -> dict:
   step_fn = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=(0,), out_shardings=(state_sh, None))
 
   callbacks = []
+  if config.trainer.validation_iter > 0:
+    validator = validation.Validator(model, config, val_samples, prepare)
+    callbacks.append(validation.ValidationCallback(config, workdir, validator))
   sample_cfg = config.trainer.callbacks.every_n_sample
   if sample_cfg.every_n > 0:
     from agibot_jax.sampling.callback import EveryNSample
