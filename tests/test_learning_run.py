@@ -62,7 +62,9 @@ def test_smoke_run_writes_every_output(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads((tmp_path / "out" / "learning_run.json").read_text())
   assert summary["steps_done"] == 5 and summary["val_loss"]["steps"] == [0, 5]
-  assert set(summary["edge"]) == {"untrained", "trained EMA", "trained regular", "trained EMA, control weight 0"}
+  assert set(summary["edge"]) == {"untrained", "trained EMA", "trained regular", "trained EMA, control weight 0",
+                                  "ground truth"}
   assert all(0 <= s["edge_f1"] <= 1 for s in summary["edge"].values())
+  assert summary["edge"]["ground truth"]["edge_f1"] > 0.9  # the clip against its own (preset) control
   assert cv2.imread(str(tmp_path / "out" / "learning_curve.png")).shape == (480, 720, 3)
   assert cv2.imread(str(tmp_path / "out" / "samples.jpg")).shape == (12 * 171, 4 * 256, 3)
