@@ -99,7 +99,8 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
     load = os.path.join(load, "dit")
   c.checkpoint.load_path = load or ""
   for keys in (("dataloader_train", "dataset", "dataset_dir"), ("dataloader_train", "dataset", "text_cache_dir"),
-               ("dataloader_train", "dataset", "latent_cache_dir"), ("checkpoint", "load_path"),
+               ("dataloader_train", "dataset", "latent_cache_dir"), ("dataloader_val", "dataset_dir"),
+               ("checkpoint", "load_path"),
                *BUNDLE_PARTS.values()):
     section = functools.reduce(getattr, keys[:-1], c)
     if section[keys[-1]]:

@@ -33,6 +33,7 @@ from absl import flags
 
 from agibot_jax import assemble, cli, flops
 from agibot_jax.data import layout, pipeline
+from agibot_jax.evaluation import scoring, validation
 from agibot_jax.models import dit
 from agibot_jax.training import checkpointing, loop
 from agibot_jax.training import ema as ema_lib
@@ -52,6 +53,8 @@ def train(config, workdir: str) -> dict:
   assemble.check_config(config)
   assemble.check_workdir(workdir)
   samples = assemble.prepare_dataset(config, workdir)
+  # A held-out fraction leaves the training samples here, before the loader is built.
+  samples, val_samples = validation.split_samples(config, samples, required=config.trainer.validation_iter > 0)
   mesh = assemble.make_mesh(config)
   cfg = assemble.dit_config(config)
   model = dit.MultiViewControlDiT(cfg)
@@ -74,11 +77,17 @@ def train(config, workdir: str) -> dict:
   step_fn = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=(0,), out_shardings=(state_sh, None))
 
   callbacks = []
+  if config.trainer.validation_iter > 0:
+    validator = validation.Validator(model, config, val_samples, prepare)
+    callbacks.append(validation.ValidationCallback(config, workdir, validator))
   sample_cfg = config.trainer.callbacks.every_n_sample
   if sample_cfg.every_n > 0:
     from agibot_jax.sampling.callback import EveryNSample
 
-    callbacks.append(EveryNSample(config, workdir, dit_model=model, vae_model=vae_model, vae_params=vae_params))
+    score_fn = scoring.row_scorer(config.dataloader_train.dataset.control_input_type,
+                                  views=tuple(config.dataloader_train.dataset.views)) if sample_cfg.metrics else None
+    callbacks.append(EveryNSample(config, workdir, dit_model=model, vae_model=vae_model, vae_params=vae_params,
+                                  score_fn=score_fn))
 
   ds = config.dataloader_train.dataset
   latent_hw = tuple(x // vae_model.cfg.spatial_factor for x in ds.resolution_hw)

@@ -111,6 +111,22 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   ds.text_cache_dir = ""
   ds.latent_cache_dir = ""
 
+  # --- validation (agibot_jax/evaluation/validation.py) ----------------------------------------
+  # Held-out clips: a dataset in the training layout, or else a fraction of the training samples (chosen by
+  # held_out_seed), which the training loader then skips whenever it is set (so agibot_jax.eval can score them
+  # later, even when validation_iter is 0). Every `trainer.validation_iter` steps and in
+  # `agibot_jax.eval`, each held-out sample is scored at one noise level per timestep bucket with noise, timesteps
+  # and conditional frames fixed per sample, so checkpoints are compared on identical inputs.
+  val = config.dataloader_val = ml_collections.ConfigDict()
+  val.dataset_dir = ""
+  val.held_out_fraction = 0.0
+  val.held_out_seed = 0
+  val.max_samples = 8  # the first held-out samples by id
+  val.num_timestep_buckets = 4  # sigma in [0, 1/K), ..., [(K-1)/K, 1): one draw per sample and bucket
+  val.seed = 0  # key of the fixed draws
+  val.control_preset = "medium"  # edge/vis controls at this inference preset (not a random training draw)
+  val.weights = ("reg", "ema")  # which weights to validate during training (val/ and val_ema/)
+
   # --- model ------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
   config.model.net = dit_2b()
@@ -163,6 +179,7 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.trainer.max_iter = 10_000
   config.trainer.logging_iter = 100
   config.trainer.grad_accum_iter = 1
+  config.trainer.validation_iter = 0  # validation loss every N steps (0: never; dataloader_val says on what)
   config.trainer.callbacks = ml_collections.ConfigDict()
   config.trainer.callbacks.every_n_sample = ml_collections.ConfigDict()
   config.trainer.callbacks.every_n_sample.every_n = 200
@@ -171,6 +188,9 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.trainer.callbacks.every_n_sample.control_weights = (1.0,)  # e.g. (0.0, 1.0) to see what the control adds
   config.trainer.callbacks.every_n_sample.num_sampling_step = 35
   config.trainer.callbacks.every_n_sample.fps = 10
+  # Control adherence (and PSNR/SSIM of samples with clean frames) of every sample, to TensorBoard
+  # (agibot_jax/evaluation/scoring.py; host CPU time on process 0).
+  config.trainer.callbacks.every_n_sample.metrics = True
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.save_iter = 500

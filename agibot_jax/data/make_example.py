@@ -1,6 +1,7 @@
 """Writes a small synthetic 3-view dataset in the exact Agibot layout (agibot_jax/data/synthetic.py).
 
   python -m agibot_jax.data.make_example DIR [--num_samples 2 --frames 16 --height 96 --width 160 --fps 16]
+      [--appearance control]      # frames determined by their controls (synthetic.py)
 
 The defaults pass `agibot_jax.data.inspect` with the tiny configs (configs/<ct>.py:tiny: 64x96, 9 frames); the
 full-size configs need at least 93 frames per clip (`--frames 93`).
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def main(out_dir: str) -> int:
   f = flags.FLAGS
-  ids = synthetic.write_example(out_dir, f.num_samples, f.frames, f.height, f.width, f.fps, f.seed)
+  ids = synthetic.write_example(out_dir, f.num_samples, f.frames, f.height, f.width, f.fps, f.seed, f.appearance)
   log.info("wrote %d samples x %d views (%d frames, %dx%d, depth+seg controls) to %s", len(ids),
            len(registry.VIEWS), f.frames, f.height, f.width, out_dir)
   return 0
@@ -33,4 +34,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("width", 160, "frame width (even)")
   flags.DEFINE_float("fps", 16.0, "frame rate")
   flags.DEFINE_integer("seed", 0, "world seed")
+  flags.DEFINE_enum("appearance", "random", list(synthetic.APPEARANCES), "random: shapes look random; control: "
+                    "each shape's look follows its class, so the controls determine the frames")
   cli.run(main, positional=("out_dir",))

@@ -5,6 +5,16 @@ One world of moving shapes is filmed by three cameras looking at different, over
 (head_color: the wide centre view; hand_left / hand_right: closer views left and right), so the views are
 consistent. Depth is brighter for nearer shapes; seg paints each shape in a fixed class colour.
 The defaults fit configs/*.py:tiny (64x96, 9 frames) and are valid for any resolution after resizing.
+
+Appearance (`APPEARANCES`):
+  random   every shape draws its colour, depth, size and kind (square or disc): a control map says where the
+           shapes are, not what they look like.
+  control  shape i belongs to class i mod 5, and the class fixes its colour (the seg colour), depth, size and kind
+           (`_CLASSES`); the background is a fixed function of the camera. Each control then determines the frames
+           of its view: seg by the class colours, depth by the class depth levels, edge by the outlines (kind and
+           apparent size differ between classes), vis by construction. For learning runs whose samples should be
+           predictable from the control alone.
+Both draw the same motion from the same seed.
 """
 
 from __future__ import annotations
@@ -21,12 +31,22 @@ from agibot_jax import video_io as video
 # Per-view camera: (centre x, centre y) in world units of the frame size, zoom (>1 = closer).
 _CAMERAS = dict(zip(registry.VIEW_NAMES, ((0.0, 0.0, 1.0), (-0.35, 0.15, 1.6), (0.35, 0.15, 1.6))))
 _SEG_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230], [230, 200, 40], [200, 60, 220]], np.uint8)
+APPEARANCES = ("random", "control")
+# appearance="control": (depth, radius, square) of each class; its colour is its seg colour. Apparent radius
+# (radius / depth) falls from 0.11 to 0.05 of the frame's shorter side with the class, so outlines tell classes apart.
+_CLASSES = ((1.2, 0.132, True), (1.8, 0.171, False), (2.4, 0.192, True), (3.0, 0.195, False), (3.6, 0.18, True))
 
 
-def _world(rng: np.random.Generator, num_shapes: int) -> list[dict]:
-  return [{"pos": rng.uniform(-0.6, 0.6, 2), "vel": rng.uniform(-0.04, 0.04, 2), "depth": rng.uniform(1.0, 4.0),
-           "radius": rng.uniform(0.08, 0.16), "square": bool(rng.integers(2)),
-           "colour": tuple(int(c) for c in rng.integers(60, 255, 3))} for _ in range(num_shapes)]
+def _world(rng: np.random.Generator, num_shapes: int, appearance: str) -> list[dict]:
+  shapes = [{"pos": rng.uniform(-0.6, 0.6, 2), "vel": rng.uniform(-0.04, 0.04, 2), "depth": rng.uniform(1.0, 4.0),
+             "radius": rng.uniform(0.08, 0.16), "square": bool(rng.integers(2)),
+             "colour": tuple(int(c) for c in rng.integers(60, 255, 3))} for _ in range(num_shapes)]
+  if appearance == "control":
+    for i, shape in enumerate(shapes):
+      depth, radius, square = _CLASSES[i % len(_CLASSES)]
+      shape.update(depth=depth, radius=radius, square=square,
+                   colour=tuple(int(c) for c in _SEG_COLOURS[i % len(_SEG_COLOURS)]))
+  return shapes
 
 
 def _render(shapes: list[dict], t: int, cam: tuple[float, float, float], h: int, w: int):
@@ -55,25 +75,36 @@ def _render(shapes: list[dict], t: int, cam: tuple[float, float, float], h: int,
   return rgb, depth, seg
 
 
-def write_example(out_dir: str, num_samples: int = 2, frames: int = 16, height: int = 96, width: int = 160,
-                  fps: float = 16.0, seed: int = 0) -> list[str]:
-  """Writes the dataset; returns the sample ids. Sizes must be even (H.264 yuv420p)."""
+def _check_args(height: int, width: int, appearance: str) -> None:
   if height % 2 or width % 2:
     raise ValueError(f"height and width must be even for yuv420p mp4, got {height}x{width}")
-  ids = []
-  for n in range(num_samples):
-    sid = f"synthetic_{n:03d}"
-    rng = np.random.default_rng([seed, n])
-    shapes = _world(rng, int(rng.integers(3, 6)))
-    prompt = (f"A synthetic tabletop scene in which {len(shapes)} coloured shapes drift and bounce "
-              f"slowly across a smoothly shaded background, seen by a head camera and two hand cameras.")
-    for view, cam in _CAMERAS.items():
-      rendered = [_render(shapes, t, cam, height, width) for t in range(frames)]
-      for folder, k in (("videos", 0), (registry.control("depth").key, 1), (registry.control("seg").key, 2)):
-        video.write_video(os.path.join(out_dir, folder, view, f"{sid}.mp4"), np.stack([r[k] for r in rendered]), fps)
-      cap_path = os.path.join(out_dir, "captions", view, f"{sid}.json")
-      os.makedirs(os.path.dirname(cap_path), exist_ok=True)
-      with open(cap_path, "w", encoding="utf-8") as f:
-        json.dump({"caption": prompt}, f)
-    ids.append(sid)
-  return ids
+  if appearance not in APPEARANCES:
+    raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+
+
+def write_sample(out_dir: str, index: int, frames: int = 16, height: int = 96, width: int = 160, fps: float = 16.0,
+                 seed: int = 0, appearance: str = "random") -> str:
+  """Writes sample `index` of the dataset of `seed` (videos, depth and seg, captions); returns its id."""
+  _check_args(height, width, appearance)
+  sid = f"synthetic_{index:03d}"
+  rng = np.random.default_rng([seed, index])
+  shapes = _world(rng, int(rng.integers(3, 6)), appearance)
+  prompt = (f"A synthetic tabletop scene in which {len(shapes)} coloured shapes drift and bounce "
+            f"slowly across a smoothly shaded background, seen by a head camera and two hand cameras.")
+  for view, cam in _CAMERAS.items():
+    rendered = [_render(shapes, t, cam, height, width) for t in range(frames)]
+    for folder, k in (("videos", 0), (registry.control("depth").key, 1), (registry.control("seg").key, 2)):
+      video.write_video(os.path.join(out_dir, folder, view, f"{sid}.mp4"), np.stack([r[k] for r in rendered]), fps)
+    cap_path = os.path.join(out_dir, "captions", view, f"{sid}.json")
+    os.makedirs(os.path.dirname(cap_path), exist_ok=True)
+    with open(cap_path, "w", encoding="utf-8") as f:
+      json.dump({"caption": prompt}, f)
+  return sid
+
+
+def write_example(out_dir: str, num_samples: int = 2, frames: int = 16, height: int = 96, width: int = 160,
+                  fps: float = 16.0, seed: int = 0, appearance: str = "random") -> list[str]:
+  """Writes the dataset (samples 0..num_samples-1, `write_sample`); returns the sample ids. Sizes must be even
+  (H.264 yuv420p)."""
+  _check_args(height, width, appearance)
+  return [write_sample(out_dir, n, frames, height, width, fps, seed, appearance) for n in range(num_samples)]

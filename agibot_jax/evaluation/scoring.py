@@ -3,7 +3,8 @@
 `score_sample` takes host uint8 videos (V, T, H, W, 3) (or (T, H, W, 3), one view) of equal shapes: the generated
 video, the control map it was generated from and optionally the ground-truth clip. Views are scored separately;
 the result holds every metric per view (`"edge_f1/head_color"`) and its mean over the views (`"edge_f1"`).
-`aggregate` averages such dicts over samples.
+`aggregate` averages such dicts over samples. `score_rows` scores a batch in the sampler's layout (float rows in
+[-1, 1]); `row_scorer` is its form for the in-training sample callback.
 
 Control adherence, one metric function per control type in CONTROL_METRICS (`register` adds or replaces one, e.g.
 a model-based depth or seg metric). Each maps the generated video the way the control was made, with the same
@@ -188,3 +189,41 @@ def aggregate(scores: Sequence[Mapping[str, float]]) -> dict[str, float]:
     for key, value in sample.items():
       values[key].append(value)
   return {key: float(np.mean(vals)) for key, vals in values.items()}
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+  """Pixels in [-1, 1] (decoded samples, `generate.pixels_to_rows`) -> uint8, (x + 1)·127.5 rounded and clipped."""
+  return np.clip(np.rint((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def score_rows(control_type: str, generated_BVTHWC: np.ndarray, control_BVTHWC: np.ndarray,
+               ground_truth_BVTHWC: np.ndarray | None = None, *, num_cond_frames: int, preset: str = "medium",
+               views: Sequence[str] = registry.VIEW_NAMES) -> list[dict[str, float]]:
+  """`score_sample` of every batch item of float rows (B, V, T, H, W, 3) in [-1, 1].
+
+  The ground truth is scored (psnr, ssim) only for a sample with clean frames (num_cond_frames > 0): without them
+  the sample is a new video under the same control, not a reconstruction of the clip.
+  """
+  if num_cond_frames == 0:
+    ground_truth_BVTHWC = None
+  out = []
+  for b in range(len(generated_BVTHWC)):
+    truth = None if ground_truth_BVTHWC is None else to_uint8(ground_truth_BVTHWC[b])
+    out.append(score_sample(control_type, to_uint8(generated_BVTHWC[b]), to_uint8(control_BVTHWC[b]), truth,
+                            num_cond_frames=num_cond_frames, preset=preset, views=views))
+  return out
+
+
+def row_scorer(control_type: str, *, preset: str = "medium", views: Sequence[str] = registry.VIEW_NAMES
+               ) -> Callable[[np.ndarray, np.ndarray, np.ndarray, int], dict[str, float]]:
+  """`score(generated, ground_truth, control, num_cond_frames) -> {metric: mean over views and batch items}` of
+  float rows (B, V, T, H, W, 3) in [-1, 1] (`score_rows`), without the per-view entries."""
+  if control_type not in CONTROL_METRICS:
+    raise ValueError(f"no metric for control {control_type!r}; registered: {tuple(CONTROL_METRICS)}")
+
+  def score(generated, ground_truth, control, num_cond_frames):
+    means = aggregate(score_rows(control_type, generated, control, ground_truth, num_cond_frames=num_cond_frames,
+                                 preset=preset, views=views))
+    return {k: v for k, v in means.items() if "/" not in k}
+
+  return score

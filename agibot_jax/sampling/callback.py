@@ -9,13 +9,21 @@ steps at shift 5, decoded, then the input video and the control pixels as the la
 
 and logs the 12-frame strip to TensorBoard (`<workdir>/tensorboard`, tag `samples/{reg|ema}`). Every process
 runs the sampling (the arrays are sharded over all of them).
+
+With a `score_fn` (the training job passes agibot_jax.evaluation.scoring.row_scorer when
+`every_n_sample.metrics`), process 0 also scores every sample against the input video and control rows and logs
+each value as the scalar `sample_metrics/{reg|ema}/n{n}_w{w}_g{g}/<metric>`. The training control is a random draw
+(edge thresholds, vis blur) while the scorer maps the samples with a fixed preset, so these values follow one
+run's progress; `agibot_jax.eval` compares checkpoints on preset controls.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -25,6 +33,8 @@ from agibot_jax.models import vae as vae_lib
 from agibot_jax.sampling import generate, video_out
 
 log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, int], dict[str, float]]
 
 
 class EveryNSample:
@@ -38,16 +48,19 @@ class EveryNSample:
     dit_model, vae_model, vae_params: the networks (the DiT weights come from the state at each firing). The
       model batch already holds the text embeddings; the unconditional branch drops every view's text (the
       reference callback uses no negative prompt).
+    score_fn: optional `score_fn(generated, ground_truth, control, num_cond_frames) -> {metric: value}` of rows
+      (B, V, T, H, W, 3) in [-1, 1] (module docstring).
   """
 
   def __init__(self, config, workdir: str, *, dit_model: dit.MultiViewControlDiT, vae_model: vae_lib.WanVAE,
-               vae_params):
+               vae_params, score_fn: ScoreFn | None = None):
     cb = config.trainer.callbacks.every_n_sample
     ds = config.dataloader_train.dataset
     self.every_n = int(cb.every_n)
-    self.guidance = tuple(float(g) for g in cb.guidance)
-    self.num_cond_frames = tuple(int(n) for n in cb.num_cond_frames)
-    self.control_weights = tuple(float(w) for w in cb.control_weights)
+    # (num_cond_frames, control weight, guidance) of each sample row, in the reference's nesting order.
+    self.settings = tuple(itertools.product((int(n) for n in cb.num_cond_frames),
+                                            (float(w) for w in cb.control_weights), (float(g) for g in cb.guidance)))
+    self.score_fn = score_fn
     self.fps = int(cb.fps)
     self.views = list(ds.views)
     self.num_views = len(ds.views)
@@ -77,6 +90,8 @@ class EveryNSample:
           image = video_out.tensorboard_image(rows, row_labels=labels, view_names=self.views)
           writer.add_image(f"samples/{tag}", image, step, dataformats="HWC")
           log.info("step %d: %s samples in %.1fs -> %s", step, tag, time.perf_counter() - t0, mp4)
+          if self.score_fn is not None:
+            self._write_scores(writer, step, tag, rows)
     finally:
       if writer is not None:
         writer.close()
@@ -90,7 +105,7 @@ class EveryNSample:
   def sample_rows(self, params, batch: dict, loader_batch: dict) -> list[np.ndarray]:
     """The visualised rows, each (b, V, T, H, W, 3) in [-1, 1]: samples, input video, control pixels."""
     rows = [self.generator.generate(params, self.vae_params, batch, guidance=g, num_cond_frames=n, control_weight=w)
-            for n in self.num_cond_frames for w in self.control_weights for g in self.guidance]
+            for n, w, g in self.settings]
     if "video" in loader_batch:
       rows.append(generate.pixels_to_rows(loader_batch["video"], self.num_views))
       rows.append(generate.pixels_to_rows(loader_batch[self.control_key], self.num_views))
@@ -101,6 +116,16 @@ class EveryNSample:
     # items are process 0's.
     b = min(len(r) for r in rows)
     return [r[:b] for r in rows]
+
+  def _write_scores(self, writer, step: int, tag: str, rows: list[np.ndarray]) -> None:
+    """Scores of the sample rows against the input video and control rows (the last two) as scalars."""
+    ground_truth, control = rows[-2], rows[-1]
+    for (n, w, g), generated in zip(self.settings, rows):
+      scores = self.score_fn(generated, ground_truth, control, n)
+      for metric, value in scores.items():
+        writer.add_scalar(f"sample_metrics/{tag}/n{n}_w{w:g}_g{g:g}/{metric}", value, step)
+      log.info("step %d: %s n=%d w=%g g=%g: %s", step, tag, n, w, g,
+               " ".join(f"{k}={v:.4g}" for k, v in scores.items()))
 
   def _tensorboard(self):
     """A writer for one firing. tensorboardX's flush() leaves queued events unwritten and the train loop has no

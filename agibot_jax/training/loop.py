@@ -74,12 +74,12 @@ class MetricsLog:
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
-  """step -> metrics of that step's last logged line in `<workdir>/metrics.jsonl`."""
-  out = {}
+  """step -> the metrics logged at that step (training and validation lines merged; a later line of a step wins)."""
+  out: dict[int, dict] = {}
   with open(os.path.join(workdir, METRICS_FILE)) as f:
     for line in f:
       row = json.loads(line)
-      out[row.pop("step")] = row
+      out.setdefault(row.pop("step"), {}).update(row)
   return out
 
 

@@ -44,6 +44,17 @@ class StepConfig:
                int(config.trainer.grad_accum_iter), len(config.dataloader_train.dataset.views))
 
 
+def network_fn(model: dit.MultiViewControlDiT, params, batch: dict[str, Any],
+               control_weight: float) -> objective.ApplyFn:
+  """The network as the objective's `apply_fn`: the batch's control latent, view ids and padding mask bound."""
+
+  def apply_fn(x_in, timesteps, context, mask, text_keep):
+    return model.apply({"params": params}, x_in, timesteps, context, batch["control_BTHWC"], mask,
+                       batch["view_indices_BT"], batch["padding_mask_BHW"], control_weight, text_keep)
+
+  return apply_fn
+
+
 def make_loss_fn(model: dit.MultiViewControlDiT, config):
   """`loss_fn(trainable, frozen, micro) -> (loss, ())` for one (micro-)batch carrying its PRNG key at "key"."""
   step_cfg = StepConfig.from_config(config)
@@ -51,12 +62,7 @@ def make_loss_fn(model: dit.MultiViewControlDiT, config):
   control_weight = float(config.model.control_weight)
 
   def loss_fn(trainable, frozen, micro):
-    params = optim.merge_params(trainable, frozen)
-
-    def apply_fn(x_in, timesteps, context, mask, text_keep):
-      return model.apply({"params": params}, x_in, timesteps, context, micro["control_BTHWC"], mask,
-                         micro["view_indices_BT"], micro["padding_mask_BHW"], control_weight, text_keep)
-
+    apply_fn = network_fn(model, optim.merge_params(trainable, frozen), micro, control_weight)
     draws = objective.sample_draws(micro["key"], step_cfg.objective, micro["x0_BTHWC"].shape, step_cfg.num_views)
     loss, _ = objective.rectified_flow_loss(apply_fn, micro["x0_BTHWC"], micro["crossattn_emb_BMC"], draws,
                                             num_views=step_cfg.num_views, compute_dtype=compute_dtype)

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from agibot_jax import registry
 from agibot_jax import video_io as video
-from agibot_jax.data import layout, pipeline
+from agibot_jax.data import layout, pipeline, synthetic
 from tests.conftest import REPO
 
 
@@ -40,3 +41,43 @@ def test_views_and_controls_are_consistent(synthetic_dir):
   assert 0.02 < seg_mask.mean() < 0.8
   moving = np.abs(s["video"][:, 1:9].astype(int) - s["video"][:, 0:8]).max(0) > 30
   assert moving.any() and not np.array_equal(s["video"][:, :9], s["video"][:, 9:18])
+
+
+def _views(seed: int, appearance: str, t: int = 3, h: int = 48, w: int = 80):
+  """(rgb, depth, seg) uint8 (V, H, W, 3) of the world of `seed` at time t, every camera."""
+  rng = np.random.default_rng([seed, 0])
+  shapes = synthetic._world(rng, int(rng.integers(3, 6)), appearance)
+  frames = [synthetic._render(shapes, t, cam, h, w) for cam in synthetic._CAMERAS.values()]
+  return tuple(np.stack(maps) for maps in zip(*frames))
+
+
+def _agreeing_shape_pixels(control: str, appearance: str):
+  """(rgb of world 1, rgb of world 4, where their `control` maps agree, where that is on shapes). Worlds 1 and 4 have
+  shapes of one class overlapping in both appearances (134 and 291 pixels)."""
+  index = {"depth": 1, "seg": 2}[control]
+  a, b = _views(1, appearance), _views(4, appearance)
+  same = (a[index] == b[index]).all(-1)
+  assert not same.all()
+  return a[0], b[0], same, same & (a[2] != 0).any(-1)  # seg is 0 on the background
+
+
+@pytest.mark.parametrize("control", ["depth", "seg"])
+def test_control_appearance_the_controls_determine_the_frames(control):
+  """appearance="control": two worlds have the same pixels wherever their control maps agree (shapes of one class,
+  and the background)."""
+  rgb_a, rgb_b, same, on_shapes = _agreeing_shape_pixels(control, "control")
+  assert on_shapes.sum() > 20  # different worlds sharing some shape pixels
+  assert np.array_equal(rgb_a[same], rgb_b[same])
+
+
+def test_random_appearance_the_seg_map_does_not():
+  rgb_a, rgb_b, _, on_shapes = _agreeing_shape_pixels("seg", "random")
+  assert on_shapes.sum() > 20 and not np.array_equal(rgb_a[on_shapes], rgb_b[on_shapes])
+
+
+def test_control_appearance_dataset_is_valid(tmp_path):
+  ids = synthetic.write_example(str(tmp_path), num_samples=1, frames=9, height=48, width=80, appearance="control")
+  samples, problems = layout.scan(str(tmp_path), registry.VIEW_NAMES, "seg", 9)
+  assert problems == [] and [s.sample_id for s in samples] == ids
+  with pytest.raises(ValueError, match="appearance must be one of"):
+    synthetic.write_example(str(tmp_path), appearance="painted")

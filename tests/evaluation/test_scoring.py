@@ -181,3 +181,26 @@ def test_proxies_on_the_real_robot_clip(data_dir):
         control_type, generated_THWC, control_THWC, num_cond_frames=0, views=("head_color",))[key]
     assert score(rgb_THWC) > high
     assert score(rgb_THWC[:, :, ::-1]) < low  # a strided view: the metrics must accept it
+
+
+def test_to_uint8_inverts_the_loader_rows():
+  pixels = np.arange(256, dtype=np.uint8)
+  assert np.array_equal(scoring.to_uint8(pixels.astype(np.float32) / 127.5 - 1.0), pixels)
+  assert np.array_equal(scoring.to_uint8(np.array([-1.7, 1.3])), [0, 255])
+
+
+def test_score_rows_per_item_with_the_truth_only_after_clean_frames():
+  as_rows = lambda video_VTHWC: video_VTHWC[None].astype(np.float32) / 127.5 - 1.0
+  scene, moved = bar_scene(), np.roll(bar_scene(), 6, axis=-2)
+  generated = np.concatenate([as_rows(scene), as_rows(moved)])  # item 0 follows the control, item 1 does not
+  control = np.concatenate([as_rows(control_of("edge", scene))] * 2)
+  truth = np.concatenate([as_rows(scene)] * 2)
+  with_truth = scoring.score_rows("edge", generated, control, truth, num_cond_frames=1)
+  assert [s["edge_f1"] for s in with_truth] == [1.0, 0.0]
+  assert with_truth[0]["psnr"] == metrics.PSNR_CAP_DB and with_truth[1]["psnr"] < 20
+  assert "psnr" not in scoring.score_rows("edge", generated, control, truth, num_cond_frames=0)[0]
+  means = scoring.row_scorer("edge")(generated, truth, control, 1)
+  assert means == {"edge_precision": 0.5, "edge_recall": 0.5, "edge_f1": 0.5, "psnr": pytest.approx(
+      (metrics.PSNR_CAP_DB + with_truth[1]["psnr"]) / 2), "ssim": pytest.approx((1.0 + with_truth[1]["ssim"]) / 2)}
+  with pytest.raises(ValueError, match="no metric for control 'hdmap'"):
+    scoring.row_scorer("hdmap")

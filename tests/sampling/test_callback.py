@@ -86,6 +86,38 @@ def test_rows_are_six_samples_then_video_then_control(setup, cb):
   assert not np.allclose(rows[0], ema_rows[0])
 
 
+def test_scores_of_every_sample_row_go_to_tensorboard(setup, cb, tmp_path, monkeypatch):
+  """score_fn sees each sample row with the input video and control rows and its num_cond_frames."""
+  _, _, _, vae_params, state, batch, loader_batch, _ = setup
+  calls = []
+
+  def score_fn(generated, ground_truth, control, num_cond_frames):
+    calls.append((generated, ground_truth, control, num_cond_frames))
+    return {"edge_f1": float(len(calls)), "psnr": 20.0 + num_cond_frames}
+
+  monkeypatch.setattr(cb, "score_fn", score_fn)
+  monkeypatch.setattr(cb, "tb_dir", str(tmp_path / "tensorboard"))
+  monkeypatch.setattr(cb, "out_dir", str(tmp_path / "samples"))
+  cb(4, state, batch, loader_batch)
+  assert len(calls) == 12  # 6 samples x (reg, ema)
+  assert [n for *_, n in calls] == [0, 0, 0, 1, 1, 1] * 2
+  want = cb.generator.generate(state.params(), vae_params, batch, guidance=3.0, num_cond_frames=1)
+  np.testing.assert_allclose(calls[4][0], want, rtol=1e-5, atol=1e-5)  # reg, row 4: n = 1, g = 3
+  for _, ground_truth, control, _ in calls:
+    np.testing.assert_array_equal(ground_truth, generate.pixels_to_rows(loader_batch["video"], NUM_VIEWS))
+    np.testing.assert_array_equal(control, generate.pixels_to_rows(loader_batch["control_input_edge"], NUM_VIEWS))
+
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  events = EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  tags = set(events.Tags()["scalars"])
+  assert len(tags) == 2 * 6 * 2
+  assert events.Scalars("sample_metrics/reg/n1_w1_g3/edge_f1")[0].value == 5.0  # row 4: n = 1, g = 3
+  assert events.Scalars("sample_metrics/ema/n0_w1_g0/psnr")[0].value == 20.0
+  assert events.Scalars("sample_metrics/ema/n0_w1_g0/psnr")[0].step == 4
+
+
 def test_latent_batches_show_decoded_latents(setup, cb):
   _, _, _, vae_params, state, batch, _, _ = setup
   rows = cb.sample_rows(state.params(), batch, {})

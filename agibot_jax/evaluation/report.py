@@ -1,0 +1,99 @@
+"""The evaluation report: a JSON document and an HTML page beside it (metric tables and a frame grid per sample).
+
+The JSON (`agibot_jax.eval`):
+  {"checkpoint", "step", "weights", "control_type", "settings": {...},
+   "validation": {metric: value},                       (agibot_jax/evaluation/validation.py)
+   "metrics": {metric: mean over the scored samples},   (agibot_jax/evaluation/scoring.py)
+   "samples": [{"sample_id", "scores": {metric: value}, "image": file name of its frame grid}]}
+The HTML page shows the same numbers and the grid images (paths relative to the page, so the folder can move).
+A sample's grid (`frame_grid`) has one row per (view, video) (per view: generated, ground truth, control) and a
+column per frame, so the three can be compared frame by frame. Every file is written atomically (a temporary file
+renamed into place).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+
+GRID_FRAMES = 4  # columns of a sample's frame grid: frames evenly spaced over the clip
+GRID_CELL_WIDTH = 256  # pixels of one frame in the grid
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same folder, so no reader sees half a file."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not mkstemp's owner-only ones.
+  tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+  try:
+    with open(tmp, "xb") as f:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRAMES,
+               cell_width: int = GRID_CELL_WIDTH) -> np.ndarray:
+  """uint8 RGB (rows·H', num_frames·cell_width, 3) of uint8 videos (V, T, H, W, 3) of one shape: a row per (view,
+  video), view-major, and a column per frame (`num_frames` evenly spaced), each frame resized to `cell_width`."""
+  shapes = {v.shape for v in videos_VTHWC}
+  if len(shapes) != 1 or len(next(iter(shapes))) != 5:
+    raise ValueError(f"frame_grid needs videos of one (V, T, H, W, 3) shape, got {sorted(shapes)}")
+  num_views, num_t, h, w, _ = videos_VTHWC[0].shape
+  cell_hw = (max(1, round(h * cell_width / w)), cell_width)
+  frames = np.linspace(0, num_t - 1, min(num_frames, num_t)).round().astype(int)
+  interpolation = cv2.INTER_AREA if cell_width < w else cv2.INTER_LINEAR
+  rows = [np.concatenate([cv2.resize(video[v, t], cell_hw[::-1], interpolation=interpolation) for t in frames], 1)
+          for v in range(num_views) for video in videos_VTHWC]
+  return np.concatenate(rows, 0)
+
+
+def write_image(path: str, image_HWC: np.ndarray) -> None:
+  """Writes a uint8 RGB image (format from the extension: .png, .jpg) atomically."""
+  ok, encoded = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(image_HWC, cv2.COLOR_RGB2BGR))
+  if not ok:
+    raise ValueError(f"{path}: OpenCV cannot encode this image format")
+  write_atomic(path, encoded.tobytes())
+
+
+def _table(values: Mapping[str, float], header: str) -> str:
+  rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in values.items())
+  return f"<table><tr><th>{html.escape(header)}</th><th>value</th></tr>{rows}</table>"
+
+
+def to_html(report: Mapping) -> str:
+  """The report as a self-contained HTML page (images by relative path)."""
+  step = "" if report["step"] is None else f"step {report['step']}, "
+  title = f"{report['control_type']} control: {report['checkpoint']} ({step}{report['weights']} weights)"
+  settings = ", ".join(f"{k}={v}" for k, v in report["settings"].items())
+  parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(settings)}</p>"]
+  if report["validation"]:
+    parts += ["<h2>Validation loss</h2>", _table(report["validation"], "metric")]
+  parts += [f"<h2>Sample metrics (mean of {len(report['samples'])} samples)</h2>", _table(report["metrics"], "metric")]
+  for sample in report["samples"]:
+    means = {k: v for k, v in sample["scores"].items() if "/" not in k}
+    parts += [f"<h3>{html.escape(sample['sample_id'])}</h3>",
+              "<p>per view, rows: generated, ground truth, control; columns: frames</p>",
+              f'<img src="{html.escape(sample["image"])}" style="max-width:100%">', _table(means, "metric")]
+  style = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin:1em 0} "
+           "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}")
+  return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def write_report(json_path: str, report: Mapping) -> str:
+  """Writes the JSON at `json_path` and the HTML page beside it (same stem, .html); returns the HTML path."""
+  html_path = os.path.splitext(json_path)[0] + ".html"
+  write_atomic(json_path, json.dumps(report, indent=2) + "\n")
+  write_atomic(html_path, to_html(report))
+  return html_path
