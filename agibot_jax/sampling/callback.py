@@ -98,9 +98,7 @@ class EveryNSample:
 
   def row_names(self) -> list[str]:
     """What each row of `sample_rows` shows."""
-    samples = [f"n={n} w={w:g} g={g:g}" for n in self.num_cond_frames for w in self.control_weights
-               for g in self.guidance]
-    return samples + ["input", "control"]
+    return [f"n={n} w={w:g} g={g:g}" for n, w, g in self.settings] + ["input", "control"]
 
   def sample_rows(self, params, batch: dict, loader_batch: dict) -> list[np.ndarray]:
     """The visualised rows, each (b, V, T, H, W, 3) in [-1, 1]: samples, input video, control pixels."""
