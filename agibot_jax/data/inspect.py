@@ -14,13 +14,12 @@ files corrupt mid-stream. Views whose aspect ratio differs from the training res
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
-import numpy as np
 from absl import flags
 
 from agibot_jax import cli, registry
-from agibot_jax import video_io as video
 from agibot_jax.data import layout, pipeline
 
 
@@ -46,16 +45,18 @@ def summary(settings: pipeline.DataSettings, samples: list[layout.Sample]) -> st
 
 
 def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str) -> None:
+  """One sample's views side by side, the video above its control, each row and view labelled (mp4 at `path`, and
+  its 12-frame strip beside it)."""
+  from agibot_jax.sampling import generate, video_out
+
   sample = source.load(index, rng=None)
   s = source.settings
-  t, n_views = s.num_video_frames, len(s.views)
-
-  def row(x_CTHW):  # (3, V·T, H, W) -> (T, H, V·W, 3)
-    x_VTHWC = x_CTHW.transpose(1, 2, 3, 0).reshape(n_views, t, *x_CTHW.shape[2:], 3)
-    return x_VTHWC.transpose(1, 2, 0, 3, 4).reshape(t, x_CTHW.shape[2], n_views * x_CTHW.shape[3], 3)
-
-  frames = [row(sample["video"]), row(sample[registry.control(s.control_type).key])]
-  video.write_video(path, np.concatenate(frames, axis=1), float(sample["fps"]))
+  control = registry.control(s.control_type)
+  rows = [generate.pixels_to_rows(sample[key][None], len(s.views)) for key in ("video", control.key)]
+  stem = os.path.splitext(os.path.basename(path))[0]
+  video_out.save_sample_outputs(os.path.dirname(os.path.abspath(path)), stem, rows, fps=round(float(sample["fps"])),
+                                row_labels=[f"{sample['__key__']} video", f"{s.control_type} control"],
+                                view_names=list(s.views), n_viz_sample=1)
 
 
 def run(config, preview: str | None = None, preview_index: int = 0, full: bool = False) -> int:

@@ -54,7 +54,9 @@ def test_cli_subprocess_exit_codes_and_preview(synthetic_dir, tmp_path):
                                   f"--preview={preview}"], cwd=REPO, env=env, capture_output=True, text=True)
   assert ok.returncode == 0, ok.stderr
   info = video.probe(str(preview))
-  assert (info.num_frames, info.height, info.width) == (9, 2 * 64, 3 * 96)
+  # Video and control rows of 3 views (64x96 each), a label column on the left and a header naming the views.
+  assert info.num_frames == 9 and 2 * 64 < info.height < 2 * 64 + 30 and 3 * 96 < info.width < 3 * 96 + 200
+  assert (tmp_path / "preview_12frames.jpg").is_file()
   bad = subprocess.run(base_cmd + [f"--config.dataloader_train.dataset.dataset_dir={tmp_path / 'nope'}"],
                        cwd=REPO, env=env, capture_output=True, text=True)
   assert bad.returncode == 2 and str(tmp_path / "nope") in bad.stderr
