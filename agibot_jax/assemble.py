@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -71,10 +72,10 @@ def distributed_init_args(environ=os.environ) -> dict | None:
 def initialize_distributed(environ=os.environ) -> None:
   """`jax.distributed.initialize` for a multi-process launch (`distributed_init_args`); nothing for one process.
 
-  HEARTBEAT_TIMEOUT_ENV (seconds, default JAX's 100) bounds how long the others run on after a process died: the
-  coordination service then stops every process with a message naming the task (process id) that stopped.
-  CPU processes exchange arrays through JAX's default CPU collectives (gloo); XLA_FLAGS=
-  --xla_force_host_platform_device_count=N gives each N CPU devices.
+  A process that dies, or fails with an exception (`_exit_at_once`), stops the others: at once where they wait for
+  it in a collective, else after the heartbeat timeout, HEARTBEAT_TIMEOUT_ENV seconds (default JAX's 100), with
+  JAX's message naming the lost task (= process id). CPU processes exchange arrays through JAX's default CPU
+  collectives (gloo); XLA_FLAGS=--xla_force_host_platform_device_count=N gives each of them N CPU devices.
   """
   init_args = distributed_init_args(environ)
   if init_args is None:
@@ -82,7 +83,17 @@ def initialize_distributed(environ=os.environ) -> None:
   if environ.get(HEARTBEAT_TIMEOUT_ENV):
     init_args["heartbeat_timeout_seconds"] = int(environ[HEARTBEAT_TIMEOUT_ENV])
   jax.distributed.initialize(**init_args)
+  sys.excepthook = _exit_at_once
   log.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def _exit_at_once(exc_type, exc, traceback) -> None:
+  """`sys.excepthook` of a multi-process run: prints the error and ends the process without JAX's exit handler,
+  which would wait at a shutdown barrier (5 min) for processes that wait for this one in a collective."""
+  sys.__excepthook__(exc_type, exc, traceback)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,

@@ -136,7 +136,8 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
           callback(done, state, batch, loader_batch)
         spent = time.perf_counter() - t_callbacks
         timer.excluded += spent
-        bar.start_t += spent  # the bar's rate and ETA count training only
+        if not bar.disable:  # a disabled bar (processes other than 0) keeps no times
+          bar.start_t += spent  # the bar's rate and ETA count training only
       bar.update(1)
       if done % logging_iter == 0 or done == max_iter:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
