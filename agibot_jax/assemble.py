@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_DATA = "example_data"
 HEARTBEAT_TIMEOUT_ENV = "AGIBOT_HEARTBEAT_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's
 BUNDLE_PARTS = {"vae": ("model", "tokenizer", "path"), "text_encoder": ("model", "text_encoder", "path")}
 
 # ----------------------------------------------------------------------------------------------
@@ -72,25 +74,31 @@ def distributed_init_args(environ=os.environ) -> dict | None:
 def initialize_distributed(environ=os.environ) -> None:
   """`jax.distributed.initialize` for a multi-process launch (`distributed_init_args`); nothing for one process.
 
-  A process that dies, or fails with an exception (`_exit_at_once`), stops the others: at once where they wait for
-  it in a collective, else after the heartbeat timeout, HEARTBEAT_TIMEOUT_ENV seconds (default JAX's 100), with
-  JAX's message naming the lost task (= process id). CPU processes exchange arrays through JAX's default CPU
-  collectives (gloo); XLA_FLAGS=--xla_force_host_platform_device_count=N gives each of them N CPU devices.
+  A process that dies, or fails with an error (`_exit_on_error`), stops the others within the heartbeat timeout,
+  HEARTBEAT_TIMEOUT_ENV seconds (default JAX's 100), with JAX's message naming the lost task (= process id). CPU
+  processes exchange arrays through JAX's default CPU collectives (gloo); XLA_FLAGS=
+  --xla_force_host_platform_device_count=N gives each of them N CPU devices.
   """
   init_args = distributed_init_args(environ)
   if init_args is None:
     return
-  if environ.get(HEARTBEAT_TIMEOUT_ENV):
-    init_args["heartbeat_timeout_seconds"] = int(environ[HEARTBEAT_TIMEOUT_ENV])
-  jax.distributed.initialize(**init_args)
-  sys.excepthook = _exit_at_once
+  heartbeat_s = int(environ.get(HEARTBEAT_TIMEOUT_ENV) or DEFAULT_HEARTBEAT_TIMEOUT_S)
+  jax.distributed.initialize(**init_args, heartbeat_timeout_seconds=heartbeat_s)
+  sys.excepthook = functools.partial(_exit_on_error, heartbeat_s=heartbeat_s)
   log.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
-def _exit_at_once(exc_type, exc, traceback) -> None:
-  """`sys.excepthook` of a multi-process run: prints the error and ends the process without JAX's exit handler,
-  which would wait at a shutdown barrier (5 min) for processes that wait for this one in a collective."""
+def _exit_on_error(exc_type, exc, traceback, *, heartbeat_s: int) -> None:
+  """`sys.excepthook` of a multi-process run: prints the error and ends the process, bypassing JAX's exit handler,
+  which would wait 5 minutes at a shutdown barrier for processes that may be waiting for this one in a collective.
+
+  A JAX runtime error (a collective that lost its peer) most likely means another process is gone: JAX's
+  coordination service then ends this process within the heartbeat timeout, naming the lost one; that is waited for.
+  """
   sys.__excepthook__(exc_type, exc, traceback)
+  if issubclass(exc_type, jax.errors.JaxRuntimeError):
+    log.error("waiting up to %d s (the heartbeat timeout) for JAX to name a lost process", heartbeat_s)
+    time.sleep(heartbeat_s + 10)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(1)
@@ -363,8 +371,7 @@ def _on_mesh(value, mesh, global_batch: int) -> jax.Array:
   target = sharding.batch_sharding(mesh, global_shape)
   if isinstance(value, jax.Array) and not value.is_fully_addressable:  # already global: reshard
     return jax.device_put(value, target)
-  return jax.make_array_from_process_local_data(target, value if isinstance(value, jax.Array) else np.asarray(value),
-                                                global_shape)
+  return jax.make_array_from_process_local_data(target, value, global_shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,9 +491,9 @@ def control_only_model_batch(loader_batch, vae_model, vae_params, text_provider,
   """Model batch without an input video: the control latent is encoded and the video latent is zeros (unused with 0
   conditional frames); then as `model_batch` from a latent cache."""
   ds = config.dataloader_train.dataset
-  control = _on_mesh(loader_batch[registry.control(ds.control_input_type).key], mesh, 1)
-  encode = jax.jit(lambda params, control_BCTHW: vae_lib.encode_multiview(
-      vae_model, params, vae_lib.loader_to_channels_last(control_BCTHW), num_views=len(ds.views)))
+  control_BCTHW = _on_mesh(loader_batch[registry.control(ds.control_input_type).key], mesh, 1)
+  control = vae_lib.loader_to_channels_last(control_BCTHW)
+  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model, num_views=len(ds.views)))
   latent_control = encode(vae_params, control)
   latents = {"latent_video": jnp.zeros_like(latent_control), "latent_control": latent_control}
   return model_batch({**loader_batch, **latents}, None, vae_params, text_provider, config, mesh)

@@ -25,13 +25,16 @@ train() {  # train PROCESSES: one run of the job in that many processes, DEVICES
   local n=$1 port pids=() i
   port=$("$python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
   for ((i = 0; i < n; i++)); do
-    XLA_FLAGS=--xla_force_host_platform_device_count=$((4 / n)) JAX_COORDINATOR_ADDRESS=$([ "$n" -gt 1 ] && echo "127.0.0.1:$port") \
-      JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i "$python" -m agibot_jax.train "${flags[@]}" --workdir "$work/run$n" \
-      > "$work/run$n.p$i.log" 2>&1 &
+    # One process: no coordinator address, so no jax.distributed.
+    XLA_FLAGS=--xla_force_host_platform_device_count=$((4 / n)) \
+      JAX_COORDINATOR_ADDRESS=$([ "$n" -gt 1 ] && echo "127.0.0.1:$port") JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i \
+      "$python" -m agibot_jax.train "${flags[@]}" --workdir "$work/run$n" > "$work/run$n.p$i.log" 2>&1 &
     pids+=($!)
   done
   for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || { echo "process $i of $n failed: $work/run$n.p$i.log" >&2; tail -n 20 "$work/run$n.p$i.log" >&2; exit 1; }
+    wait "${pids[$i]}" || {
+      echo "process $i of $n failed: $work/run$n.p$i.log" >&2; tail -n 20 "$work/run$n.p$i.log" >&2; exit 1
+    }
   done
 }
 train 2

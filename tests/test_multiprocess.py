@@ -5,7 +5,8 @@ Default run (~30 s):
   test_two_processes_place_their_rows      each process's rows of a global batch (latents from the host, text
                                            embeddings made on its own devices) land in the global arrays in row
                                            order: the 2-process model batch equals the 1-process one.
-  test_a_failing_process_stops_the_other   an exception in one process ends both within seconds.
+  test_a_failing_process_stops_the_other   an exception in one process ends both within the heartbeat timeout, the
+                                           other with JAX's message naming the failed process.
 Slow (`-m slow`; each command starts 1 or 2 JAX processes, ~1-3 min apiece on a 2-core machine):
   test_two_processes_train_like_one        the 2-process losses equal the 1-process ones; the processes load disjoint
                                            rows of every global batch that together are the 1-process batch; only
@@ -59,6 +60,8 @@ MESH = {"mesh.data": 2, "mesh.fsdp": 1, "mesh.context": 2}
 HEARTBEAT_TIMEOUT_S = 10
 LAUNCH_TIMEOUT_S = 900
 POSITION = re.compile(r"stream position (\d+): sample (\S+) ")
+# JAX's coordination service names the process (task) that stopped sending heartbeats.
+LOST_PROCESS_1 = re.compile(r"stopped sending heartbeats\):\s*1\b|Task 1 heartbeat timeout")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +222,8 @@ def _fail() -> None:
 
 
 def test_a_failing_process_stops_the_other(tmp_path):
-  """An exception in one process ends it at once, and so the other: neither waits at JAX's shutdown barrier (5 min)."""
+  """An exception in one process ends it at once and the other within the heartbeat timeout, naming it: neither
+  waits at JAX's shutdown barrier (5 min)."""
   run = launch(tmp_path, "fail", [os.path.abspath(__file__), "fail"], 2)
   try:
     for proc in run.procs:
@@ -230,6 +234,7 @@ def test_a_failing_process_stops_the_other(tmp_path):
     run.kill()
   assert [p.returncode != 0 for p in run.procs] == [True, True], run.tails()
   assert "RuntimeError: process 1 fails on purpose" in run.log(1)
+  assert LOST_PROCESS_1.search(run.log(0)), run.tails()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,8 +352,7 @@ def test_lost_process_stops_the_other(dataset_dir, tmp_path):
   finally:
     run.kill()
   assert run.procs[0].returncode != 0
-  # JAX's coordination service names the process (task) that stopped sending heartbeats.
-  assert re.search(r"stopped sending heartbeats\):\s*1\b|Task 1 heartbeat timeout", run.log(0)), run.tails()
+  assert LOST_PROCESS_1.search(run.log(0)), run.tails()
   print(f"process 0 exited {waited:.1f} s after process 1 was killed")
 
   last = finalised_steps(ckpt_dir)[-1]
