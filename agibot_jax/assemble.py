@@ -4,6 +4,8 @@ The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scri
 
   resolve            the frozen config of a run: the embedded example dataset, a `checkpoint.load_path` bundle's
                      parts (dit/, vae/, text_encoder/) filled in; nothing later writes into a config
+  check_config, check_workdir
+                     refuse config values and a workdir a run cannot use (ConfigError), before anything is built
   prepare_dataset    writes the embedded example dataset if needed, then validates the dataset (before any model)
   make_mesh          the device mesh (`config.mesh`), set as the current mesh
   build_vae, build_text_provider, dit_config, initial_params
@@ -24,6 +26,7 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import jax
@@ -31,8 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from agibot_jax import params_io, registry, sharding
-from agibot_jax.data import layout, synthetic
+from agibot_jax import params_io, registry, sharding, video_io
+from agibot_jax.data import layout, pipeline, synthetic
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.text import provider as text_provider_lib
@@ -136,6 +139,85 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   return ml_collections.FrozenConfigDict(c)
 
 
+class ConfigError(ValueError):
+  """Config values that cannot run; the one-line message names every bad key."""
+
+
+def check_config(config) -> None:
+  """Refuses config values a training run cannot use (ConfigError naming each key), before anything is built.
+
+  Checks the loop and checkpoint periods, the batch and its accumulation, the mesh against the devices, the clip
+  shape against the VAE and the DiT (resolution a multiple of 8 x patch size, 4k+1 frames for `state_t` latent
+  frames), and the names of views, control type, backends and modes.
+  """
+  problems = []
+
+  def get(key: str):
+    return functools.reduce(lambda node, k: node[k], key.split("."), config)
+
+  def need(ok: bool, key: str, what: str) -> None:
+    if not ok:
+      problems.append(f"{key}={get(key)!r}: {what}")
+
+  def at_least(key: str, low: int) -> None:
+    need(isinstance(get(key), int) and get(key) >= low, key, f"must be an integer >= {low}")
+
+  for key in ("trainer.max_iter", "trainer.logging_iter", "checkpoint.save_iter", "checkpoint.keep",
+              "trainer.max_nonfinite_steps", "trainer.grad_accum_iter", "dataloader_train.batch_size"):
+    at_least(key, 1)
+  for key in ("dataloader_train.num_workers", "dataloader_train.prefetch_buffer_size",
+              "dataloader_train.dataset.max_bad_samples", "trainer.callbacks.every_n_sample.every_n"):
+    at_least(key, 0)
+  batch, accum = config.dataloader_train.batch_size, config.trainer.grad_accum_iter
+  if isinstance(batch, int) and isinstance(accum, int) and accum >= 1:
+    need(batch % accum == 0, "dataloader_train.batch_size", f"must be a multiple of trainer.grad_accum_iter={accum}")
+  lr = config.optimizer.lr
+  need(isinstance(lr, (int, float)) and np.isfinite(lr) and lr >= 0, "optimizer.lr", "must be a finite number >= 0")
+  need(config.model.precision in ("bfloat16", "float32"), "model.precision", "must be bfloat16 or float32")
+
+  ds = config.dataloader_train.dataset
+  need(ds.validate in ("probe", "full"), "dataloader_train.dataset.validate", "must be probe or full")
+  need(ds.video_backend in video_io.BACKENDS, "dataloader_train.dataset.video_backend",
+       f"must be one of {video_io.BACKENDS}")
+  for key, check in (("dataloader_train.dataset.control_input_type", registry.control),
+                     ("dataloader_train.dataset.views", registry.check_views)):
+    try:
+      check(get(key))
+    except ValueError as e:
+      problems.append(f"{key}: {e}")
+  vae = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
+  multiple = vae.spatial_factor * int(config.model.net.patch_spatial)
+  hw = tuple(ds.resolution_hw)
+  need(len(hw) == 2 and all(isinstance(x, int) and x > 0 and x % multiple == 0 for x in hw),
+       "dataloader_train.dataset.resolution_hw", f"must be (height, width), each a positive multiple of {multiple} "
+       f"(VAE x{vae.spatial_factor}, patch x{config.model.net.patch_spatial})")
+  frames = vae.temporal_factor * (int(config.model.net.state_t) - 1) + 1
+  need(ds.num_video_frames == frames, "dataloader_train.dataset.num_video_frames",
+       f"must be {frames} = {vae.temporal_factor} x (model.net.state_t={config.model.net.state_t} - 1) + 1")
+  for key in ("mesh.data", "mesh.fsdp", "mesh.context"):
+    need(isinstance(get(key), int) and (get(key) >= 1 or get(key) == -1), key,
+         "must be a device count >= 1, or -1 for all remaining devices")
+  if not any(p.startswith("mesh.") for p in problems):
+    try:
+      sharding.make_mesh(**config.mesh)
+    except ValueError as e:
+      problems.append(str(e))
+  if problems:
+    raise ConfigError("config: " + "; ".join(problems))
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed and proves it writable (a probe file, written and removed), else ConfigError."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe_"):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir}: not a writable directory ({e.strerror or e})") from e
+
+
 def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
   """Validates the training dataset (raising layout.DatasetError with every problem) and returns its samples.
 
@@ -153,8 +235,7 @@ def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
 
       multihost_utils.sync_global_devices("example dataset written")
     log.info("no dataset_dir given: using the synthetic example dataset at %s", ds.dataset_dir)
-  return layout.load_index(ds.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
-                           bool(ds.skip_invalid))
+  return pipeline.validated_samples(pipeline.DataSettings.from_config(config))
 
 
 def process_batch_rows(mesh, global_batch: int) -> slice:
@@ -249,6 +330,9 @@ def build_text_provider(config, cfg: dit.DiTConfig):
   with text_devices():
     if cache_dir:
       provider = TextEmbeddingCache(cache_dir)
+      if provider.projected and config.model.train_base:
+        raise ValueError(f"{cache_dir} is a projected text cache, which holds crossattn_proj frozen; with "
+                         "model.train_base=True the projection trains: use a full_concat cache")
       if not provider.projected and te.path:
         provider.fallback = _online_text_embedder(config).embed
     elif te.path:
@@ -393,7 +477,7 @@ def state_target(config, cfg: dit.DiTConfig, mesh, tx, ema):
 def init_or_restore(config, workdir: str, cfg: dit.DiTConfig, mesh, tx, ema, manager):
   """(state, data iterator state or None, state shardings): resumed from the workdir, else fresh from the base."""
   target, shardings, make = state_target(config, cfg, mesh, tx, ema)
-  restored = checkpointing.restore_latest(manager, target)
+  restored = checkpointing.restore_latest(manager, target, config, strict=bool(config.checkpoint.strict_resume))
   if restored is not None:
     state, data_state = restored
     log.info("resumed from %s at step %d", checkpointing.checkpoint_dir(workdir), int(state.step))
@@ -445,8 +529,6 @@ def dataset_loader_batch(config, sample_id: str | None, control_preset: str) -> 
 
   Pixels, not a training latent cache: the input row needs them and the control uses the inference preset.
   """
-  from agibot_jax.data import pipeline
-
   settings = dataclasses.replace(pipeline.DataSettings.from_config(config, control_preset=control_preset),
                                  latent_cache_dir="")
   source = pipeline.AgibotMultiviewSource(settings)

@@ -9,7 +9,8 @@ Config overrides come in two spellings that do exactly the same thing:
 A positional `key=value` becomes `--config.key=value` before absl parses the flags; `experiment=<name>` selects
 `configs/<ct>.py` (or must agree with `--config`); keys of the reference that mean nothing here (its W&B mode, its
 sampler's dataset) are acknowledged with one line and dropped. Any other stray argument is an error naming it.
-`--print_config` prints the resolved config and exits.
+`--print_config` prints the resolved config and exits; `--help` prints the command's docstring, its flags and the
+config keys a reference command uses, and exits 0.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ REFERENCE_ONLY_KEYS = {
     "job.wandb_mode": "no Weights & Biases here; metrics go to <workdir>/tensorboard and <workdir>/metrics.jsonl",
     "dataloader_train.sampler.dataset": "the sampler always reads dataloader_train.dataset here",
 }
+# The override keys of the reference's post-training guide, listed by --help.
+REFERENCE_KEYS = ("dataloader_train.dataset.dataset_dir", "trainer.max_iter", "trainer.logging_iter", "optimizer.lr",
+                  "checkpoint.save_iter", "checkpoint.load_path", "scheduler.warm_up_steps", "scheduler.cycle_lengths")
+EXIT_BAD_INPUT = 2
+# An unreadable or mismatched checkpoint (the converters' CheckpointError and ConversionError are ValueErrors;
+# missing or existing files OSErrors): reported in one line by the converters.
+BAD_CHECKPOINT = (OSError, ValueError)
+_HELP = ("-h", "--help", "-help", "--helpshort", "-?")
 _OVERRIDE = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)=(.*)$", re.S)
 
 
@@ -109,12 +118,32 @@ def _flags_parser(argv: list[str]) -> list[str]:
     sys.exit(f"{os.path.basename(argv[0])}: bad config override among {bad}: {e}")
 
 
-def run(main: Callable[..., int | None], *, positional: Sequence[str] = ()) -> None:
+def print_help(positional: Sequence[str]) -> None:
+  """The command's docstring (its usage examples verbatim), its own flags, and the config keys."""
+  main_module = sys.modules["__main__"]
+  print((main_module.__doc__ or "").strip() + "\n")
+  if positional:
+    print("positional arguments: " + " ".join(p.upper() for p in positional) + "\n")
+  print(flags.FLAGS.module_help(sys.argv[0]))
+  if "config" in flags.FLAGS:
+    print("\n" + flags.FLAGS.module_help(__name__))
+    print("\nconfig keys: --config.KEY=VALUE or KEY=VALUE, e.g. " + ", ".join(REFERENCE_KEYS) +
+          "; --print_config lists every key and its value.")
+  print("\n--helpfull lists the flags of every library.")
+
+
+def run(main: Callable[..., int | None], *, positional: Sequence[str] = (),
+        bad_input: tuple[type[Exception], ...] = ()) -> None:
   """`app.run` for a command: rewrites the overrides, sets up the console, and calls `main(*positional_values)`.
 
   positional: names of the command's positional arguments (e.g. ("out_dir",)); any other leftover argument is an
-  error naming it.
+    error naming it.
+  bad_input: exceptions that mean the input is unusable (their messages name the file or key): reported as one line
+    `error: <message>`, exit status 2, instead of a traceback.
   """
+  if any(a in _HELP for a in sys.argv[1:]):
+    print_help(positional)
+    sys.exit(0)
   try:
     line = rewrite_overrides(sys.argv)
   except UsageError as e:
@@ -138,7 +167,11 @@ def run(main: Callable[..., int | None], *, positional: Sequence[str] = ()) -> N
     if "print_config" in flags.FLAGS and flags.FLAGS.print_config:
       print(config)
       return 0
-    return main(*extra)
+    try:
+      return main(*extra)
+    except bad_input as e:
+      print(f"error: {e}", file=sys.stderr)
+      return EXIT_BAD_INPUT
 
   # config_flags registers the override flags it finds in sys.argv, so the rewritten line becomes sys.argv.
   sys.argv[:] = line.argv

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 
 ROOT = "agibot_jax"
 _FORMAT = "%(asctime)s %(message)s"
@@ -29,6 +30,9 @@ def setup(verbosity: int | None = None) -> None:
     log.setLevel(logging.DEBUG if verbosity is not None and verbosity >= 1 else logging.INFO)
   if verbosity is None:
     logging.getLogger().setLevel(logging.WARNING)
+  # JAX warns at every fork. Those of `subprocess` (ffmpeg decoding) exec at once, which is safe; grain's loader
+  # workers are spawned, not forked. A fork from anywhere else still warns.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning, module="subprocess")
 
 
 @contextlib.contextmanager

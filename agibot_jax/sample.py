@@ -96,10 +96,13 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
              for w in control_weights]
   t1 = time.perf_counter()
   rows = [gen.decode(vae_params, x) for x in latents]
+  labels = [f"g={guidance:g} n={num_cond_frames} w={w:g}" for w in control_weights]
   t2 = time.perf_counter()
   if "video" in loader_batch:
     rows.append(generate.pixels_to_rows(loader_batch["video"], len(ds.views)))
+    labels.append("input")
   rows.append(generate.pixels_to_rows(loader_batch[registry.control(ds.control_input_type).key], len(ds.views)))
+  labels.append(f"{ds.control_input_type} control")
 
   summary = {"guidance": guidance, "num_cond_frames": num_cond_frames, "num_steps": num_steps,
              "control_weights": list(control_weights), "denoise_s_incl_compile": t1 - t0,
@@ -107,7 +110,8 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   if jax.process_index() == 0:
     stem = os.path.splitext(os.path.basename(out))[0]
     mp4, jpg = video_out.save_sample_outputs(os.path.dirname(os.path.abspath(out)), stem, rows,
-                                             fps=int(config.trainer.callbacks.every_n_sample.fps))
+                                             fps=int(config.trainer.callbacks.every_n_sample.fps), row_labels=labels,
+                                             view_names=list(ds.views))
     summary.update(mp4=str(mp4), jpg=str(jpg))
   return summary
 

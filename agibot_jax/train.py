@@ -7,10 +7,12 @@
       dataloader_train.dataset.dataset_dir=DIR trainer.max_iter=10000      # the reference's override form
   python -m agibot_jax.train --config configs/edge.py:tiny --workdir runs/demo   # CPU demo, nothing else needed
 
-Reads top to bottom: config and dataset (validated before any model is built), mesh, models, state (fresh or
-resumed from the workdir), data, loop (agibot_jax/training/loop.py). Each run writes `<workdir>/checkpoints/<step>`
-(train state, data iterator position, config JSON), `<workdir>/tensorboard` and `<workdir>/metrics.jsonl`.
-Rerunning the same command resumes from the newest complete checkpoint.
+Reads top to bottom: config values, workdir and dataset (validated before any model is built), mesh, models, state
+(fresh or resumed from the workdir), data, loop (agibot_jax/training/loop.py). Each run writes
+`<workdir>/checkpoints/<step>` (train state, data iterator position, config JSON), `<workdir>/tensorboard` and
+`<workdir>/metrics.jsonl`, created once everything is built. Rerunning the same command resumes from the newest
+checkpoint that restores. A run that cannot go on (bad config or data, failed save, non-finite steps, SIGTERM or
+SIGINT) ends with one line saying why and a non-zero exit status (README, Reliability).
 
 `checkpoint.load_path` is a directory written by `python -m convert.dit` (the DiT alone) or a bundle directory with
 `dit/`, `vae/` and `text_encoder/` sub-directories written by the three converters. The VAE and text encoder may also
@@ -29,7 +31,7 @@ import jax
 from absl import flags
 
 from agibot_jax import assemble, cli, flops
-from agibot_jax.data import pipeline
+from agibot_jax.data import layout, pipeline
 from agibot_jax.models import dit
 from agibot_jax.training import checkpointing, loop
 from agibot_jax.training import ema as ema_lib
@@ -38,11 +40,16 @@ from agibot_jax.training.step import make_train_step
 
 log = logging.getLogger(__name__)
 
+# What stops a run with a one-line reason instead of a traceback; `exit_code` where the error has one, else 1.
+EXPECTED_ERRORS = (assemble.ConfigError, layout.DatasetError, pipeline.BadSamplesError, checkpointing.SaveError,
+                   checkpointing.ResumeError, loop.Stopped)
+
 
 def train(config, workdir: str) -> dict:
-  """Runs the job; returns the last logged metrics."""
+  """Runs the job; returns the last logged metrics. Raises one of EXPECTED_ERRORS when the run cannot go on."""
   config = assemble.resolve(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  assemble.check_config(config)
+  assemble.check_workdir(workdir)
   samples = assemble.prepare_dataset(config, workdir)
   mesh = assemble.make_mesh(config)
   cfg = assemble.dit_config(config)
@@ -78,17 +85,18 @@ def train(config, workdir: str) -> dict:
   count = flops.dit_flops(cfg, num_views=len(ds.views), latent_hw=latent_hw, batch=config.dataloader_train.batch_size,
                           train_base=bool(config.model.train_base))
   start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
+  saver = checkpointing.Saver(manager, config, data_iter.get_state)
   metrics_log = loop.MetricsLog(workdir)
   try:
-    state, last_metrics = loop.train_loop(
-        state, step_fn=step_fn, loader=data_iter, prepare=prepare, start=start, max_iter=max_iter,
-        logging_iter=int(config.trainer.logging_iter), save_iter=int(config.checkpoint.save_iter),
-        save=lambda s: checkpointing.save(manager, s, data_iter.get_state(), config), metrics_log=metrics_log,
-        timer=loop.StepTimer(count.train_step, jax.device_count()), callbacks=callbacks)
+    with loop.StopSignals() as stop:
+      state, last_metrics = loop.train_loop(
+          state, step_fn=step_fn, loader=data_iter, prepare=prepare, start=start, max_iter=max_iter,
+          logging_iter=int(config.trainer.logging_iter), save_iter=int(config.checkpoint.save_iter),
+          checkpoints=saver, metrics_log=metrics_log, timer=loop.StepTimer(count.train_step, jax.device_count()),
+          callbacks=callbacks, max_nonfinite=int(config.trainer.max_nonfinite_steps), stop=stop)
   finally:
-    manager.wait_until_finished()
-    manager.close()
     metrics_log.close()
+    saver.close()  # waits for the last save; raises SaveError if it failed
   log.info("checkpoints: %s", checkpointing.checkpoint_dir(workdir))
   log.info("TensorBoard events: %s", os.path.join(os.path.abspath(workdir), "tensorboard"))
   return {"step": int(jax.device_get(state.step)), **last_metrics}
@@ -96,7 +104,11 @@ def train(config, workdir: str) -> dict:
 
 def main() -> int:
   assemble.initialize_distributed()
-  result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    result = train(flags.FLAGS.config, flags.FLAGS.workdir)
+  except EXPECTED_ERRORS as e:
+    log.error("%s", e)
+    return getattr(e, "exit_code", 1)
   if jax.process_index() == 0:
     print(json.dumps(result))
   return 0

@@ -5,7 +5,9 @@ The reference decodes with decord (ffmpeg underneath) into RGB uint8. Here two s
   "opencv":  cv2.VideoCapture (BGR, converted to RGB).
   "auto":    imageio when importable, else OpenCV (the GPU box has only OpenCV).
 Both use ffmpeg's H.264 decoder; their YUV→RGB conversions differ by a few levels on some pixels, so a
-dataset should be decoded with one backend throughout.
+dataset should be decoded with one backend throughout. A file that stops decoding (truncated, or corrupt
+mid-stream: imageio-ffmpeg stops at the first decoder error instead of concealing it) yields fewer frames than
+asked for and raises VideoError; `verify` decodes a file as far as training reads it, without keeping the frames.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -75,43 +79,74 @@ def read_frames(path: str, start: int, num_frames: int, backend: str = "auto") -
   Returns:
     frames_THWC: uint8 (num_frames, H0, W0, 3), RGB.
   Raises:
-    VideoError: the file ends before frame start + num_frames - 1 or does not decode.
+    VideoError: the file ends, or stops decoding, before frame start + num_frames - 1.
   """
-  backend = resolve_backend(backend)
   stop = start + num_frames
-  frames = (_read_imageio if backend == "imageio" else _read_opencv)(path, stop)
-  if len(frames) < stop:
-    raise VideoError(f"{path}: decoded {len(frames)} frames, need {stop} (start {start} + {num_frames} frames)")
-  return np.stack(frames[start:stop])
+  frames, decoded = [], 0
+  for frame in _frames(path, stop, resolve_backend(backend)):
+    if decoded >= start:
+      frames.append(frame)
+    decoded += 1
+  if decoded < stop:
+    raise VideoError(_too_few_frames(path, decoded, stop))
+  return np.stack(frames)
 
 
-def _read_imageio(path: str, stop: int) -> list[np.ndarray]:
+def verify(path: str, num_frames: int, backend: str = "auto") -> None:
+  """Decodes frames [0, num_frames) of `path` without keeping them; raises VideoError unless every one decodes.
+
+  This is what `read_frames` would meet: a file corrupt mid-stream fails here, not in a training batch.
+  """
+  decoded = sum(1 for _ in _frames(path, num_frames, resolve_backend(backend)))
+  if decoded < num_frames:
+    raise VideoError(_too_few_frames(path, decoded, num_frames))
+
+
+def _too_few_frames(path: str, decoded: int, needed: int) -> str:
+  return f"{path}: decoded {decoded} frames, need {needed} (the file ends or stops decoding at frame {decoded})"
+
+
+def _frames(path: str, stop: int, backend: str) -> Iterator[np.ndarray]:
+  """Frames 0..stop-1 of `path` (fewer when it ends or stops decoding), RGB uint8 (H0, W0, 3)."""
+  return (_frames_imageio if backend == "imageio" else _frames_opencv)(path, stop)
+
+
+def _frames_imageio(path: str, stop: int) -> Iterator[np.ndarray]:
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
 
   try:
-    gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", output_params=["-frames:v", str(stop)])
+    # ffmpeg conceals a corrupt packet by default (damaged frames, no error); here the first decoder error ends the
+    # decode, so a corrupt file yields fewer frames than it claims.
+    gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24", input_params=["-err_detect", "explode"],
+                                     output_params=["-xerror", "-frames:v", str(stop)])
     meta = next(gen)
     width, height = meta["size"]
-    frames = [np.frombuffer(buf, np.uint8).reshape(height, width, 3) for buf in gen]
+    for buf in gen:
+      yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
   except (OSError, RuntimeError, StopIteration) as e:
-    raise VideoError(f"{path}: cannot decode with imageio-ffmpeg: {e}") from e
-  return frames
+    raise VideoError(f"{path}: cannot decode with imageio-ffmpeg: {_ffmpeg_reason(e)}") from e
 
 
-def _read_opencv(path: str, stop: int) -> list[np.ndarray]:
+def _ffmpeg_reason(error: Exception) -> str:
+  """imageio-ffmpeg's error in one line: its message and ffmpeg's first complaint, not ffmpeg's whole log."""
+  head, _, ffmpeg_log = str(error).partition("=== stderr ===")
+  lines = [head.strip().splitlines()[0]] if head.strip() else []
+  lines += [ln.strip() for ln in ffmpeg_log.splitlines() if re.search(r"error|invalid|failed", ln, re.I)][:1]
+  return "; ".join(lines) or type(error).__name__
+
+
+def _frames_opencv(path: str, stop: int) -> Iterator[np.ndarray]:
   cap = cv2.VideoCapture(path)
   if not cap.isOpened():
     raise VideoError(f"{path}: cannot open video (unreadable or corrupt)")
-  frames = []
   try:
-    while len(frames) < stop:
+    for _ in range(stop):
       ok, bgr = cap.read()
       if not ok:
         break
-      frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+      yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
   finally:
     cap.release()
-  return frames
 
 
 def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int | None = None,

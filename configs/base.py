@@ -185,6 +185,19 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.mesh.fsdp = 1
   config.mesh.context = -1
 
+  # --- reliability (README: Reliability) ---------------------------------------------------
+  # Dataset check before any model is built: "probe" reads each video's metadata and first frame; "full" also
+  # decodes every frame the run will read (slow on a large dataset; `python -m agibot_jax.data.inspect --full`).
+  ds.validate = "probe"
+  # Samples that fail to decode during training are replaced by the next sample and counted; the run stops
+  # when more than this many were skipped.
+  ds.max_bad_samples = 100
+  # Steps with a non-finite loss or gradient are skipped (no update); this many in a row stop the run.
+  config.trainer.max_nonfinite_steps = 20
+  # A newest checkpoint that does not restore stops the run (True) instead of being moved aside for the next
+  # older one (False).
+  config.checkpoint.strict_resume = False
+
   if arg == "tiny":
     tiny_net(config.model.net)
     config.model.precision = "float32"

@@ -1,25 +1,33 @@
 """PyTorch <-> Flax conversion of the multiview control DiT.
 
-  python -m convert.dit --src model_ema_bf16.pt --dst ckpt/dit [--ema|--no-ema] [--config configs/edge.py]
+  python -m convert.dit --src model_ema_bf16.pt --dst ckpt/dit [--noema] [--config configs/edge.py]
   python -m convert.dit --src hf://nvidia/Cosmos-Experimental/<uuid>/model_ema_bf16.pt --dst ckpt/dit
   python -m convert.dit --export ckpt/dit --dst model.pt [--dtype bfloat16]
 
 The key table (`key_table`) is this model's only contribution; matching, shape checks, error
-reports and the inverse map come from `convert.mapping`.
+reports and the inverse map come from `convert.mapping`. The checkpoint is read one tensor at a
+time and written leaf by leaf (`params_io.write_params`): besides the memory-mapped source, memory
+holds one Orbax part (256 MiB, or one larger leaf).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import logging
 import os
 import re
-import sys
 
 import numpy as np
+from absl import app, flags
 
+from agibot_jax import params_io
+from agibot_jax import cli
 from convert import mapping
+from convert.golden import OutputCheck
 from convert.mapping import Entry
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = "configs/edge.py"
 
 _ATTN = ("self_attn", "cross_view_attn", "cross_attn")
 _MODS = ("self_attn", "cross_attn", "mlp")
@@ -90,12 +98,11 @@ def reference_buffers(cfg) -> dict[str, np.ndarray]:
   return out
 
 
-def torch_state_to_params(state, cfg, *, source: str = "", progress=lambda it: it):
-  """Reference state dict (numpy, no `net.` prefix) -> Flax params (numpy), checked against the abstract model."""
+def torch_state_to_params(state, cfg, *, source: str = ""):
+  """In-memory reference state dict (numpy, no `net.` prefix) -> Flax params (numpy), checked against the model."""
   from agibot_jax.models import dit
 
-  abstract = dit.abstract_params(cfg)
-  return mapping.torch_to_flax(state, key_table(cfg), abstract, ignore=is_ignored_key, source=source, progress=progress)
+  return mapping.torch_to_flax(state, key_table(cfg), dit.abstract_params(cfg), ignore=is_ignored_key, source=source)
 
 
 def params_to_torch_state(params, cfg, dtype: str | None = None) -> dict[str, np.ndarray]:
@@ -150,7 +157,6 @@ def golden_parity(path: str, meta: dict):
   import jax
 
   from agibot_jax.models import dit
-  from convert.parity import OutputCheck
 
   cfg = dit.DiTConfig.from_reference_kwargs(meta["constructor_kwargs"], param_dtype="float32", dtype="float32",
                                             attention="xla", remat_policy="none")
@@ -178,27 +184,23 @@ def golden_parity(path: str, meta: dict):
 # CLI
 
 
-def _config_from_file(spec: str | None):
-  from agibot_jax.config_utils import load_config
+def convert(src: str, dst: str, cfg, *, ema: bool = True, dtype: str | None = None, force: bool = False) -> None:
+  """Reference checkpoint `src` (any source of `convert.torch_io`) -> converted DiT directory `dst`.
+
+  cfg: the DiTConfig the checkpoint must match. ema: take `net_ema.*` (else `net.*`).
+  dtype: cast floating tensors ("float32" | "bfloat16"; None keeps the checkpoint's).
+  """
   from agibot_jax.models import dit
-
-  net = load_config(spec or "configs/edge.py").model.net
-  return dit.DiTConfig.from_config(net)
-
-
-def convert(src: str, dst: str, *, ema: bool = True, config: str | None = None, dtype: str | None = None,
-            force: bool = False) -> None:
-  from tqdm import tqdm
-
-  from agibot_jax import params_io
   from convert import torch_io
 
-  cfg = _config_from_file(config)
-  state = torch_io.load_state_dict(src, prefix_choice="net_ema" if ema else "net")
-  params = torch_state_to_params(state, cfg, source=src, progress=lambda it: tqdm(it, desc="mapping keys", unit="key"))
-  params = mapping.cast_floating(params, dtype)
-  meta = {"model": "dit", "config": dataclasses.asdict(cfg), "source": src, "copy": "net_ema" if ema else "net"}
-  params_io.save_params(dst, params, meta, force=force)
+  params_io.check_destination(dst, force)
+  copy = "net_ema" if ema else "net"
+  state = torch_io.StateDict(src, prefix_choice=copy)
+  table, abstract = key_table(cfg), dit.abstract_params(cfg)
+  mapping.check_state(state.shapes, table, abstract, ignore=is_ignored_key, source=src)
+  log.info("converting %d tensors of %s (%s)", len(table), src, copy)
+  meta = {"model": params_io.MODEL_DIT, "config": dataclasses.asdict(cfg), "source": src, "copy": copy}
+  params_io.write_params(dst, mapping.flax_leaves(state.read, table, abstract, dtype=dtype), meta, force=force)
 
 
 def _training_checkpoint_params(src_dir: str, ema: bool):
@@ -227,13 +229,12 @@ def jax_free(tree):
 
 def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True) -> None:
   """Converted DiT directory, or a training workdir (EMA or regular weights), -> reference `.pt`."""
-  from agibot_jax import params_io
   from agibot_jax.models import dit
   from convert import torch_io
 
   if os.path.exists(os.path.join(src_dir, params_io.META_FILE)):
     meta = params_io.read_meta(src_dir)
-    if meta.get("model") != "dit":
+    if meta.get("model") != params_io.MODEL_DIT:
       raise ValueError(f"{src_dir} holds a {meta.get('model')!r} checkpoint, not a DiT")
     cfg = dit.DiTConfig.from_config(meta["config"])
     params = params_io.to_numpy_tree(params_io.restore_params(src_dir))
@@ -242,31 +243,31 @@ def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True
   torch_io.save_state_dict(params_to_torch_state(params, cfg, dtype), dst, prefix="net.")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description="Convert the multiview control DiT between PyTorch and Flax/Orbax.")
-  parser.add_argument("--src", help="PyTorch checkpoint: .pt/.pth, .safetensors, DCP directory or hf://ORG/REPO/PATH[@REV]")
-  parser.add_argument("--export", metavar="DIR",
-                      help="converted DiT directory or training workdir to export back to PyTorch (EMA unless --no-ema)")
-  parser.add_argument("--dst", required=True, help="output: Orbax directory (convert) or .pt/.safetensors file (export)")
-  parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="take net_ema.* (default)")
-  parser.add_argument("--no-ema", dest="ema", action="store_false", help="take net.* (regular weights)")
-  parser.add_argument("--config", help="config file (architecture), default configs/edge.py")
-  parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="cast floating tensors (default: keep)")
-  parser.add_argument("--force", action="store_true", help="overwrite an existing --dst directory")
-  args = parser.parse_args(argv)
-  if bool(args.src) == bool(args.export):
-    parser.error("give exactly one of --src (convert) or --export (back to PyTorch)")
-  try:
-    if args.src:
-      convert(args.src, args.dst, ema=args.ema, config=args.config, dtype=args.dtype, force=args.force)
-    else:
-      export(args.export, args.dst, dtype=args.dtype, ema=args.ema)
-  except (mapping.ConversionError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {args.dst}")
+def main() -> int:
+  from agibot_jax.models import dit
+
+  f = flags.FLAGS
+  if bool(f.src) == bool(f.export):
+    raise app.UsageError("give exactly one of --src (convert) or --export (back to PyTorch)")
+  ema = f.ema and not f.no_ema
+  if f.export:
+    export(f.export, f.dst, dtype=f.dtype, ema=ema)
+  else:
+    config = f.config if f.config is not None else cli.load_config(DEFAULT_CONFIG)
+    convert(f.src, f.dst, dit.DiTConfig.from_config(config.model.net), ema=ema, dtype=f.dtype, force=f.force)
+  print(f"wrote {f.dst}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  flags.DEFINE_string("src", None, "PyTorch checkpoint: .pt/.pth, .safetensors, DCP or safetensors directory, "
+                      "or hf://ORG/REPO/PATH[@REV]")
+  flags.DEFINE_string("export", None, "converted DiT directory or training workdir to export back to PyTorch")
+  flags.DEFINE_string("dst", None, "output: converted DiT directory (--src) or .pt/.safetensors file (--export)")
+  flags.DEFINE_bool("ema", True, "take the EMA weights, net_ema.* (default); --noema or --no_ema: net.*")
+  flags.DEFINE_bool("no_ema", False, "take the regular weights, net.* (absl's --noema)")
+  cli.define_config_flag()  # the architecture; default configs/edge.py (all four share it)
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "cast floating tensors (default: keep)")
+  flags.DEFINE_bool("force", False, "overwrite an existing --dst directory")
+  flags.mark_flag_as_required("dst")
+  cli.run(main, bad_input=cli.BAD_CHECKPOINT)

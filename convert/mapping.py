@@ -4,22 +4,24 @@ A model's converter provides a *key table*: one `Entry` per PyTorch state-dict k
 where the tensor lives in the Flax parameter tree (a path, and an index along a leading
 stacked-layers axis for scanned layers) and how its layout changes (`transform`). The engine
 
-- converts a PyTorch state dict into a Flax tree, checking every key and shape against the
-  abstract model (`jax.eval_shape`, nothing allocated) and reporting *all* missing,
-  unexpected and mis-shaped keys at once (`ConversionError`);
+- checks a PyTorch state dict's keys and shapes (known before any tensor is read) against the
+  abstract model (`jax.eval_shape`, nothing allocated), reporting *all* missing, unexpected and
+  mis-shaped keys at once (`ConversionError`);
+- converts it into Flax leaves one at a time (`flax_leaves`), each read when it is needed, so a
+  converter can write a model larger than the free memory leaf by leaf;
 - converts a Flax tree back to a PyTorch state dict with the reference's key names, bit-exact.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-Path = tuple[str, ...]
+from agibot_jax.params_io import Path, flatten_tree, unflatten_tree
 
 # transform name -> (torch -> flax, flax -> torch given the torch shape)
 _TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, tuple], np.ndarray]]] = {
@@ -81,26 +83,6 @@ class ConversionError(ValueError):
     super().__init__("\n".join(lines))
 
 
-def flatten_tree(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-  out: dict[Path, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten_tree(v, prefix + (str(k),)))
-    else:
-      out[prefix + (str(k),)] = v
-  return out
-
-
-def unflatten_tree(flat: Mapping[Path, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
-
-
 def _leaf_shape(leaf) -> tuple[int, ...]:
   return tuple(getattr(leaf, "shape", ()))
 
@@ -129,6 +111,93 @@ def expected_torch_shape(entry: Entry, abstract_tree_flat: Mapping[Path, Any]) -
   return torch_shape_of(entry.transform, shape, entry.torch_rank)
 
 
+def check_state(
+    shapes: Mapping[str, tuple[int, ...]],
+    table: Iterable[Entry],
+    abstract_tree: Mapping[str, Any],
+    *,
+    ignore: Callable[[str], bool] = lambda k: False,
+    source: str = "",
+) -> None:
+  """Raises ConversionError listing every missing, unexpected and mis-shaped key of a state dict
+  (given as {key: shape}) and every model parameter no key fills."""
+  table = list(table)
+  flat_abstract = flatten_tree(abstract_tree)
+  by_key = {e.torch_key: e for e in table}
+  missing = [e.torch_key for e in table if e.torch_key not in shapes]
+  unexpected = [k for k in shapes if k not in by_key and not ignore(k)]
+  mismatched = []
+  for e in table:
+    if e.torch_key in shapes:
+      want = expected_torch_shape(e, flat_abstract)
+      got = tuple(shapes[e.torch_key])
+      if got != want:
+        mismatched.append((e.torch_key, got, want))
+  unmapped = check_table(table, abstract_tree)
+  if missing or unexpected or mismatched or unmapped:
+    raise ConversionError(missing, unexpected, mismatched, unmapped, source)
+
+
+def cast_dtype(dtype: np.dtype, to: str | None) -> np.dtype:
+  """The dtype an array of `dtype` gets when cast to `to` ("float32" | "bfloat16"; None keeps it).
+
+  Only floating arrays (bfloat16 included) are cast."""
+  if to is None or not (np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16):
+    return np.dtype(dtype)
+  return np.dtype(ml_dtypes.bfloat16) if to == "bfloat16" else np.dtype(to)
+
+
+def _copy(dst: np.ndarray, src: np.ndarray, tile: int = 256) -> None:
+  """dst[...] = src, tile by tile for 2-D arrays: a transposed view copied in one go misses the
+  cache on nearly every element (10x slower for a 2048x8192 kernel)."""
+  if src.ndim != 2:
+    dst[...] = src
+    return
+  for i in range(0, src.shape[0], tile):
+    for j in range(0, src.shape[1], tile):
+      dst[i:i + tile, j:j + tile] = src[i:i + tile, j:j + tile]
+
+
+def flax_leaves(
+    read: Callable[[str], np.ndarray],
+    table: Iterable[Entry],
+    abstract_tree: Mapping[str, Any],
+    *,
+    dtype: str | None = None,
+) -> Iterator[tuple[Path, np.ndarray]]:
+  """(Flax path, numpy leaf) for every leaf of `abstract_tree`, each built when it is asked for.
+
+  read: torch key -> numpy array in PyTorch layout (called once per key, in leaf order).
+  dtype: cast floating leaves to "float32" | "bfloat16" (None keeps the checkpoint's).
+  Check the state with `check_state` first: a missing key here is a KeyError.
+  """
+  flat_abstract = flatten_tree(abstract_tree)
+  entries: dict[Path, list[Entry]] = {path: [] for path in flat_abstract}
+  for e in table:
+    entries[e.flax_path].append(e)
+  for path, leaf_entries in entries.items():
+    # Built in a call, so that this frame holds no reference to a leaf once it is handed on.
+    yield path, _build_leaf(read, leaf_entries, _leaf_shape(flat_abstract[path]), dtype)
+
+
+def _build_leaf(read, entries: list[Entry], shape: tuple[int, ...], dtype: str | None) -> np.ndarray:
+  if entries[0].index is None:  # one tensor
+    value = _TRANSFORMS[entries[0].transform][0](read(entries[0].torch_key))
+    target = cast_dtype(value.dtype, dtype)
+    if value.flags.c_contiguous and value.dtype == target:
+      return value  # already in place: no copy
+    out = np.empty(value.shape, target)
+    _copy(out, value)
+    return out
+  out = None  # one tensor per slot of the stacked-layers axis
+  for e in entries:
+    value = _TRANSFORMS[e.transform][0](read(e.torch_key))
+    if out is None:
+      out = np.empty(shape, cast_dtype(value.dtype, dtype))
+    _copy(out[e.index], value)
+  return out
+
+
 def torch_to_flax(
     state: Mapping[str, np.ndarray],
     table: Iterable[Entry],
@@ -136,53 +205,21 @@ def torch_to_flax(
     *,
     ignore: Callable[[str], bool] = lambda k: False,
     source: str = "",
-    progress: Callable[[Iterable], Iterable] = lambda it: it,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
-  """PyTorch state dict (numpy arrays) -> Flax tree of numpy arrays shaped like `abstract_tree`.
+  """In-memory PyTorch state dict (numpy arrays) -> Flax tree of numpy arrays shaped like `abstract_tree`.
 
-  Raises ConversionError listing every missing, unexpected and mis-shaped key (and any model
-  parameter no key fills) before writing anything.
+  Raises ConversionError listing every problem (see `check_state`) before converting anything.
   """
   table = list(table)
-  flat_abstract = flatten_tree(abstract_tree)
-  by_key = {e.torch_key: e for e in table}
-  missing = [e.torch_key for e in table if e.torch_key not in state]
-  unexpected = [k for k in state if k not in by_key and not ignore(k)]
-  mismatched = []
-  for e in table:
-    if e.torch_key in state:
-      want = expected_torch_shape(e, flat_abstract)
-      got = tuple(np.shape(state[e.torch_key]))
-      if got != want:
-        mismatched.append((e.torch_key, got, want))
-  unmapped = check_table(table, abstract_tree)
-  if missing or unexpected or mismatched or unmapped:
-    raise ConversionError(missing, unexpected, mismatched, unmapped, source)
-
-  flat_out: dict[Path, np.ndarray] = {}
-  for e in progress(table):
-    value = _TRANSFORMS[e.transform][0](np.asarray(state[e.torch_key]))
-    if e.index is None:
-      flat_out[e.flax_path] = value
-    else:
-      if e.flax_path not in flat_out:
-        shape = _leaf_shape(flat_abstract[e.flax_path])
-        flat_out[e.flax_path] = np.empty(shape, dtype=value.dtype)
-      flat_out[e.flax_path][e.index] = value
-  return unflatten_tree(flat_out)
+  check_state({k: np.shape(v) for k, v in state.items()}, table, abstract_tree, ignore=ignore, source=source)
+  return unflatten_tree(dict(flax_leaves(lambda k: np.asarray(state[k]), table, abstract_tree, dtype=dtype)))
 
 
 def cast_floating(tree: Mapping[str, Any], dtype: str | None) -> dict[str, Any]:
   """Nested dict with its floating arrays (bfloat16 included) cast to `dtype` ("float32" | "bfloat16"); None keeps them."""
-  if dtype is None:
-    return dict(tree)
-  target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-
-  def one(a):
-    a = np.asarray(a)
-    return a.astype(target) if np.issubdtype(a.dtype, np.floating) or a.dtype == ml_dtypes.bfloat16 else a
-
-  return unflatten_tree({k: one(v) for k, v in flatten_tree(tree).items()})
+  return unflatten_tree({k: np.asarray(v).astype(cast_dtype(np.asarray(v).dtype, dtype), copy=False)
+                         for k, v in flatten_tree(tree).items()})
 
 
 def flax_to_torch(tree: Mapping[str, Any], table: Iterable[Entry]) -> dict[str, np.ndarray]:

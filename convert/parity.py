@@ -5,37 +5,28 @@
 Reads FILE.safetensors (params/, inputs/, outputs/) and the FILE.json beside it (constructor
 kwargs and non-tensor arguments), builds the matching model, converts the params with the
 same key table as the real converter, runs the forward in float32 for every stored output,
-prints one line per output and, last, `max_abs_err=<value>`. Exit status 0 only when every
-output is within its tolerance.
+prints one line per output and, last, `max_abs_err=<value>`. Exit status 0 when every output is
+within its tolerance, 1 when one is not, 2 on bad input (one line naming the file).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
-import sys
+
+from absl import flags
+
+from agibot_jax import cli
+from convert.golden import OutputCheck
 
 
-@dataclasses.dataclass
-class OutputCheck:
-  name: str
-  max_abs_err: float
-  tolerance: float
-
-  @property
-  def ok(self) -> bool:
-    return self.max_abs_err <= self.tolerance
-
-
-def golden_kind(meta: dict) -> str:
+def golden_kind(meta: dict, path: str = "") -> str:
   cls = meta.get("class_path", "")
   if cls.endswith("MultiViewCrossControlDiT"):
     return "dit"
   if cls.endswith("WanVAE_"):
     return "vae"
-  raise ValueError(f"unsupported golden class {cls!r}")
+  raise ValueError(f"{path}: unsupported golden class {cls!r}")
 
 
 def run(golden: str) -> list[OutputCheck]:
@@ -47,10 +38,12 @@ def run(golden: str) -> list[OutputCheck]:
     raise FileNotFoundError(f"golden file not found: {golden}")
   if not os.path.exists(meta_path):
     raise FileNotFoundError(f"golden metadata not found beside it: {meta_path}")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  kind = golden_kind(meta)
-  if kind == "dit":
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{meta_path}: not valid JSON ({e})") from e
+  if golden_kind(meta, meta_path) == "dit":
     from convert import dit
 
     return dit.golden_parity(golden, meta)
@@ -59,15 +52,8 @@ def run(golden: str) -> list[OutputCheck]:
   return vae.golden_parity(golden, meta)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--golden", required=True, help="golden .safetensors file (its .json beside it)")
-  args = parser.parse_args(argv)
-  try:
-    checks = run(args.golden)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+def main() -> int:
+  checks = run(flags.FLAGS.golden)
   for c in checks:
     print(f"{c.name}: max_abs_err={c.max_abs_err:.3e} tol={c.tolerance:.0e} {'OK' if c.ok else 'FAIL'}")
   print(f"max_abs_err={max(c.max_abs_err for c in checks):.3e}")
@@ -75,4 +61,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  flags.DEFINE_string("golden", None, "golden .safetensors file (its .json beside it)")
+  flags.mark_flag_as_required("golden")
+  cli.run(main, bad_input=cli.BAD_CHECKPOINT)

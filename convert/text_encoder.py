@@ -5,22 +5,24 @@
 DIR holds `config.json` and either `model.safetensors` or shards listed in
 `model.safetensors.index.json` (e.g. a local snapshot of `nvidia/Cosmos-Reason1-7B`). Only the
 language model's weights are kept; the vision tower (`visual.*`) and the LM head (`lm_head.*`)
-are skipped on purpose. Both key layouts are understood: `model.layers.*` (transformers 4.x,
-and what 5.x writes) and `model.language_model.layers.*` (5.x in memory).
+are skipped on purpose and never read. Both key layouts are understood: `model.layers.*`
+(transformers 4.x, and what 5.x writes) and `model.language_model.layers.*` (5.x in memory).
+Tensors are read one at a time and written leaf by leaf: memory holds about one stacked leaf.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
+from absl import flags
 
-from convert.mapping import ConversionError, Entry, cast_floating, torch_to_flax
+from agibot_jax import params_io
+from agibot_jax import cli
+from convert import mapping
+from convert.mapping import ConversionError, Entry
 
-MODEL_KIND = "qwen2.5_vl_text"
 _LM_PREFIXES = ("model.language_model.", "model.")
 
 
@@ -33,16 +35,20 @@ def read_hf_config(src: str) -> dict:
   path = os.path.join(src, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{src}: no config.json (expected a Hugging Face Qwen2.5-VL checkpoint folder)")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def lm_prefix(keys) -> str:
+def lm_prefix(keys, source: str = "") -> str:
   """`model.language_model.` or `model.`, whichever prefixes the checkpoint's embedding table."""
   for prefix in _LM_PREFIXES:
     if prefix + "embed_tokens.weight" in keys:
       return prefix
-  raise ConversionError(missing=["model.embed_tokens.weight (or model.language_model.embed_tokens.weight)"])
+  raise ConversionError(missing=["model.embed_tokens.weight (or model.language_model.embed_tokens.weight)"],
+                        source=source)
 
 
 def key_table(num_layers: int, prefix: str = "model.") -> list[Entry]:
@@ -70,75 +76,53 @@ def key_table(num_layers: int, prefix: str = "model.") -> list[Entry]:
   return table
 
 
-def _shard_files(src: str) -> list[str]:
-  index = os.path.join(src, "model.safetensors.index.json")
-  if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    return [os.path.join(src, name) for name in sorted(set(weight_map.values()))]
-  single = os.path.join(src, "model.safetensors")
-  if os.path.exists(single):
-    return [single]
-  raise FileNotFoundError(f"{src}: neither model.safetensors nor model.safetensors.index.json")
-
-
-def load_lm_state(src: str) -> dict[str, np.ndarray]:
-  """Every non-ignored tensor of the checkpoint as numpy (bf16 via ml_dtypes); ignored ones are never read."""
-  from safetensors import safe_open
-
-  from convert.torch_io import tensor_to_numpy
-
-  state = {}
-  for path in _shard_files(src):
-    with safe_open(path, framework="pt") as f:
-      for key in f.keys():
-        if not is_ignored(key):
-          state[key] = tensor_to_numpy(f.get_tensor(key))
-  return state
-
-
-def convert(src: str, dtype: str = "bfloat16"):
-  """(QwenTextConfig, params tree of numpy arrays in `dtype`) from a Hugging Face checkpoint folder."""
+def _open(src: str, dtype: str):
+  """(QwenTextConfig, lazy state dict, key table, abstract params), checked: nothing is read yet."""
   import jax
 
   from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
+  from convert.torch_io import StateDict
 
   hf = read_hf_config(src)
-  config = QwenTextConfig.from_hf(hf, dtype=dtype, param_dtype=dtype)
-  state = load_lm_state(src)
+  try:
+    config = QwenTextConfig.from_hf(hf, dtype=dtype, param_dtype=dtype)
+  except ValueError as e:
+    raise ValueError(f"{os.path.join(src, 'config.json')}: {e}") from e
+  state = StateDict(src)
   model = QwenTextModel(config)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32)))["params"]
-  table = key_table(config.num_layers, lm_prefix(state))
-  return config, cast_floating(torch_to_flax(state, table, abstract, ignore=is_ignored, source=src), dtype)
+  table = key_table(config.num_layers, lm_prefix(state.shapes, src))
+  mapping.check_state(state.shapes, table, abstract, ignore=is_ignored, source=src)
+  return config, state, table, abstract
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--src", required=True, help="Hugging Face checkpoint folder (config.json + safetensors)")
-  parser.add_argument("--dst", required=True, help="output Orbax checkpoint folder")
-  parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-  parser.add_argument("--force", action="store_true", help="overwrite --dst")
-  args = parser.parse_args(argv)
-  import jax
+def convert(src: str, dtype: str = "bfloat16"):
+  """(QwenTextConfig, params tree of numpy arrays in `dtype`) from a Hugging Face checkpoint folder, in memory."""
+  config, state, table, abstract = _open(src, dtype)
+  return config, mapping.unflatten_tree(dict(mapping.flax_leaves(state.read, table, abstract, dtype=dtype)))
 
-  from agibot_jax.params_io import save_params
 
-  try:
-    config, params = convert(args.src, args.dtype)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  meta = {"model": MODEL_KIND, "config": config.to_hf_fields(), "source": os.path.abspath(args.src),
-          "dtype": args.dtype}
-  try:
-    save_params(args.dst, params, meta, force=args.force)
-  except FileExistsError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
-  print(f"wrote {args.dst}: {n:,} parameters, {config.num_layers} layers, {args.dtype}")
+def convert_to(src: str, dst: str, *, dtype: str = "bfloat16", force: bool = False) -> str:
+  """Hugging Face checkpoint folder `src` -> converted text encoder directory `dst`; returns a one-line summary."""
+  params_io.check_destination(dst, force)
+  config, state, table, abstract = _open(src, dtype)
+  meta = {"model": params_io.MODEL_TEXT_ENCODER, "config": config.to_hf_fields(), "source": os.path.abspath(src),
+          "dtype": dtype}
+  params_io.write_params(dst, mapping.flax_leaves(state.read, table, abstract, dtype=dtype), meta, force=force)
+  n = sum(int(np.prod(a.shape)) for a in mapping.flatten_tree(abstract).values())
+  return f"wrote {dst}: {n:,} parameters, {config.num_layers} layers, {dtype}"
+
+
+def main() -> int:
+  f = flags.FLAGS
+  print(convert_to(f.src, f.dst, dtype=f.dtype, force=f.force))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  flags.DEFINE_string("src", None, "Hugging Face checkpoint folder (config.json + safetensors)")
+  flags.DEFINE_string("dst", None, "output directory")
+  flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "dtype of the converted parameters")
+  flags.DEFINE_bool("force", False, "overwrite --dst")
+  flags.mark_flags_as_required(["src", "dst"])
+  cli.run(main, bad_input=cli.BAD_CHECKPOINT)

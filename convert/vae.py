@@ -5,24 +5,24 @@
   python -m convert.vae --export ckpt/wan21_vae --dst Wan2.1_VAE.pth
 
 The checkpoint is a plain state dict of 194 tensors (spec A.9). Every key, shape and parameter is
-checked against the abstract model before anything is written; on a mismatch the command exits 1
-naming each missing, unexpected and mis-shaped key. `--dim` / `--z-dim` select a reduced model
-(the golden `vae_tiny` has dim 16).
+checked against the abstract model before anything is written; on a mismatch the command exits 2
+naming each missing, unexpected and mis-shaped key. `--dim` / `--z_dim` select a reduced model
+(the golden `vae_tiny` has dim 16). Tensors are read and written one at a time.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 import numpy as np
+from absl import app, flags
 
+from agibot_jax import params_io
 from agibot_jax.models import vae as vae_lib
-from convert.mapping import ConversionError, Entry, cast_floating, flax_to_torch, torch_to_flax
-from convert.parity import OutputCheck
-
-MODEL_NAME = "wan2.1_vae"
+from agibot_jax import cli
+from convert import mapping
+from convert.golden import OutputCheck
+from convert.mapping import Entry
 
 
 def _conv3d(torch_prefix: str, flax_path: tuple[str, ...]) -> list[Entry]:
@@ -83,9 +83,9 @@ def key_table(cfg: vae_lib.VAEConfig) -> list[Entry]:
 
 def convert_state_dict(state: dict[str, np.ndarray], cfg: vae_lib.VAEConfig, *, source: str = "",
                        dtype: str | None = None) -> dict:
-  """PyTorch state dict (numpy) -> Flax parameter tree (numpy), optionally cast to `dtype`."""
+  """In-memory PyTorch state dict (numpy) -> Flax parameter tree (numpy), optionally cast to `dtype`."""
   abstract = vae_lib.abstract_params(vae_lib.WanVAE(cfg))
-  return cast_floating(torch_to_flax(state, key_table(cfg), abstract, source=source), dtype)
+  return mapping.torch_to_flax(state, key_table(cfg), abstract, source=source, dtype=dtype)
 
 
 def golden_parity(golden_path: str, meta: dict) -> list[OutputCheck]:
@@ -127,64 +127,58 @@ def golden_parity(golden_path: str, meta: dict) -> list[OutputCheck]:
   return checks
 
 
-def _config(args) -> vae_lib.VAEConfig:
-  return vae_lib.VAEConfig(dim=args.dim, z_dim=args.z_dim)
+def convert(src: str, dst: str, cfg: vae_lib.VAEConfig, *, dtype: str = "float32", force: bool = False) -> str:
+  """Wan2.1 VAE checkpoint `src` -> converted directory `dst`; returns a one-line summary."""
+  from convert import torch_io
+
+  params_io.check_destination(dst, force)
+  state = torch_io.StateDict(src)
+  table, abstract = key_table(cfg), vae_lib.abstract_params(vae_lib.WanVAE(cfg))
+  mapping.check_state(state.shapes, table, abstract, source=src)
+  n_params = int(sum(np.prod(shape) for shape in state.shapes.values()))
+  config = {"dim": cfg.dim, "z_dim": cfg.z_dim, "dim_mult": list(cfg.dim_mult), "num_res_blocks": cfg.num_res_blocks,
+            "temporal_downsample": list(cfg.temporal_downsample)}
+  meta = {"model": params_io.MODEL_VAE, "source": src, "dtype": dtype, "num_params": n_params,
+          "num_tensors": len(state.shapes), "config": config}
+  params_io.write_params(dst, mapping.flax_leaves(state.read, table, abstract, dtype=dtype), meta, force=force)
+  return f"wrote {dst}: {len(state.shapes)} tensors, {n_params:,} parameters ({dtype})"
 
 
-def convert(args) -> None:
-  from agibot_jax.params_io import save_params
-  from convert.torch_io import load_state_dict
-
-  cfg = _config(args)
-  if os.path.exists(args.dst) and not args.force:
-    raise FileExistsError(f"{args.dst} exists; pass --force to overwrite")
-  state = load_state_dict(args.src)
-  params = convert_state_dict(state, cfg, source=args.src, dtype=args.dtype)
-  n_params = int(sum(np.asarray(v).size for v in state.values()))
-  meta = {"model": MODEL_NAME, "source": args.src, "dtype": args.dtype, "num_params": n_params,
-          "num_tensors": len(state), "config": {"dim": cfg.dim, "z_dim": cfg.z_dim, "dim_mult": list(cfg.dim_mult),
-                                                "num_res_blocks": cfg.num_res_blocks,
-                                                "temporal_downsample": list(cfg.temporal_downsample)}}
-  save_params(args.dst, params, meta, force=args.force)
-  print(f"wrote {args.dst}: {len(state)} tensors, {n_params:,} parameters ({args.dtype})")
-
-
-def export(args) -> None:
-  from agibot_jax.params_io import read_meta, restore_params
+def export(src: str, dst: str, *, force: bool = False) -> str:
+  """Converted VAE directory `src` -> PyTorch file `dst`; returns a one-line summary."""
   from convert.torch_io import save_state_dict
 
-  meta = read_meta(args.export)
-  if meta.get("model") != MODEL_NAME:
-    raise ValueError(f"{args.export} holds {meta.get('model')!r}, not {MODEL_NAME!r}")
-  if os.path.exists(args.dst) and not args.force:
-    raise FileExistsError(f"{args.dst} exists; pass --force to overwrite")
+  meta = params_io.read_meta(src)
+  if meta.get("model") != params_io.MODEL_VAE:
+    raise ValueError(f"{src} holds {meta.get('model')!r}, not {params_io.MODEL_VAE!r}")
+  if os.path.exists(dst) and not force:
+    raise FileExistsError(f"{dst} exists; pass --force to overwrite")
   c = meta["config"]
   cfg = vae_lib.VAEConfig(dim=c["dim"], z_dim=c["z_dim"], dim_mult=tuple(c["dim_mult"]),
                           num_res_blocks=c["num_res_blocks"], temporal_downsample=tuple(c["temporal_downsample"]))
-  state = flax_to_torch(restore_params(args.export), key_table(cfg))
-  save_state_dict(state, args.dst)
-  print(f"wrote {args.dst}: {len(state)} tensors")
+  state = mapping.flax_to_torch(params_io.restore_params(src), key_table(cfg))
+  save_state_dict(state, dst)
+  return f"wrote {dst}: {len(state)} tensors"
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--src", help="Wan2.1_VAE.pth / tokenizer.pth (path or hf://ORG/REPO/FILE[@REV])")
-  parser.add_argument("--export", help="converted checkpoint directory to write back as a PyTorch file")
-  parser.add_argument("--dst", required=True, help="output directory (convert) or .pth/.safetensors file (export)")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--dim", type=int, default=96, help="base channel width (96 for the real VAE)")
-  parser.add_argument("--z-dim", type=int, default=16)
-  parser.add_argument("--force", action="store_true", help="overwrite --dst")
-  args = parser.parse_args(argv)
-  if bool(args.src) == bool(args.export):
-    parser.error("give exactly one of --src (convert) and --export")
-  try:
-    (convert if args.src else export)(args)
-  except (ConversionError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def main() -> int:
+  f = flags.FLAGS
+  if bool(f.src) == bool(f.export):
+    raise app.UsageError("give exactly one of --src (convert) and --export")
+  if f.src:
+    print(convert(f.src, f.dst, vae_lib.VAEConfig(dim=f.dim, z_dim=f.z_dim), dtype=f.dtype, force=f.force))
+  else:
+    print(export(f.export, f.dst, force=f.force))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  flags.DEFINE_string("src", None, "Wan2.1_VAE.pth / tokenizer.pth (path or hf://ORG/REPO/FILE[@REV])")
+  flags.DEFINE_string("export", None, "converted checkpoint directory to write back as a PyTorch file")
+  flags.DEFINE_string("dst", None, "output directory (--src) or .pth/.safetensors file (--export)")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "dtype of the converted parameters")
+  flags.DEFINE_integer("dim", 96, "base channel width (96 for the real VAE)")
+  flags.DEFINE_integer("z_dim", 16, "latent channels")
+  flags.DEFINE_bool("force", False, "overwrite --dst")
+  flags.mark_flag_as_required("dst")
+  cli.run(main, bad_input=cli.BAD_CHECKPOINT)

@@ -1,4 +1,4 @@
-"""README's Quickstart and CI stay in step: CI runs exactly the README's test command."""
+"""README's Quickstart and CI stay in step: CI runs both README commands exactly as written, in fresh venvs."""
 
 import pathlib
 import re
@@ -16,10 +16,18 @@ def _quickstart_commands():
 def test_quickstart_has_exactly_two_commands():
   commands = _quickstart_commands()
   assert [len(c) for c in commands] == [1, 1]
-  assert "python -m agibot_jax.train --config configs/edge.py:tiny" in commands[0][0]
-  assert "pytest" in commands[1][0]
+  demo, tests = commands[0][0], commands[1][0]
+  assert "python -m agibot_jax.train --config configs/edge.py:tiny" in demo
+  assert "pip install -e . &&" in demo and "[" not in demo.split("pip install -e .")[1].split("&&")[0]  # no extras
+  assert "pytest" in tests
 
 
-def test_ci_runs_the_readme_test_command():
-  ci = (REPO / ".ci" / "run").read_text()
-  assert _quickstart_commands()[1][0] in ci.splitlines()
+def test_ci_runs_both_readme_commands_in_fresh_venvs():
+  ci = (REPO / ".ci" / "run").read_text().splitlines()
+  demo, tests = (c[0] for c in _quickstart_commands())
+  assert demo in ci and tests in ci and ci.index(demo) < ci.index(tests)
+  for command in (demo, tests):
+    venv = re.match(r"python3 -m venv (\S+) && \. \1/bin/activate && ", command)
+    assert venv, f"README command must create and activate its own venv: {command}"
+    removed = [l for l in ci[:ci.index(command)] if l.startswith("rm -rf")]
+    assert any(venv.group(1) in l.split() for l in removed), f"CI must start {venv.group(1)} afresh"

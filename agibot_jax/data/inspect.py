@@ -1,15 +1,19 @@
 """Validates a training dataset against a config and optionally previews one sample.
 
   python -m agibot_jax.data.inspect --config configs/edge.py \
-      --config.dataloader_train.dataset.dataset_dir=DIR [--preview out.mp4 --preview_index 0]
+      --config.dataloader_train.dataset.dataset_dir=DIR [--full] [--preview out.mp4 --preview_index 0]
 
 Exit status 0 with a summary (samples, views, frames, fps, resolution, control type) when the dataset is
-valid; 2 with the list of every problem (each naming its file) otherwise. `--preview` writes the sample's
-views side by side (top row) above its control maps (bottom row; edge/vis with the "medium" preset).
+valid; 2 with the list of every problem (each naming its file) otherwise. Each video's metadata and first frame
+are read; `--full` (or `dataloader_train.dataset.validate=full`) decodes every frame training will read, which finds
+files corrupt mid-stream. Views whose aspect ratio differs from the training resolution's get a warning.
+`--preview` writes the sample's views side by side (top row) above its control maps (bottom row; edge/vis with the
+"medium" preset).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -54,9 +58,12 @@ def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str)
   video.write_video(path, np.concatenate(frames, axis=1), float(sample["fps"]))
 
 
-def run(config, preview: str | None = None, preview_index: int = 0) -> int:
-  """Validates `config`'s training dataset, prints the summary or the problems; returns the exit status."""
+def run(config, preview: str | None = None, preview_index: int = 0, full: bool = False) -> int:
+  """Validates `config`'s training dataset (`full`: every frame decoded), prints the summary or the problems;
+  returns the exit status."""
   settings = pipeline.DataSettings.from_config(config, control_preset="medium")
+  if full:
+    settings = dataclasses.replace(settings, validate="full")
   try:
     source = pipeline.AgibotMultiviewSource(settings)
   except layout.DatasetError as e:
@@ -70,12 +77,13 @@ def run(config, preview: str | None = None, preview_index: int = 0) -> int:
 
 
 def main() -> int:
-  return run(flags.FLAGS.config, flags.FLAGS.preview, flags.FLAGS.preview_index)
+  return run(flags.FLAGS.config, flags.FLAGS.preview, flags.FLAGS.preview_index, flags.FLAGS.full)
 
 
 if __name__ == "__main__":
   cli.define_config_flag()
   flags.DEFINE_string("preview", None, "write a side-by-side preview mp4 of one sample here")
   flags.DEFINE_integer("preview_index", 0, "sample index (sorted by id) for --preview")
+  flags.DEFINE_bool("full", False, "decode every frame training will read (finds files corrupt mid-stream; slow)")
   flags.mark_flags_as_required(["config"])
   cli.run(main)

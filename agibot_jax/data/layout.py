@@ -4,23 +4,29 @@
   <dataset_dir>/captions/<view>/<id>.json          {"caption": "..."} (head_color's is the prompt)
   <dataset_dir>/control_input_<ct>/<view>/<id>.mp4 only for file controls (depth, seg; agibot_jax.registry)
 
-Samples are matched across views by file stem. `scan` checks the whole dataset once and returns every
-problem it finds (each naming the file); `load_index` refuses a dataset with problems unless told to drop
-the bad samples. The reference instead crashes at the first bad sample mid-training (spec §1.6).
+Samples are matched across views by file stem; extensions match in any case (`.MP4`). `scan` checks the whole
+dataset once and returns every problem it finds (each naming the file); `load_index` refuses a dataset with
+problems unless told to drop the bad samples, and warns about views whose aspect ratio is not the training
+resolution's (they are stretched). The reference instead crashes at the first bad sample mid-training (spec §1.6).
+
+Each video is probed (metadata and first frame); `full=True` also decodes every frame training will read, which
+finds files corrupt mid-stream (slow: a full decode of the dataset).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 
-from agibot_jax import registry
+from agibot_jax import logs, registry
 from agibot_jax import video_io as video
 
 log = logging.getLogger(__name__)
 _FPS_RTOL = 1e-3
+_ASPECT_RTOL = 1e-2
 
 
 class DatasetError(ValueError):
@@ -68,19 +74,30 @@ def _read_caption(path: str) -> tuple[str | None, str | None]:
   return data["caption"], None
 
 
-def _stems(folder: str) -> set[str]:
+def _files(folder: str, ext: str) -> tuple[dict[str, str], list[Problem]]:
+  """({stem: path} of the `ext` files in `folder`, the extension in any case; a problem per stem found twice)."""
   if not os.path.isdir(folder):
-    return set()
-  return {f[:-4] for f in os.listdir(folder) if f.endswith(".mp4") and not f.startswith(".")}
+    return {}, []
+  by_stem: dict[str, list[str]] = {}
+  for name in sorted(os.listdir(folder)):
+    stem, dot_ext = os.path.splitext(name)
+    if dot_ext.lower() == ext and not name.startswith("."):
+      by_stem.setdefault(stem, []).append(os.path.join(folder, name))
+  twice = [Problem(stem, paths[0], f"sample {stem!r} has {len(paths)} files here: "
+                   f"{[os.path.basename(p) for p in paths]}") for stem, paths in by_stem.items() if len(paths) > 1]
+  return {stem: paths[0] for stem, paths in by_stem.items()}, twice
 
 
 def _same_fps(a: float, b: float) -> bool:
   return abs(a - b) <= _FPS_RTOL * max(abs(a), abs(b))
 
 
-def scan(dataset_dir: str, views: tuple[str, ...], control_type: str,
-         frames_needed: int) -> tuple[list[Sample], list[Problem]]:
-  """Checks the whole dataset; returns the valid samples (sorted by id) and every problem found."""
+def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_needed: int, *, full: bool = False,
+         random_start: bool = False, backend: str = "auto") -> tuple[list[Sample], list[Problem]]:
+  """Checks the whole dataset; returns the valid samples (sorted by id) and every problem found.
+
+  full: decode every frame training reads (the first `frames_needed`; all of them with `random_start`) with `backend`.
+  """
   views = registry.check_views(views)
   control = registry.control(control_type)
   root = os.path.abspath(dataset_dir)
@@ -93,88 +110,140 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str,
     folders += [os.path.join(ctrl_root, v) for v in views]
   problems += [Problem(None, d, "folder missing") for d in folders if not os.path.isdir(d)]
 
-  stems_by_view = {v: _stems(os.path.join(root, "videos", v)) for v in views}
-  all_ids = sorted(set().union(*stems_by_view.values()))
+  duplicates: dict[str, list[Problem]] = {}
+
+  def files(*parts: str, ext: str = ".mp4") -> dict[str, str]:
+    found, twice = _files(os.path.join(root, *parts), ext)
+    for p in twice:
+      duplicates.setdefault(p.sample_id, []).append(p)
+    return found
+
+  videos = {v: files("videos", v) for v in views}
+  captions = {v: files("captions", v, ext=".json") for v in views}
+  ctrl_files = {v: files(control.key, v) for v in views} if ctrl_root else {}
+  all_ids = sorted(set().union(*videos.values()))
+  if full:
+    log.info("validate=full: decoding every frame training reads, %d samples x %d views", len(all_ids), len(views))
+
+  def decodes(info: video.VideoInfo) -> str | None:
+    """Why the file does not decode as far as training reads (None: it does, or is not fully checked)."""
+    if not full or info.num_frames < frames_needed:
+      return None
+    try:
+      video.verify(info.path, info.num_frames if random_start else frames_needed, backend)
+    except video.VideoError as e:
+      return str(e)
+    return None
+
   samples = []
-  for sid in all_ids:
-    sample_problems: list[Problem] = []
-    present = [v for v in views if sid in stems_by_view[v]]
-    paths = [os.path.join(root, "videos", v, f"{sid}.mp4") for v in views]
-    if len(present) == 1 and len(views) > 1:
-      sample_problems.append(Problem(sid, paths[views.index(present[0])],
-                                     f"sample {sid!r} exists only in view {present[0]} (no other view has it)"))
-    else:
-      sample_problems += [Problem(sid, p, f"missing view file ({v}) of sample {sid!r}")
-                          for v, p in zip(views, paths) if v not in present]
+  with logs.progress(total=len(all_ids), desc="decoding", unit="sample") if full else contextlib.nullcontext() as bar:
+    for sid in all_ids:
+      sample_problems: list[Problem] = list(duplicates.get(sid, ()))
+      present = [v for v in views if sid in videos[v]]
+      paths = [videos[v].get(sid, os.path.join(root, "videos", v, f"{sid}.mp4")) for v in views]
+      if len(present) == 1 and len(views) > 1:
+        sample_problems.append(Problem(sid, paths[views.index(present[0])],
+                                       f"sample {sid!r} exists only in view {present[0]} (no other view has it)"))
+      else:
+        sample_problems += [Problem(sid, p, f"missing view file ({v}) of sample {sid!r}")
+                            for v, p in zip(views, paths) if v not in present]
 
-    prompt = ""
-    for v in views:
-      cap_path = os.path.join(root, "captions", v, f"{sid}.json")
-      caption, msg = _read_caption(cap_path)
-      if msg:
-        sample_problems.append(Problem(sid, cap_path, msg))
-      elif v == registry.PROMPT_VIEW:
-        prompt = caption
+      prompt = ""
+      for v in views:
+        cap_path = captions[v].get(sid, os.path.join(root, "captions", v, f"{sid}.json"))
+        caption, msg = _read_caption(cap_path)
+        if msg:
+          sample_problems.append(Problem(sid, cap_path, msg))
+        elif v == registry.PROMPT_VIEW:
+          prompt = caption
 
-    infos = {}
-    for v, p in zip(views, paths):
-      if v in present:
-        try:
-          infos[v] = video.probe(p)
-        except video.VideoError as e:
-          sample_problems.append(Problem(sid, p, f"unreadable or corrupt video ({e})"))
-    for v, info in infos.items():
-      if info.num_frames < frames_needed:
-        sample_problems.append(Problem(sid, info.path,
-                                       f"video has {info.num_frames} frames, need at least {frames_needed}"))
-    if len(infos) > 1:
-      ref_view, ref = next(iter(infos.items()))
+      infos = {}
+      for v, p in zip(views, paths):
+        if v in present:
+          try:
+            infos[v] = video.probe(p)
+          except video.VideoError as e:
+            sample_problems.append(Problem(sid, p, f"unreadable or corrupt video ({e})"))
       for v, info in infos.items():
-        if info.num_frames != ref.num_frames or not _same_fps(info.fps, ref.fps):
-          sample_problems.append(Problem(
-              sid, info.path, f"view {v} has {info.num_frames} frames at {info.fps:g} fps but view {ref_view} "
-              f"({ref.path}) has {ref.num_frames} frames at {ref.fps:g} fps"))
+        if info.num_frames < frames_needed:
+          sample_problems.append(Problem(sid, info.path,
+                                         f"video has {info.num_frames} frames, need at least {frames_needed}"))
+        elif msg := decodes(info):
+          sample_problems.append(Problem(sid, info.path, f"corrupt video ({msg})"))
+      if len(infos) > 1:
+        ref_view, ref = next(iter(infos.items()))
+        for v, info in infos.items():
+          if info.num_frames != ref.num_frames or not _same_fps(info.fps, ref.fps):
+            sample_problems.append(Problem(
+                sid, info.path, f"view {v} has {info.num_frames} frames at {info.fps:g} fps but view {ref_view} "
+                f"({ref.path}) has {ref.num_frames} frames at {ref.fps:g} fps"))
 
-    ctrl_paths = None
-    if ctrl_root:
-      ctrl_paths = tuple(os.path.join(ctrl_root, v, f"{sid}.mp4") for v in views)
-      for v, cp in zip(views, ctrl_paths):
-        if not os.path.isfile(cp):
-          sample_problems.append(Problem(sid, cp, f"{control_type} control file missing for view {v}"))
-          continue
-        try:
-          cinfo = video.probe(cp)
-        except video.VideoError as e:
-          sample_problems.append(Problem(sid, cp, f"unreadable or corrupt control video ({e})"))
-          continue
-        if v in infos and (cinfo.num_frames != infos[v].num_frames or not _same_fps(cinfo.fps, infos[v].fps)):
-          sample_problems.append(Problem(
-              sid, cp, f"control video has {cinfo.num_frames} frames at {cinfo.fps:g} fps but its RGB video "
-              f"{infos[v].path} has {infos[v].num_frames} frames at {infos[v].fps:g} fps"))
+      ctrl_paths = None
+      if ctrl_root:
+        ctrl_paths = tuple(ctrl_files[v].get(sid, os.path.join(ctrl_root, v, f"{sid}.mp4")) for v in views)
+        for v, cp in zip(views, ctrl_paths):
+          if not os.path.isfile(cp):
+            sample_problems.append(Problem(sid, cp, f"{control_type} control file missing for view {v}"))
+            continue
+          try:
+            cinfo = video.probe(cp)
+          except video.VideoError as e:
+            sample_problems.append(Problem(sid, cp, f"unreadable or corrupt control video ({e})"))
+            continue
+          if v in infos and (cinfo.num_frames != infos[v].num_frames or not _same_fps(cinfo.fps, infos[v].fps)):
+            sample_problems.append(Problem(
+                sid, cp, f"control video has {cinfo.num_frames} frames at {cinfo.fps:g} fps but its RGB video "
+                f"{infos[v].path} has {infos[v].num_frames} frames at {infos[v].fps:g} fps"))
+          elif msg := decodes(cinfo):
+            sample_problems.append(Problem(sid, cp, f"corrupt control video ({msg})"))
 
-    problems += sample_problems
-    if not sample_problems:
-      samples.append(Sample(
-          sample_id=sid, videos=tuple(paths), controls=ctrl_paths, prompt=prompt,
-          num_frames=min(i.num_frames for i in infos.values()), fps=infos[views[0]].fps,
-          original_hw=tuple((infos[v].height, infos[v].width) for v in views)))
+      problems += sample_problems
+      if not sample_problems:
+        samples.append(Sample(
+            sample_id=sid, videos=tuple(paths), controls=ctrl_paths, prompt=prompt,
+            num_frames=min(i.num_frames for i in infos.values()), fps=infos[views[0]].fps,
+            original_hw=tuple((infos[v].height, infos[v].width) for v in views)))
+      if bar is not None:
+        bar.update(1)
   if not all_ids:
     problems.append(Problem(None, os.path.join(root, "videos", views[0]), "empty dataset: no .mp4 samples found"))
   return samples, problems
 
 
+def aspect_mismatches(samples: list[Sample], views: tuple[str, ...],
+                      resolution_hw: tuple[int, int]) -> dict[str, list[tuple[int, int]]]:
+  """{view: its source sizes (H, W) whose aspect ratio differs from `resolution_hw`'s by more than 1%}."""
+  target = resolution_hw[1] / resolution_hw[0]
+  out: dict[str, set[tuple[int, int]]] = {}
+  for sample in samples:
+    for view, (h, w) in zip(views, sample.original_hw):
+      if abs(w / h - target) > _ASPECT_RTOL * target:
+        out.setdefault(view, set()).add((h, w))
+  return {view: sorted(sizes) for view, sizes in out.items()}
+
+
 def load_index(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_needed: int,
-               skip_invalid: bool = False) -> list[Sample]:
-  """Validated sample list.
+               skip_invalid: bool = False, *, resolution_hw: tuple[int, int] | None = None, full: bool = False,
+               random_start: bool = False, backend: str = "auto") -> list[Sample]:
+  """Validated sample list (`scan`); with `resolution_hw`, a warning lists the views whose aspect ratio differs.
 
   Raises:
     DatasetError: any problem (listing all of them), or, with `skip_invalid`, no valid sample left.
   """
-  samples, problems = scan(dataset_dir, views, control_type, frames_needed)
+  samples, problems = scan(dataset_dir, views, control_type, frames_needed, full=full, random_start=random_start,
+                           backend=backend)
   if problems and not (skip_invalid and samples):
     raise DatasetError(dataset_dir, problems)
   if problems:
     dropped = sorted({p.sample_id for p in problems if p.sample_id is not None})
     log.warning("skip_invalid: dropping %d sample(s) %s of %s:\n%s", len(dropped), dropped, dataset_dir,
                     "\n".join(f"  - {p}" for p in problems))
+  if resolution_hw is not None:
+    mismatched = aspect_mismatches(samples, registry.check_views(views), resolution_hw)
+    if mismatched:
+      h, w = resolution_hw
+      listed = "; ".join(f"{view} {', '.join(f'{a}x{b} ({b / a:.2f})' for a, b in sizes)}"
+                         for view, sizes in mismatched.items())
+      log.warning("view(s) whose aspect ratio (W/H) differs from the training resolution %dx%d (%.2f), stretched to "
+                  "it: %s", h, w, w / h, listed)
   return samples

@@ -10,6 +10,11 @@ Per-sample randomness (edge thresholds, vis blur draws, optional random start fr
 `np.random.default_rng([seed, epoch, index])`, so a sample is reproducible from (seed, epoch, index)
 regardless of worker count or process layout.
 
+A sample that fails to decode during training (a file gone bad after the start-up check) is replaced by the next
+sample of the dataset that decodes, deterministically; each sample says what it replaced (`SKIPPED_KEY`), and
+`SkippedSamples`, in the training process, warns about each one and stops the run (BadSamplesError) once more than
+`dataloader_train.dataset.max_bad_samples` were skipped.
+
 With `dataloader_train.dataset.latent_cache_dir` set, samples carry `latent_video` / `latent_control` read
 from a cache written by `python -m agibot_jax.cache_latents` instead of `video` / `control_input_<ct>`;
 the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_cache.py).
@@ -20,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 from typing import Any, Sequence
 
 from absl import flags
@@ -32,6 +38,13 @@ from agibot_jax import video_io as video
 from agibot_jax.data import controls, latent_cache, layout, resize
 
 log = logging.getLogger(__name__)
+
+# Batch key: per sample, the samples skipped in its place ("sample 'id': reason", empty when none).
+SKIPPED_KEY = "__skipped__"
+
+
+class BadSamplesError(RuntimeError):
+  """More samples failed to decode during training than `dataloader_train.dataset.max_bad_samples` allows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +62,8 @@ class DataSettings:
   control_preset: str | None = None
   # A cache written by agibot_jax.cache_latents: samples carry its latents instead of pixels.
   latent_cache_dir: str = ""
+  validate: str = "probe"  # probe | full: start-up check of the videos (layout.scan)
+  max_bad_samples: int = 0  # undecodable samples the training iterator may skip
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, control_preset: str | None = None) -> DataSettings:
@@ -57,7 +72,16 @@ class DataSettings:
                resolution_hw=tuple(ds.resolution_hw), num_video_frames=int(ds.num_video_frames),
                random_start_frame=bool(ds.random_start_frame), skip_invalid=bool(ds.skip_invalid),
                video_backend=ds.video_backend, control_preset=control_preset,
-               latent_cache_dir=ds.get("latent_cache_dir", ""))
+               latent_cache_dir=ds.get("latent_cache_dir", ""), validate=ds.validate,
+               max_bad_samples=int(ds.max_bad_samples))
+
+
+def validated_samples(settings: DataSettings) -> list[layout.Sample]:
+  """The dataset's samples, checked as `settings.validate` says (layout.load_index; DatasetError lists problems)."""
+  return layout.load_index(settings.dataset_dir, settings.views, settings.control_type, settings.num_video_frames,
+                           settings.skip_invalid, resolution_hw=settings.resolution_hw,
+                           full=settings.validate == "full", random_start=settings.random_start_frame,
+                           backend=settings.video_backend)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -82,8 +106,7 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
     """`samples`: the dataset's validated samples when already scanned (`layout.load_index`), else scanned here."""
     self.settings = settings
     if samples is None:
-      samples = layout.load_index(settings.dataset_dir, settings.views, settings.control_type,
-                                  settings.num_video_frames, settings.skip_invalid)
+      samples = validated_samples(settings)
     self.samples = list(samples)
     self._backend = video.resolve_backend(settings.video_backend)
     self.cache = None
@@ -181,7 +204,11 @@ class _StreamPosition(grain.transforms.Map):
 
 
 class _LoadSample(grain.transforms.Map):
-  """Stream position -> that sample, loaded with its (seed, epoch, index) RNG."""
+  """Stream position -> that sample, loaded with its (seed, epoch, index) RNG.
+
+  A sample that does not decode is replaced by the next one (index + 1, + 2, ... with their own RNGs), at most
+  `max_bad_samples` + 1 tries; the result lists what it replaced under SKIPPED_KEY.
+  """
 
   def __init__(self, source: AgibotMultiviewSource, stream: grain.MapDataset, seed: int):
     self._source, self._stream, self._seed = source, stream, seed
@@ -192,7 +219,48 @@ class _LoadSample(grain.transforms.Map):
     # The multi-process tests read these lines to check which process loaded which rows.
     log.debug("stream position %d: sample %s (index %d, epoch %d)", position, self._source.samples[index].sample_id,
               index, epoch)
-    return self._source.load(index, sample_rng(self._seed, epoch, index))
+    n, skipped = len(self._source), []
+    for k in range(min(n, self._source.settings.max_bad_samples + 1)):
+      candidate = (index + k) % n
+      try:
+        sample = self._source.load(candidate, sample_rng(self._seed, epoch, candidate))
+      except (video.VideoError, OSError) as e:
+        skipped.append(f"sample {self._source.samples[candidate].sample_id!r}: {e}")
+        continue
+      return {**sample, SKIPPED_KEY: skipped}
+    raise BadSamplesError(f"{len(skipped)} samples in a row do not decode (dataloader_train.dataset.max_bad_samples="
+                          f"{self._source.settings.max_bad_samples}); the last: {skipped[-1]}")
+
+
+class SkippedSamples:
+  """The training iterator, reporting the samples its loader skipped: a warning each (naming the sample and the
+  file), and BadSamplesError once more than `max_bad` were skipped by this process since its start.
+
+  get_state/set_state are the wrapped (checkpointable) iterator's.
+  """
+
+  def __init__(self, iterator: grain.DatasetIterator, max_bad: int):
+    self.iterator, self.max_bad, self.count = iterator, max_bad, 0
+
+  def __iter__(self) -> "SkippedSamples":
+    return self
+
+  def __next__(self) -> dict[str, Any]:
+    batch = next(self.iterator)
+    for reason in (r for per_sample in batch[SKIPPED_KEY] for r in per_sample):
+      self.count += 1
+      log.warning("skipped an undecodable sample (%d so far): %s", self.count, reason)
+      if self.count > self.max_bad:
+        raise BadSamplesError(f"{self.count} undecodable samples skipped, more than dataloader_train.dataset."
+                              f"max_bad_samples={self.max_bad} (the last: {reason}); check the dataset with "
+                              "python -m agibot_jax.data.inspect --full")
+    return batch
+
+  def get_state(self) -> Any:
+    return self.iterator.get_state()
+
+  def set_state(self, state: Any) -> None:
+    self.iterator.set_state(state)
 
 
 def build_dataset(source: AgibotMultiviewSource, *, batch_size: int, seed: int, shuffle: bool = True,
@@ -233,13 +301,20 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                           per_worker_buffer_size=prefetch_buffer_size))
+                                                           per_worker_buffer_size=prefetch_buffer_size),
+                              worker_init_fn=_worker_init)
   return iter(it_ds)
 
 
+def _worker_init(index: int, count: int) -> None:
+  """Ctrl-C reaches the whole process group: the workers leave it to the training process, which writes a
+  checkpoint before it stops them (agibot_jax/training/loop.py)."""
+  del index, count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def from_config(config: ml_collections.ConfigDict, rows: slice | None = None, num_epochs: int | None = None,
-                vae_params: Any | None = None,
-                samples: Sequence[layout.Sample] | None = None) -> grain.DatasetIterator:
+                vae_params: Any | None = None, samples: Sequence[layout.Sample] | None = None) -> SkippedSamples:
   """Training iterator from the `dataloader_train` section and `seed` of a configs/*.py config.
 
   With a latent cache, its VAE must match `config.model.tokenizer` and, when `vae_params` is given, those weights.
@@ -254,4 +329,5 @@ def from_config(config: ml_collections.ConfigDict, rows: slice | None = None, nu
     source.cache.check_vae(VAEConfig.from_tokenizer_config(config.model.tokenizer), vae_params)
   ds = build_dataset(source, batch_size=dl.batch_size, seed=config.seed, shuffle=dl.shuffle,
                      rows=rows, num_epochs=num_epochs)
-  return make_iterator(ds, num_workers=dl.num_workers, prefetch_buffer_size=dl.prefetch_buffer_size)
+  return SkippedSamples(make_iterator(ds, num_workers=dl.num_workers, prefetch_buffer_size=dl.prefetch_buffer_size),
+                        source.settings.max_bad_samples)

@@ -8,12 +8,19 @@ text encoder) go through `dot_product_attention`, so the kernel is chosen in one
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on
            Hopper); needs bf16/fp16 inputs, so q, k, v are cast to `jnp.bfloat16`.
 - "auto":  "cudnn" on GPU, else "xla".
+
+A `name` (a DiT call site) names the kernel's output and what it keeps for its backward, for the
+remat policies (agibot_jax/models/remat.py).
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from agibot_jax.models import remat
 
 IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 
@@ -34,6 +41,7 @@ def dot_product_attention(
     kv_lengths_B: jax.Array | None = None,
     is_causal: bool = False,
     implementation: str = "xla",
+    name: str | None = None,
 ) -> jax.Array:
   """Multi-head attention, scale 1/sqrt(head_dim).
 
@@ -45,6 +53,9 @@ def dot_product_attention(
       masked (a key-padding mask whose valid keys form a prefix).
     is_causal: causal mask (query i sees keys <= i).
     implementation: see module docstring.
+    name: optional call site (one of `remat.ATTENTION`): the kernel's output and what it keeps for
+      its backward, other than q, k, v, are named so, for the remat policies that save them
+      (`remat.named_residuals`).
 
   Returns:
     (batch, q_len, heads, head_dim) in q's dtype.
@@ -52,15 +63,30 @@ def dot_product_attention(
   impl = resolve_implementation(implementation)
   out_dtype = q_BQHK.dtype
   if impl == "cudnn":
-    q, k, v = (t.astype(jnp.bfloat16) for t in (q_BQHK, k_BKHK, v_BKHK))
-    out = jax.nn.dot_product_attention(
-        q, k, v,
-        key_value_seq_lengths=None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32),
-        is_causal=is_causal,
-        implementation="cudnn",
-    )
-    return out.astype(out_dtype)
-  return _reference_attention(q_BQHK, k_BKHK, v_BKHK, kv_lengths_B, is_causal).astype(out_dtype)
+    kernel = functools.partial(_cudnn_attention, is_causal=is_causal)
+    args = (*(t.astype(jnp.bfloat16) for t in (q_BQHK, k_BKHK, v_BKHK)),
+            None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32))
+    expected = _cudnn_residuals(args[0], args[2])
+  else:
+    kernel = functools.partial(_reference_attention, is_causal=is_causal)
+    args, expected = (q_BQHK, k_BKHK, v_BKHK, kv_lengths_B), None
+  if name is not None:
+    kernel = remat.named_residuals(kernel, name, expected)
+  return kernel(*args).astype(out_dtype)
+
+
+def _cudnn_attention(q, k, v, kv_lengths, is_causal):
+  """cuDNN flash attention on bf16 q, k, v (BTNH layout)."""
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths, is_causal=is_causal,
+                                      implementation="cudnn")
+
+
+def _cudnn_residuals(q_BQHK, v_BKHK) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """The cuDNN kernel's output and what it keeps for its backward besides q, k, v: the output itself (B, Q, H, K)
+  and the float32 softmax statistics (B, H, Q) (jax/_src/cudnn/fused_attention_stablehlo.py)."""
+  b, q_len, heads, _ = q_BQHK.shape
+  return (jax.ShapeDtypeStruct((b, q_len, heads, v_BKHK.shape[-1]), q_BQHK.dtype),
+          jax.ShapeDtypeStruct((b, heads, q_len), jnp.float32))
 
 
 def _reference_attention(q, k, v, kv_lengths, is_causal):

@@ -527,7 +527,7 @@ def heads_sharded(*arrays):
   return tuple(sharding.constrain(a, spec(a)) for a in arrays)
 
 
-def per_frame_attention(q_NTSHK, k_NTMHK, v_NTMHK, kv_len_NT, *, implementation: str):
+def per_frame_attention(q_NTSHK, k_NTMHK, v_NTMHK, kv_len_NT, *, implementation: str, name: str | None = None):
   """Attention within each frame: queries (N, T, S, H, hd) over keys (N, T, M, H, hd) whose first kv_len are valid.
 
   Every frame needs kv_len ≥ 1 (an empty softmax is undefined).
@@ -536,7 +536,7 @@ def per_frame_attention(q_NTSHK, k_NTMHK, v_NTMHK, kv_len_NT, *, implementation:
   flat = lambda a: a.reshape(n * t, *a.shape[2:])
   kv_len = kv_len_NT.reshape(n * t)
   o = dot_product_attention(flat(q_NTSHK), flat(k_NTMHK), flat(v_NTMHK), kv_lengths_B=kv_len,
-                            implementation=implementation)
+                            implementation=implementation, name=name)
   return o.reshape(q_NTSHK.shape)
 
 
@@ -585,7 +585,7 @@ class Block(nn.Module):
     rope = (ctx.rope_cos_LK, ctx.rope_sin_LK)
     q = sa.queries(h, rope)
     k, val = sa.keys_values(h, rope)
-    o = dot_product_attention(*heads_sharded(q, k, val), implementation=cfg.attention)
+    o = dot_product_attention(*heads_sharded(q, k, val), implementation=cfg.attention, name=remat.SELF_ATTENTION)
     x_BVLD = x_BVLD + gate * sa.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
     # Cross-view attention: each token sees its neighbour views' tokens at the same frame. k/v are projected
@@ -600,7 +600,8 @@ class Block(nn.Module):
     # A view without any neighbour present attends to one absent (zero) slot: its output is exactly 0, no mask pass.
     kv_len_NT = jnp.broadcast_to(jnp.maximum(ctx.nbr_count_BV * s, 1).reshape(b * v, 1), (b * v, t))
     frames = ("activation_batch", "activation_length", None, None, None)
-    o = self.context_parallel_attention(functools.partial(per_frame_attention, implementation=cfg.attention),
+    o = self.context_parallel_attention(functools.partial(per_frame_attention, implementation=cfg.attention,
+                                                          name=remat.CROSS_VIEW_ATTENTION),
                                         (frames, frames, frames, frames[:2]), frames,
                                         q_NTSHK, frames_of(k), frames_of(val), kv_len_NT)
     x_BVLD = x_BVLD + cv.out(o).reshape(b, v, l, d)
@@ -611,7 +612,8 @@ class Block(nn.Module):
     ca = AttentionProjections(cfg, cfg.crossattn_emb_channels, name="cross_attn")
     k, val = ca.keys_values(ctx.text_ctx_BVMC.reshape(b * v, -1, cfg.crossattn_emb_channels).astype(dtype))
     tokens, text = ("activation_batch", "activation_length", None, None), ("activation_batch", None, None, None)
-    o = self.context_parallel_attention(functools.partial(dot_product_attention, implementation=cfg.attention),
+    o = self.context_parallel_attention(functools.partial(dot_product_attention, implementation=cfg.attention,
+                                                          name=remat.TEXT_ATTENTION),
                                         (tokens, text, text), tokens, ca.queries(h), k, val)
     x_BVLD = x_BVLD + gate * ca.out(o).reshape(b, v, l, d)
 
@@ -647,7 +649,7 @@ class ControlBlock(Block):
 
 
 def _block_policy(cfg: DiTConfig):
-  return remat.policy(cfg.remat_policy, cfg.offload_block_inputs, cfg.text_tokens_per_view)
+  return remat.policy(cfg.remat_policy, cfg.offload_block_inputs)
 
 
 def _scanned(block_cls, cfg: DiTConfig, length: int, in_axes):

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 
-import cv2
 import jax
 import numpy as np
 
@@ -50,6 +49,7 @@ class EveryNSample:
     self.num_cond_frames = tuple(int(n) for n in cb.num_cond_frames)
     self.control_weights = tuple(float(w) for w in cb.control_weights)
     self.fps = int(cb.fps)
+    self.views = list(ds.views)
     self.num_views = len(ds.views)
     self.control_key = f"control_input_{ds.control_input_type}"
     self.out_dir = os.path.join(workdir, "samples")
@@ -71,14 +71,21 @@ class EveryNSample:
         t0 = time.perf_counter()
         rows = self.sample_rows(get_params(), batch, loader_batch)
         if writer is not None:
-          mp4, jpg = video_out.save_sample_outputs(self.out_dir, video_out.sample_file_base(tag, step, self.num_views),
-                                                   rows, fps=self.fps)
-          image = cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB)
+          labels = [f"{tag} {name}" for name in self.row_names()]
+          mp4, _ = video_out.save_sample_outputs(self.out_dir, video_out.sample_file_base(tag, step, self.num_views),
+                                                 rows, fps=self.fps, row_labels=labels, view_names=self.views)
+          image = video_out.tensorboard_image(rows, row_labels=labels, view_names=self.views)
           writer.add_image(f"samples/{tag}", image, step, dataformats="HWC")
           log.info("step %d: %s samples in %.1fs -> %s", step, tag, time.perf_counter() - t0, mp4)
     finally:
       if writer is not None:
         writer.close()
+
+  def row_names(self) -> list[str]:
+    """What each row of `sample_rows` shows."""
+    samples = [f"n={n} w={w:g} g={g:g}" for n in self.num_cond_frames for w in self.control_weights
+               for g in self.guidance]
+    return samples + ["input", "control"]
 
   def sample_rows(self, params, batch: dict, loader_batch: dict) -> list[np.ndarray]:
     """The visualised rows, each (b, V, T, H, W, 3) in [-1, 1]: samples, input video, control pixels."""

@@ -11,6 +11,10 @@ right) sit side by side along width; rows are stacked along height.
   fallback (GPU boxes have no imageio-ffmpeg).
 - jpg: 12 evenly spaced frames (index round(i·(T−1)/11)) of each batch item placed along width, rows along
   height, resized so the longer side is 1024 px, rounded to uint8.
+- TensorBoard image (`tensorboard_image`): 4 evenly spaced frames, at most 2048 px on the longer side, so a row
+  stays readable at real resolutions.
+With `row_labels` and `view_names`, the mp4 and the images get a label column on the left (what each row is) and a
+header naming each view (batch items repeat the views).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from agibot_jax import video_io as video
 MAX_VIDEO_WIDTH = 2048
 STRIP_SIZE = 1024
 STRIP_FRAMES = 12
+TB_FRAMES = 4
+TB_SIZE = 2048
 FPS = 10
 QUALITY = 5
 N_VIZ_SAMPLE = 3
@@ -72,6 +78,51 @@ def frame_strip(
   return x.transpose(0, 4, 1, 3, 2, 5, 6).reshape(n * h, b * t * v * w, c)
 
 
+def label(frames_THWC: np.ndarray, *, row_labels: list[str] | None, column_labels: list[str] | None) -> np.ndarray:
+  """Adds a left column naming each of the N equal-height rows and a header naming each of the equal-width columns.
+
+  frames: (T, H, W, 3), float in [0, 1] or uint8, with H = N·row height and W = (number of columns)·column width.
+  """
+  if not row_labels and not column_labels:
+    return frames_THWC
+  t, h, w, _ = frames_THWC.shape
+  white = (255,) * 3 if frames_THWC.dtype == np.uint8 else (1.0,) * 3
+  font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1
+  text_h = cv2.getTextSize("Ag", font, scale, thick)[0][1] + 6
+  left = max((cv2.getTextSize(s, font, scale, thick)[0][0] for s in row_labels), default=0) + 8 if row_labels else 0
+  top = text_h if column_labels else 0
+  band = np.zeros((h + top, w + left, 3), frames_THWC.dtype)
+  for i, text in enumerate(row_labels or ()):
+    row_h = h // len(row_labels)
+    cv2.putText(band, text, (4, top + i * row_h + row_h // 2 + text_h // 3), font, scale, white, thick, cv2.LINE_AA)
+  for j, text in enumerate(column_labels or ()):
+    col_w = w // len(column_labels)
+    cv2.putText(band, text, (left + j * col_w + 4, text_h - 4), font, scale, white, thick, cv2.LINE_AA)
+  out = np.empty((t,) + band.shape, frames_THWC.dtype)
+  out[:] = band
+  out[:, top:, left:] = frames_THWC
+  return out
+
+
+def _view_columns(view_names: list[str] | None, rows: list[np.ndarray], n_viz_sample: int, n_frames: int = 1):
+  """Column labels for a grid whose columns are (batch item, frame, view)."""
+  if not view_names:
+    return None
+  items = min(_rows_BVTHWC(rows[:1], n_viz_sample).shape[1], n_viz_sample)
+  return [v for _ in range(items * n_frames) for v in view_names]
+
+
+def tensorboard_image(rows: list[np.ndarray], *, row_labels: list[str] | None = None,
+                      view_names: list[str] | None = None, n_viz_sample: int = N_VIZ_SAMPLE) -> np.ndarray:
+  """(H, W, 3) uint8: TB_FRAMES evenly spaced frames of every row, labelled, longer side at most TB_SIZE."""
+  strip = frame_strip(rows, n_frames=TB_FRAMES, n_viz_sample=n_viz_sample)
+  strip = label(strip[None], row_labels=row_labels,
+                column_labels=_view_columns(view_names, rows, n_viz_sample, TB_FRAMES))[0]
+  if max(strip.shape[:2]) > TB_SIZE:
+    strip = _resize_longer_side(strip, TB_SIZE)
+  return np.clip(strip * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def cap_width(frames_THWC: np.ndarray, max_width: int = MAX_VIDEO_WIDTH) -> np.ndarray:
   """Bilinear (half-pixel, no antialias) downscale to `max_width` keeping the aspect; unchanged if narrower."""
   t, h, w, _ = frames_THWC.shape
@@ -113,20 +164,29 @@ def save_sample_outputs(
     max_width: int = MAX_VIDEO_WIDTH,
     n_viz_sample: int = N_VIZ_SAMPLE,
     backend: str = "auto",
+    row_labels: list[str] | None = None,
+    view_names: list[str] | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes `<file_base>.mp4` and `<file_base>_12frames.jpg` under out_dir.
 
   Args:
     rows: decoded clips in [-1, 1], each (B, V, T, H, W, 3) or (V, T, H, W, 3), all the same shape.
+    row_labels, view_names: optional labels of the rows and of the views (module docstring).
 
   Returns:
     (mp4 path, jpg path).
   """
+  if row_labels is not None and len(row_labels) != len(rows):
+    raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   jpg_path = out_dir / f"{file_base}_{STRIP_FRAMES}frames.jpg"
-  write_jpeg(jpg_path, frame_strip(rows, n_viz_sample=n_viz_sample))
-  frames = cap_width(video_grid(rows, n_viz_sample=n_viz_sample), max_width)
+  strip = label(frame_strip(rows, n_viz_sample=n_viz_sample)[None], row_labels=row_labels,
+                column_labels=_view_columns(view_names, rows, n_viz_sample, STRIP_FRAMES))[0]
+  write_jpeg(jpg_path, strip)
+  frames = (cap_width(video_grid(rows, n_viz_sample=n_viz_sample), max_width) * 255.0).astype(np.uint8)
+  # Labelled after the width cap, on uint8 frames: no second full-size float copy of the video.
+  frames = label(frames, row_labels=row_labels, column_labels=_view_columns(view_names, rows, n_viz_sample))
   mp4_path = out_dir / f"{file_base}.mp4"
-  video.write_video(str(mp4_path), _pad_even((frames * 255.0).astype(np.uint8)), fps, quality=QUALITY, backend=backend)
+  video.write_video(str(mp4_path), _pad_even(frames), fps, quality=QUALITY, backend=backend)
   return mp4_path, jpg_path

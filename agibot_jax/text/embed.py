@@ -48,8 +48,7 @@ def load_text_encoder(path: str, *, dtype: str | None = None, attention: str = "
 
   dtype: activation and parameter dtype ("bfloat16" | "float32"); default: the stored dtype.
   """
-  from agibot_jax.params_io import read_meta, restore_params
-  from convert.text_encoder import MODEL_KIND
+  from agibot_jax.params_io import MODEL_TEXT_ENCODER as MODEL_KIND, read_meta, restore_params
 
   meta = read_meta(path)
   if meta.get("model") != MODEL_KIND:

@@ -7,19 +7,74 @@ One checkpoint per saved step under `<workdir>/checkpoints/<step>/`, holding
 Saves are asynchronous (training continues while the previous one is written) and finalised
 atomically by Orbax: a checkpoint directory appears under its final name only once complete, so a
 run killed mid-save resumes from the last complete one. Old checkpoints beyond `checkpoint.keep`
-are removed.
+are removed. `checkpoints/` itself appears with the first save.
+
+What goes wrong is said in one line and never silently:
+  - a save that fails (disk full) raises SaveError naming the step as soon as it is known (`Saver`), after its
+    unfinished `<step>.orbax-checkpoint-tmp*` directory is removed;
+  - a checkpoint that does not restore is named (step, item directory, reason) and moved aside to
+    `<step>.corrupt` (Orbax ignores it, and would not save a step older than the newest one it sees), and the
+    next older one is tried; `checkpoint.strict_resume` stops instead (ResumeError);
+  - a checkpoint written with another model, control type, views or clip shape is refused, naming the keys;
+    other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
+import shutil
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from agibot_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+CORRUPT_SUFFIX = ".corrupt"
+_TMP_MARK = ".orbax-checkpoint-tmp"
+
+# Config keys (dotted prefixes) a checkpoint cannot be resumed across: they change the train state's shapes or
+# what the network learns to map from (control type, views, clip shape, VAE).
+STRUCTURAL_KEYS = (
+    "control_type", "model.net.", "model.train_base", "model.precision", "model.hint_keys", "model.tokenizer.",
+    "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type", "dataloader_train.dataset.views",
+    "dataloader_train.dataset.resolution_hw", "dataloader_train.dataset.num_video_frames", "ema.enabled",
+)
+# Keys free to change on resume: paths, loop lengths, checkpointing, logging and samples, parallelism, input
+# workers, and the network's memory/kernel settings (same weights, same results). Anything else that changed is
+# reported as a warning.
+IGNORED_KEYS = (
+    "job.", "mesh.", "checkpoint.", "trainer.max_iter", "trainer.logging_iter", "trainer.max_nonfinite_steps",
+    "trainer.callbacks.", "dataloader_val.", "dataloader_train.num_workers", "dataloader_train.prefetch_buffer_size",
+    "dataloader_train.dataset.dataset_dir", "dataloader_train.dataset.text_cache_dir",
+    "dataloader_train.dataset.latent_cache_dir", "dataloader_train.dataset.video_backend",
+    "dataloader_train.dataset.skip_invalid", "dataloader_train.dataset.validate",
+    "dataloader_train.dataset.max_bad_samples", "model.allow_random_init", "model.tokenizer.path",
+    "model.text_encoder.path", "model.text_encoder.tokenizer", "model.text_encoder.compute_online",
+    "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs",
+    "model.net.context_local_attention",
+)
+# Under STRUCTURAL_KEYS but only numerics (compute precision): a change is warned about.
+PRECISION_KEYS = ("model.net.dtype", "model.tokenizer.dtype")
+
+
+class SaveError(RuntimeError):
+  """A checkpoint could not be written; the message names the step and the reason."""
+
+
+class ResumeError(RuntimeError):
+  """The run cannot resume from its checkpoints; the message names the step, the file or the keys."""
+
+
+class _Unrestorable(Exception):
+  """One checkpoint does not restore (internal: the caller falls back or stops)."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -30,7 +85,7 @@ def make_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=int(config.checkpoint.keep),
       enable_async_checkpointing=bool(config.checkpoint.async_save),
-      create=True,
+      create=False,  # the first save creates the directory: nothing is written before it can be
       # A save killed midway leaves `<step>.orbax-checkpoint-tmp*`; restore never sees it (only finalised
       # steps are listed) and removing it at start lets the resumed run save that step again.
       cleanup_tmp_directories=True,
@@ -51,19 +106,184 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, con
   ), force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState) -> tuple[TrainState, Any] | None:
-  """(state, data iterator state) of the newest complete checkpoint, or None if there is none.
+class Saver:
+  """Writes the run's checkpoints through `manager`, one asynchronous save in flight (the loop's `Checkpoints`).
+
+  A save that failed raises SaveError at the first `check` (called after every step), `wait` or `save` after the
+  failure is known, with its unfinished directory removed, instead of one save interval later inside Orbax.
+  data_state() -> the data iterator state to store with the train state.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, config, data_state: Callable[[], Any]):
+    self.manager, self.config, self.data_state = manager, config, data_state
+    self.pending: int | None = None  # the step whose save is in flight or not yet checked
+    self.failed = False
+
+  def save(self, state: TrainState) -> None:
+    self.wait()
+    save(self.manager, state, self.data_state(), self.config)
+    self.pending = int(jax.device_get(state.step))
+
+  def check(self) -> None:
+    if self.pending is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def wait(self) -> None:
+    if self.pending is None:
+      return
+    step, self.pending = self.pending, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self.failed = True
+      removed = _remove_unfinished(str(self.manager.directory), step)
+      raise SaveError(f"checkpoint {step}: the save failed ({_reason(e)}); removed its unfinished files "
+                      f"{removed or '(none found)'}; the newest complete checkpoint is step "
+                      f"{self.manager.latest_step()}") from e
+
+  def close(self) -> None:
+    """Waits for the last save (SaveError if it failed), then closes the manager."""
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self.failed:  # else Orbax raises the failure already reported once more
+          raise
+
+
+def _remove_unfinished(directory: str, step: int) -> list[str]:
+  paths = sorted(glob.glob(os.path.join(directory, f"{step}{_TMP_MARK}*")))
+  if jax.process_index() == 0:
+    for path in paths:
+      shutil.rmtree(path, ignore_errors=True)
+  return paths
+
+
+def _reason(error: BaseException) -> str:
+  """The innermost cause of `error` in one line (TensorStore's spec dump cut off)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).split(" [tensorstore_spec")[0].strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, config=None, *,
+                   strict: bool = False) -> tuple[TrainState, Any] | None:
+  """(state, data iterator state) of the newest checkpoint that restores, or None if there is none.
 
   abstract_state: TrainState of `jax.ShapeDtypeStruct`s carrying the target shardings.
+  config: the run's config, compared with each checkpoint's (`config_changes`) before its state is read.
+  A checkpoint that does not restore is named in one line and moved aside, and the next older one is tried;
+  `strict` raises ResumeError instead. Raises ResumeError as well when checkpoints exist but none restores.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore(),
-  ))
-  return restored.state, restored.data
+  steps = sorted(manager.all_steps(), reverse=True)
+  if steps:
+    _drop_late_restore_callbacks()
+  for step in steps:
+    try:
+      return _restore(manager, step, abstract_state, config)
+    except _Unrestorable as e:
+      if strict:
+        raise ResumeError(f"{e} (checkpoint.strict_resume=True: not trying older checkpoints)") from e.__cause__
+      log.warning("%s; moved it aside to %s, trying the next older checkpoint", e, _move_aside(manager, step))
+  if steps:
+    raise ResumeError(f"{manager.directory}: none of the checkpoints {steps} restores (each moved aside to "
+                      f"<step>{CORRUPT_SUFFIX}); rerun to start from the base weights")
+  return None
+
+
+def _drop_late_restore_callbacks() -> None:
+  """When a restore fails, Orbax closes its asyncio loop while TensorStore still completes the other reads; each
+  completion then calls into the closed loop and Python prints a traceback ("Event loop is closed"), hundreds for a
+  train state, drowning the one line that names the failure. Those, and only those, are dropped from the process's
+  unraisable-exception hook (they arrive any time later, so the filter stays)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
+
+
+def _restore(manager, step: int, abstract_state, config) -> tuple[TrainState, Any]:
+  """The config is read first: it is small, and a changed model must be named before Orbax fails on a shape."""
+  items = {"config": ocp.args.JsonRestore(), "data": ocp.args.JsonRestore(),
+           "state": ocp.args.StandardRestore(abstract_state)}
+  restored = {}
+  for name, args in items.items():
+    try:
+      restored[name] = manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unrestorable(f"checkpoint {step}: {os.path.join(str(manager.directory), str(step), name)} does not "
+                          f"restore ({_reason(e)})") from e
+    if name == "config" and config is not None:
+      check_resume_config(restored["config"], config, step)
+  return restored["state"], restored["data"]
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Renames checkpoint `step` to `<step>.corrupt` (or `.corrupt.<n>`), so Orbax no longer lists it."""
+  src = os.path.join(str(manager.directory), str(step))
+  dst, n = src + CORRUPT_SUFFIX, 1
+  while os.path.exists(dst):
+    dst, n = f"{src}{CORRUPT_SUFFIX}.{n}", n + 1
+  if jax.process_index() == 0:
+    os.rename(src, dst)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"agibot_jax: checkpoint {step} moved aside")
+  manager.reload()
+  return dst
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+  return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+  """(structural, other) changes from a checkpoint's config JSON to the current one, each "key: old -> new".
+
+  A key present on one side only (another version of the code) is never structural.
+  """
+  old, new = _flatten(saved), _flatten(current)
+  structural, other = [], []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
+    if a == b or _matches(key, IGNORED_KEYS):
+      continue
+    is_structural = (key in old and key in new and _matches(key, STRUCTURAL_KEYS)
+                     and not _matches(key, PRECISION_KEYS))
+    (structural if is_structural else other).append(f"{key}: {a} -> {b}")
+  return structural, other
+
+
+def check_resume_config(saved: dict, config, step: int) -> None:
+  """Refuses (ResumeError) a checkpoint written with another model or data layout, naming the keys; warns about any
+  other changed setting (the current value is used)."""
+  structural, other = config_changes(saved, _config_json(config))
+  if structural:
+    raise ResumeError(f"checkpoint {step} was written for another model or data layout ({'; '.join(structural)}): "
+                      "set these back, or train in a new --workdir")
+  if other:
+    log.warning("resuming checkpoint %d with changed settings (the new values apply): %s", step, "; ".join(other))
 
 
 def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True) -> tuple[int, Any]:

@@ -8,10 +8,19 @@ logs the step's metrics and where the time went:
   data_s         waiting for the loader (decoding, resizing, controls)
   prepare_s      turning the loader batch into the model batch (VAE encode, text embedding, placement on the mesh;
                  work the devices run asynchronously is not in it)
-  device_wait_s  waiting for the devices to finish the previous step (the part the host could not overlap)
+  device_wait_s  waiting for the devices to finish a step (the part of it the host could not overlap)
   dispatch_s     launching the step (on a CPU backend this includes running it)
+  save_s         writing checkpoints (asynchronous saves: their synchronous part)
 
 (seconds per step, averaged since the last log). Throughput comes from the analytic FLOP count.
+
+The loop stops early by raising `Stopped` (one-line message, exit status):
+  - after `max_nonfinite` steps in a row whose loss or gradient norm was not finite (the step skipped their
+    updates; agibot_jax/training/step.py); no checkpoint is ever written right after such a step, so keep-N
+    rotation cannot remove the last checkpoint of a finite run;
+  - on SIGTERM or SIGINT (`StopSignals`): the step in flight finishes, a checkpoint of it is written and waited
+    for, and the run exits with 128 + the signal number; a second signal exits at once.
+A failed asynchronous checkpoint save stops it at the first step after the failure (`Checkpoints.check`).
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ import collections
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 
@@ -100,27 +111,139 @@ class StepTimer:
     return out
 
 
+class Stopped(Exception):
+  """The run stopped before `max_iter`; the message says why in one line, `exit_code` is the process's exit status."""
+
+  def __init__(self, message: str, exit_code: int = 1):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+class Checkpoints(Protocol):
+  """Where the loop writes its checkpoints (agibot_jax.training.checkpointing.Saver)."""
+
+  def save(self, state) -> None:
+    """Starts writing a checkpoint of `state`, after the previous one is written."""
+
+  def wait(self) -> None:
+    """Blocks until the last checkpoint is written; raises if it failed."""
+
+  def check(self) -> None:
+    """Raises if an earlier asynchronous save failed; never blocks."""
+
+
+class StopSignals:
+  """While entered, SIGTERM and SIGINT ask the loop to stop (`signum` is set) instead of killing the process.
+
+  The loop finishes the step in flight, writes its checkpoint and raises `Stopped` with `exit_code` 128 + signum
+  (143 for SIGTERM, 130 for SIGINT). A second signal exits the process at once, without saving.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "StopSignals":
+    for signum in self.SIGNALS:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signum is not None:
+      sys.stderr.write(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint\n")
+      sys.stderr.flush()
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.signum = signum
+    log.warning("%s: finishing the current step and writing a checkpoint, then stopping (send it again to exit at "
+                "once)", self.name)
+
+
+class NonfiniteWatch:
+  """Counts the steps in a row whose `nonfinite` metric is set, reading each step's metrics once."""
+
+  def __init__(self, limit: int):
+    self.limit, self.in_a_row, self._seen = limit, 0, None
+
+  def finite(self, step: int, metrics: dict) -> bool:
+    """Whether `step` (whose metrics these are) was finite; raises Stopped at the `limit`-th non-finite in a row."""
+    if step != self._seen:
+      self._seen = step
+      values = jax.device_get({k: metrics[k] for k in ("loss", "grad_norm", "nonfinite") if k in metrics})
+      if not int(values.get("nonfinite", 0)):
+        self.in_a_row = 0
+        return True
+      self.in_a_row += 1
+      log.warning("step %d: loss %s, gradient norm %s: update skipped (%d non-finite step(s) in a row)", step,
+                  values.get("loss"), values.get("grad_norm"), self.in_a_row)
+      if self.in_a_row >= self.limit:
+        raise Stopped(f"step {step}: {self.in_a_row} non-finite steps in a row (trainer.max_nonfinite_steps="
+                      f"{self.limit}): stopping; no checkpoint was written after a non-finite step (lower "
+                      "optimizer.lr or check the data)")
+    return self.in_a_row == 0
+
+
 def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Callable[[dict], dict], start: int,
-               max_iter: int, logging_iter: int, save: Callable[[Any], None], save_iter: int, metrics_log: MetricsLog,
-               timer: StepTimer, callbacks: Sequence[Callable] = ()) -> tuple[Any, dict[str, float]]:
+               max_iter: int, logging_iter: int, save_iter: int, checkpoints: Checkpoints, metrics_log: MetricsLog,
+               timer: StepTimer, callbacks: Sequence[Callable] = (), max_nonfinite: int = 20,
+               stop: StopSignals | None = None) -> tuple[Any, dict[str, float]]:
   """Runs steps start+1..max_iter; returns (final state, last logged metrics).
 
-  loader yields loader batches; prepare(loader batch) -> model batch; save(state) writes a checkpoint; callbacks are
-  called as `callback(step, state, batch, loader_batch)` after every step, their time excluded from the step
-  times and from the progress bar's rate.
+  loader yields loader batches; prepare(loader batch) -> model batch; a checkpoint is written every `save_iter` steps
+  and after the last (after a non-finite step: at the next finite one). callbacks are called as
+  `callback(step, state, batch, loader_batch)` after every step, their time excluded from the step times and from
+  the progress bar's rate. Raises Stopped (module docstring).
   """
+  watch = NonfiniteWatch(max_nonfinite)
   last_metrics: dict[str, float] = {}
   metrics = None
+  done = saved = start
+  save_due = False
+
+  def stop_for_signal():
+    if done > saved:
+      if not watch.finite(done, metrics):
+        raise Stopped(f"{stop.name}: stopped after step {done}, which was not finite: no checkpoint written",
+                      stop.exit_code)
+      checkpoints.save(state)
+    checkpoints.wait()
+    what = f"checkpoint {done} written" if done > start else "no step since the start, nothing to save"
+    raise Stopped(f"{stop.name}: stopped after step {done}; {what}", stop.exit_code)
+
   with logs.progress(total=max_iter, initial=start, desc="train", unit="step") as bar:
     for step in range(start, max_iter):
+      if stop is not None and stop.signum is not None:
+        stop_for_signal()
       t0 = time.perf_counter()
-      loader_batch = next(loader)
+      try:
+        loader_batch = next(loader)
+      except Exception:
+        if stop is None or stop.signum is None:
+          raise
+        log.warning("the data loader failed after %s (its worker processes got the signal too)", stop.name)
+        stop_for_signal()
       t1 = time.perf_counter()
       batch = prepare(loader_batch)
       t2 = time.perf_counter()
       # Waiting for the previous step here keeps one step in flight: the host never queues batches faster than
       # the devices consume them.
       jax.block_until_ready(metrics)
+      if metrics is not None:
+        watch.finite(done, metrics)  # counts the previous step
       t3 = time.perf_counter()
       state, metrics = step_fn(state, batch)
       t4 = time.perf_counter()
@@ -129,9 +252,11 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
                              ("dispatch_s", t4 - t3)):
         timer.add(phase, seconds)
       timer.steps += 1
+      checkpoints.check()
       if callbacks:
         jax.block_until_ready(metrics)  # the step's own time is training time, not callback time
         t_callbacks = time.perf_counter()
+        timer.add("device_wait_s", t_callbacks - t4)
         for callback in callbacks:
           callback(done, state, batch, loader_batch)
         spent = time.perf_counter() - t_callbacks
@@ -144,6 +269,12 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
         last_metrics = {**values, **timer.report()}
         metrics_log.write(done, last_metrics)
         log.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in last_metrics.items()))
-      if done % save_iter == 0 or done == max_iter:
-        save(state)
+      save_due = save_due or done % save_iter == 0 or done == max_iter
+      if save_due and watch.finite(done, metrics):
+        t_save = time.perf_counter()
+        checkpoints.save(state)
+        timer.add("save_s", time.perf_counter() - t_save)
+        saved, save_due = done, False
+  if save_due:
+    log.warning("step %d was not finite: no checkpoint written after it", done)
   return state, last_metrics

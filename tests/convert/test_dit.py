@@ -1,18 +1,16 @@
-"""DiT conversion: 2B key coverage on the abstract model, bit-exact round trip, rejections, sources."""
-
-import os
-import subprocess
-import sys
+"""DiT conversion: 2B key coverage on the abstract model, streaming = plain conversion bit for bit, round trip,
+rejections, sources, the CLI."""
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+from agibot_jax import params_io
 from agibot_jax.models import dit
 from convert import dit as convert_dit
 from convert import mapping
+from tests.convert.reference import assert_bit_identical, reference_params, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _read_2b_keys(golden_dir):
@@ -83,52 +81,86 @@ def torch_mod():
   return pytest.importorskip("torch", reason="needs the `convert` extra (torch)")
 
 
+def _training_ckpt(tmp_path, cfg, dtype):
+  """A .pt holding net.* (seed 1), net_ema.* (seed 0) and a TransformerEngine extra state."""
+  import torch
+
+  from convert import torch_io
+
+  ema, reg = _random_state(cfg, dtype, 0), _random_state(cfg, dtype, 1)
+  ckpt = {**{"net." + k: torch_io.numpy_to_tensor(v) for k, v in reg.items()},
+          **{"net_ema." + k: torch_io.numpy_to_tensor(v) for k, v in ema.items()},
+          "net.blocks.0.self_attn.attn_op._extra_state": torch.zeros(3)}
+  torch.save(ckpt, tmp_path / "train.pt")
+  return tmp_path / "train.pt", ema, reg
+
+
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 def test_round_trip_torch_flax_torch_is_bit_exact(tmp_path, torch_mod, dtype):
   from convert import torch_io
 
   cfg = _tiny_cfg()
-  ema, reg = _random_state(cfg, dtype, 0), _random_state(cfg, dtype, 1)
-  ckpt = {**{"net." + k: torch_io.numpy_to_tensor(v) for k, v in reg.items()},
-          **{"net_ema." + k: torch_io.numpy_to_tensor(v) for k, v in ema.items()},
-          "net.blocks.0.self_attn.attn_op._extra_state": torch_mod.zeros(3)}
-  torch_mod.save(ckpt, tmp_path / "train.pt")
-  cfg_file = _write_cfg(tmp_path, cfg)
-  assert convert_dit.main(["--src", str(tmp_path / "train.pt"), "--dst", str(tmp_path / "flax"), "--config", cfg_file]) == 0
-  assert convert_dit.main(["--export", str(tmp_path / "flax"), "--dst", str(tmp_path / "back.pt")]) == 0
+  src, ema, _ = _training_ckpt(tmp_path, cfg, dtype)
+  convert_dit.convert(str(src), str(tmp_path / "flax"), cfg)
+  assert_bit_identical(tmp_path / "flax", reference_params(ema, convert_dit.key_table(cfg)))
+  convert_dit.export(str(tmp_path / "flax"), str(tmp_path / "back.pt"))
   back = torch_mod.load(tmp_path / "back.pt", weights_only=True)
   assert set(back) == {"net." + k for k in ema}
   for k, v in ema.items():
     got = torch_io.tensor_to_numpy(back["net." + k])
     assert got.dtype == v.dtype, k
     assert got.shape == v.shape and got.tobytes() == v.tobytes(), k
-  # --no-ema takes the regular copy.
-  assert convert_dit.main(["--src", str(tmp_path / "train.pt"), "--dst", str(tmp_path / "flax_reg"), "--no-ema",
-                           "--config", cfg_file]) == 0
-  from agibot_jax import params_io
-
-  got = params_io.restore_params(str(tmp_path / "flax_reg"))
-  assert np.asarray(got["x_embedder"]["kernel"]).tobytes() == reg["x_embedder.proj.1.weight"].T.tobytes()
 
 
-def test_safetensors_and_dcp_sources(tmp_path, torch_mod):
+def test_cli_converts_the_regular_copy_cast(tmp_path, torch_mod):
+  # absl flags: --noema takes net.*, --config gives the architecture, --dtype casts.
+  cfg = _tiny_cfg()
+  src, _, reg = _training_ckpt(tmp_path, cfg, ml_dtypes.bfloat16)
+  proc = run_cli("convert.dit", "--src", src, "--dst", tmp_path / "reg", "--noema", "--dtype", "float32",
+                 "--config", _write_cfg(tmp_path, cfg))
+  assert proc.returncode == 0, proc.stderr
+  assert_bit_identical(tmp_path / "reg", reference_params(reg, convert_dit.key_table(cfg), "float32"))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.save, writing the test checkpoint
+def test_safetensors_and_dcp_sources_convert_bit_identically(tmp_path, torch_mod):
+  import torch.distributed.checkpoint as dcp
+
   from convert import torch_io
 
   cfg = _tiny_cfg()
   state = _random_state(cfg, np.float32)
   torch_io.save_state_dict(state, str(tmp_path / "m.safetensors"), prefix="net.")
-  params = convert_dit.torch_state_to_params(torch_io.load_state_dict(str(tmp_path / "m.safetensors"), prefix_choice="net_ema"), cfg)
-  np.testing.assert_array_equal(params["crossattn_proj"]["kernel"], state["crossattn_proj.0.weight"].T)
-
-  import torch.distributed.checkpoint as dcp
-
   dcp.save({"net": {k: torch_io.numpy_to_tensor(v) for k, v in state.items()}}, checkpoint_id=str(tmp_path / "dcp"))
-  loaded = torch_io.load_state_dict(str(tmp_path / "dcp"), prefix_choice="net_ema")
-  np.testing.assert_array_equal(loaded["t_embedding_norm.weight"], state["t_embedding_norm.weight"])
+  for src, dtype in (("m.safetensors", "bfloat16"), ("dcp", None)):
+    convert_dit.convert(str(tmp_path / src), str(tmp_path / f"out_{src}"), cfg, dtype=dtype)
+    assert_bit_identical(tmp_path / f"out_{src}", reference_params(state, convert_dit.key_table(cfg), dtype))
+
+
+def test_a_conversion_failing_midway_leaves_nothing(tmp_path, torch_mod, monkeypatch, caplog):
+  from convert import torch_io
+
+  cfg = _tiny_cfg()
+  src, _, _ = _training_ckpt(tmp_path, cfg, np.float32)
+  reads = []
+
+  def read_then_fail(self, key):
+    reads.append(key)
+    if len(reads) == 40:
+      raise OSError(f"{src}: read error")
+    return self._source.read(self._raw_key[key])
+
+  monkeypatch.setattr(torch_io.StateDict, "read", read_then_fail)
+  monkeypatch.setattr(params_io, "PART_BYTES", 4096)  # several parts are written before the failure
+  out = tmp_path / "out"
+  with caplog.at_level("INFO"), pytest.raises(OSError, match="read error"):
+    convert_dit.convert(str(src), str(out), cfg)
+  assert "wrote part-001" in caplog.text
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["train.pt"]
 
 
 @pytest.mark.parametrize("problem", ["missing", "extra", "shape"])
-def test_converter_rejects_bad_checkpoints_naming_the_key(tmp_path, torch_mod, capsys, problem):
+def test_converter_rejects_bad_checkpoints_naming_the_key(tmp_path, torch_mod, problem):
   from convert import torch_io
 
   cfg = _tiny_cfg()
@@ -143,10 +175,10 @@ def test_converter_rejects_bad_checkpoints_naming_the_key(tmp_path, torch_mod, c
     state[key] = np.zeros((5, 5), np.float32)
   torch_io.save_state_dict(state, str(tmp_path / "bad.pt"), prefix="net.")
   dst = tmp_path / "out"
-  rc = convert_dit.main(["--src", str(tmp_path / "bad.pt"), "--dst", str(dst), "--config", _write_cfg(tmp_path, cfg)])
-  err = capsys.readouterr().err
-  assert rc != 0 and key in err
-  assert {"missing": "missing keys", "extra": "unexpected keys", "shape": "wrong shape"}[problem] in err
+  with pytest.raises(mapping.ConversionError) as e:
+    convert_dit.convert(str(tmp_path / "bad.pt"), str(dst), cfg)
+  assert key in str(e.value)
+  assert {"missing": "missing keys", "extra": "unexpected keys", "shape": "wrong shape"}[problem] in str(e.value)
   assert not dst.exists()
 
 
@@ -174,8 +206,7 @@ def test_hf_reference_resolves_from_local_cache_offline(tmp_path, monkeypatch):
 
 
 def test_parity_cli_on_golden(golden_dir):
-  out = subprocess.run([sys.executable, "-m", "convert.parity", "--golden", str(golden_dir / "dit_tiny.safetensors")],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  out = run_cli("convert.parity", "--golden", golden_dir / "dit_tiny.safetensors")
   assert out.returncode == 0, out.stderr
   last = out.stdout.strip().splitlines()[-1]
   assert last.startswith("max_abs_err=") and float(last.split("=")[1]) < 1e-4
@@ -198,9 +229,9 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
   state = state.replace(ema=jax.tree.map(lambda e: e + 1.0, state.ema))  # make EMA and live weights differ
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     checkpointing.save(manager, state, {}, config)
-  for flag, branch in (([], state.ema), (["--no-ema"], state.trainable)):
-    out = tmp_path / f"export{len(flag)}.pt"
-    assert convert_dit.main(["--export", str(tmp_path), "--dst", str(out)] + flag) == 0
+  for use_ema, branch in ((True, state.ema), (False, state.trainable)):
+    out = tmp_path / f"export_{use_ema}.pt"
+    convert_dit.export(str(tmp_path), str(out), ema=use_ema)
     sd = torch_mod.load(out, weights_only=True)
     want = np.asarray(branch["control_blocks"]["after_proj"]["kernel"][1]).T
     np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.control_blocks.1.after_proj.weight"]), want)

@@ -1,4 +1,5 @@
-"""convert/text_encoder.py: golden text_tiny parity through the CLI, key layouts, sharding, errors."""
+"""convert/text_encoder.py: golden text_tiny parity through the CLI, streaming = plain conversion bit for bit,
+key layouts, sharding, errors."""
 
 import json
 import os
@@ -14,9 +15,8 @@ from agibot_jax.params_io import read_meta
 from agibot_jax.text.embed import full_concat, load_text_encoder
 from agibot_jax.models.qwen import QwenTextModel
 from convert.mapping import ConversionError
-from convert.text_encoder import convert, key_table
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from convert.text_encoder import convert, convert_to, key_table
+from tests.convert.reference import REPO, assert_bit_identical, reference_params
 TOL = 1e-4  # golden README §7; observed ~3.5e-6
 
 
@@ -46,6 +46,15 @@ def test_golden_text_tiny_parity_through_cli(golden, tmp_path):
 
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert again.returncode == 2 and "--force" in again.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_conversion_is_bit_identical_to_the_plain_one(golden, tmp_path, dtype):
+  convert_to(str(golden / "checkpoint"), str(tmp_path / "out"), dtype=dtype)
+  state = load_file(str(golden / "checkpoint" / "model.safetensors"))
+  with open(golden / "checkpoint" / "config.json") as f:
+    num_layers = json.load(f)["num_hidden_layers"]
+  assert_bit_identical(tmp_path / "out", reference_params(state, key_table(num_layers), dtype))
 
 
 def test_sharded_language_model_layout_converts_identically(golden, tmp_path):

@@ -1,9 +1,7 @@
-"""Wan2.1 VAE converter (convert/vae.py): key coverage, round trip, rejection, golden parity CLI."""
+"""Wan2.1 VAE converter (convert/vae.py): key coverage, streaming = plain conversion bit for bit, round trip,
+rejection, golden parity CLI."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,10 +10,11 @@ from safetensors.numpy import load_file
 
 from agibot_jax.models import vae as vae_lib
 from convert import vae as convert_vae
-from convert.mapping import check_table, expected_torch_shape, flatten_tree
+from convert.mapping import ConversionError, check_table, expected_torch_shape, flatten_tree
+from tests.convert.reference import assert_bit_identical, reference_params, run_cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_DIM = 8
+SMALL = vae_lib.VAEConfig(dim=SMALL_DIM)
 
 
 def _torch_shapes(cfg):
@@ -62,14 +61,22 @@ def small_state(tmp_path_factory):
   return path, state
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_conversion_is_bit_identical_to_the_plain_one(small_state, tmp_path, dtype):
+  src, state = small_state
+  convert_vae.convert(str(src), str(tmp_path / "flax"), SMALL, dtype=dtype)
+  numpy_state = {k: v.numpy() for k, v in state.items()}
+  assert_bit_identical(tmp_path / "flax", reference_params(numpy_state, convert_vae.key_table(SMALL), dtype))
+
+
 def test_round_trip_is_bit_exact(small_state, tmp_path):
   src, state = small_state
   dst, back = tmp_path / "flax", tmp_path / "back.pth"
-  assert convert_vae.main(["--src", str(src), "--dst", str(dst), "--dim", str(SMALL_DIM)]) == 0
+  convert_vae.convert(str(src), str(dst), SMALL)
   with open(dst / "agibot_meta.json") as f:
     meta = json.load(f)
   assert meta["model"] == "wan2.1_vae" and meta["num_tensors"] == 194 and meta["config"]["dim"] == SMALL_DIM
-  assert convert_vae.main(["--export", str(dst), "--dst", str(back)]) == 0
+  convert_vae.export(str(dst), str(back))
   restored = torch.load(back, weights_only=True)
   assert set(restored) == set(state)
   for k, v in state.items():
@@ -77,51 +84,35 @@ def test_round_trip_is_bit_exact(small_state, tmp_path):
     assert torch.equal(restored[k], v), k
 
 
-def _rejects(state, tmp_path, capsys, *needles):
+def _rejects(state, tmp_path, *needles):
   src, dst = tmp_path / "bad.pth", tmp_path / "flax"
   torch.save(state, src)
-  assert convert_vae.main(["--src", str(src), "--dst", str(dst), "--dim", str(SMALL_DIM)]) == 1
-  err = capsys.readouterr().err
+  with pytest.raises(ConversionError) as e:
+    convert_vae.convert(str(src), str(dst), SMALL)
   for needle in needles:
-    assert needle in err
+    assert needle in str(e.value)
   assert not dst.exists()
 
 
-def test_rejects_missing_key(small_state, tmp_path, capsys):
+def test_rejects_missing_key(small_state, tmp_path):
   state = dict(small_state[1])
   del state["decoder.upsamples.7.time_conv.bias"]
-  _rejects(state, tmp_path, capsys, "missing keys (1)", "decoder.upsamples.7.time_conv.bias")
+  _rejects(state, tmp_path, "missing keys (1)", "decoder.upsamples.7.time_conv.bias")
 
 
-def test_rejects_unexpected_key(small_state, tmp_path, capsys):
+def test_rejects_unexpected_key(small_state, tmp_path):
   state = dict(small_state[1], **{"encoder.middle.1.extra": torch.zeros(3)})
-  _rejects(state, tmp_path, capsys, "unexpected keys (1)", "encoder.middle.1.extra")
+  _rejects(state, tmp_path, "unexpected keys (1)", "encoder.middle.1.extra")
 
 
-def test_rejects_wrong_shape(small_state, tmp_path, capsys):
+def test_rejects_wrong_shape(small_state, tmp_path):
   state = dict(small_state[1])
   state["encoder.head.0.gamma"] = torch.zeros(5, 1, 1, 1)
-  _rejects(state, tmp_path, capsys, "wrong shape for encoder.head.0.gamma", "(5, 1, 1, 1)")
-
-
-def test_bfloat16_conversion(small_state, tmp_path):
-  import jax.numpy as jnp
-
-  from agibot_jax.params_io import restore_params
-
-  dst = tmp_path / "flax_bf16"
-  assert convert_vae.main(["--src", str(small_state[0]), "--dst", str(dst), "--dim", str(SMALL_DIM),
-                           "--dtype", "bfloat16"]) == 0
-  params = restore_params(str(dst))
-  kernel = params["encoder"]["conv1"]["conv"]["kernel"]
-  assert kernel.dtype == jnp.bfloat16
-  ref = small_state[1]["encoder.conv1.weight"].numpy().transpose(2, 3, 4, 1, 0)
-  np.testing.assert_array_equal(np.asarray(kernel, np.float32), ref.astype(jnp.bfloat16).astype(np.float32))
+  _rejects(state, tmp_path, "wrong shape for encoder.head.0.gamma", "(5, 1, 1, 1)")
 
 
 def test_parity_cli_on_golden(golden_dir):
-  proc = subprocess.run([sys.executable, "-m", "convert.parity", "--golden", str(golden_dir / "vae_tiny.safetensors")],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  proc = run_cli("convert.parity", "--golden", golden_dir / "vae_tiny.safetensors")
   assert proc.returncode == 0, proc.stdout + proc.stderr
   lines = proc.stdout.strip().splitlines()
   assert lines[-1].startswith("max_abs_err=")

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from agibot_jax import video_io as video
 from agibot_jax.data import synthetic
 from configs import base
 
@@ -33,3 +34,21 @@ def tiny_config(control_type: str, dataset_dir, **dataset_overrides):
   for key, value in dataset_overrides.items():
     setattr(config.dataloader_train.dataset, key, value)
   return config
+
+
+def corrupt_mid_stream(path: pathlib.Path, frames_needed: int) -> None:
+  """Zeroes a stretch of the frame data after the first frame: the file still probes (metadata and first frame
+  decode) but stops decoding before `frames_needed` frames (checked here, so a test never runs on a file that
+  did not break as intended)."""
+  data = path.read_bytes()
+  start, end = data.find(b"mdat") + 4, data.find(b"moov")  # frame data, then the index (no faststart)
+  assert 4 <= start < end, path
+  for fraction in (0.9, 0.8, 0.7, 0.6):
+    a = start + int((end - start) * fraction)
+    path.write_bytes(data[:a] + bytes(min(64, end - a)) + data[a + 64:])
+    video.probe(str(path))
+    try:
+      video.verify(str(path), frames_needed)
+    except video.VideoError:
+      return
+  raise AssertionError(f"{path}: no corruption found that probes but does not decode {frames_needed} frames")

@@ -15,7 +15,7 @@ import pytest
 
 from agibot_jax import video_io as video
 from agibot_jax.data import inspect
-from tests.data.conftest import FRAMES, HEIGHT, WIDTH, tiny_config
+from tests.data.conftest import FRAMES, HEIGHT, WIDTH, corrupt_mid_stream, tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -142,3 +142,19 @@ def test_every_problem_is_reported_not_just_the_first(capsys, synthetic_copy):
   code, text = _inspect(capsys, "edge", synthetic_copy)
   _assert_problem(code, text, missing, "missing view file")
   _assert_problem(code, text, caption, "not valid JSON")
+
+
+@pytest.mark.parametrize("full", ["flag", "config"])
+def test_full_decode_finds_a_file_corrupt_mid_stream(capsys, synthetic_copy, full):
+  """Issue 17 item 5: `--full` / `validate=full` decode every frame training reads; the default probe does not."""
+  path = synthetic_copy / "control_input_seg/hand_right/synthetic_000.mp4"
+  corrupt_mid_stream(path, 9)
+  code, text = _inspect(capsys, "seg", synthetic_copy)
+  assert code == 0, text
+  if full == "flag":
+    code = inspect.run(tiny_config("seg", synthetic_copy), full=True)
+    out = capsys.readouterr()
+    text = out.out + out.err
+  else:
+    code, text = _inspect(capsys, "seg", synthetic_copy, validate="full")
+  _assert_problem(code, text, path, "corrupt control video")

@@ -1,8 +1,13 @@
-"""agibot_jax/data/layout.py: stem matching, prompts, skip_invalid."""
+"""agibot_jax/data/layout.py: stem matching (any extension case), prompts, skip_invalid, the aspect warning."""
 
+import logging
+
+import numpy as np
 import pytest
 
+from agibot_jax import video_io as video
 from agibot_jax.data import layout
+from tests.data.conftest import FRAMES, corrupt_mid_stream
 
 VIEWS = ("head_color", "hand_left", "hand_right")
 
@@ -39,3 +44,45 @@ def test_bad_config_is_named(synthetic_dir):
     layout.scan(str(synthetic_dir), ("head_color", "hand_middle"), "edge", 9)
   with pytest.raises(ValueError, match="hdmap"):
     layout.scan(str(synthetic_dir), VIEWS, "hdmap", 9)
+
+
+def test_upper_case_extension_is_found(synthetic_copy):
+  """Issue 17 item 10: `.MP4` files were skipped silently."""
+  for view in VIEWS:
+    path = synthetic_copy / "videos" / view / "synthetic_001.mp4"
+    path.rename(path.with_suffix(".MP4"))
+  samples, problems = layout.scan(str(synthetic_copy), VIEWS, "edge", frames_needed=9)
+  assert problems == []
+  assert [p.rsplit("/", 1)[-1] for p in samples[1].videos] == ["synthetic_001.MP4"] * 3
+
+
+def test_same_stem_twice_is_a_problem(synthetic_copy):
+  path = synthetic_copy / "videos/hand_left/synthetic_000.mp4"
+  (path.parent / "synthetic_000.MP4").write_bytes(path.read_bytes())
+  samples, problems = layout.scan(str(synthetic_copy), VIEWS, "edge", frames_needed=9)
+  assert [p.sample_id for p in problems] == ["synthetic_000"] and "has 2 files here" in problems[0].message
+  assert [s.sample_id for s in samples] == ["synthetic_001"]
+
+
+def test_aspect_ratio_warning_lists_views(synthetic_copy, caplog):
+  """Issue 17 item 10: views with another aspect ratio than the training resolution are named (48x80 is 1.67)."""
+  frames = np.random.default_rng(0).integers(0, 256, (FRAMES, 60, 80, 3), dtype=np.uint8)  # 60x80: 1.33
+  video.write_video(str(synthetic_copy / "videos/hand_right/synthetic_000.mp4"), frames, 16.0)
+  with caplog.at_level(logging.WARNING, logger="agibot_jax"):
+    layout.load_index(str(synthetic_copy), VIEWS, "edge", 9, resolution_hw=(48, 80))
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == ["view(s) whose aspect ratio (W/H) differs from the training resolution 48x80 (1.67), "
+                      "stretched to it: hand_right 60x80 (1.33)"]
+  caplog.clear()
+  layout.load_index(str(synthetic_copy), VIEWS, "edge", 9, resolution_hw=(64, 96))  # 1.5
+  assert "head_color 48x80 (1.67); hand_left 48x80 (1.67); hand_right 48x80 (1.67), 60x80 (1.33)" in caplog.text
+
+
+def test_full_validation_decodes_every_frame_read(synthetic_copy):
+  """Issue 17 item 5: a file corrupt mid-stream passes the probe but not `full`."""
+  path = synthetic_copy / "videos/hand_left/synthetic_001.mp4"
+  corrupt_mid_stream(path, 9)
+  assert layout.scan(str(synthetic_copy), VIEWS, "edge", 9)[1] == []
+  samples, problems = layout.scan(str(synthetic_copy), VIEWS, "edge", 9, full=True)
+  assert [s.sample_id for s in samples] == ["synthetic_000"]
+  assert len(problems) == 1 and problems[0].path == str(path) and "corrupt video" in problems[0].message

@@ -10,7 +10,7 @@ import pytest
 from agibot_jax import registry
 from agibot_jax import video_io as video
 from agibot_jax.data import controls, layout, pipeline, resize
-from tests.data.conftest import tiny_config
+from tests.data.conftest import corrupt_mid_stream, tiny_config
 
 VIEWS = ("head_color", "hand_left", "hand_right")
 
@@ -174,6 +174,29 @@ def test_from_config_tiny(synthetic_dir):
   config = tiny_config("depth", synthetic_dir)
   batch = next(pipeline.from_config(config))
   assert batch["video"].shape == batch["control_input_depth"].shape == (1, 3, 27, 64, 96)
+
+
+def test_undecodable_sample_is_replaced_counted_and_stops_the_run(synthetic_copy, caplog):
+  """Issue 17 item 5: a file that goes bad after the start-up check is skipped at run time (replaced by the next
+  sample, deterministically), reported by the training process, and more than max_bad_samples stop the run."""
+  source = pipeline.AgibotMultiviewSource(_settings(synthetic_copy, "edge", num_video_frames=9, max_bad_samples=1))
+  bad = synthetic_copy / "videos/hand_left/synthetic_000.mp4"
+  corrupt_mid_stream(bad, 9)
+  with pytest.raises(video.VideoError):
+    source.load(0, None)
+  ds = pipeline.build_dataset(source, batch_size=1, seed=0, shuffle=False, num_epochs=1)
+  batches = list(ds)
+  assert [b["__key__"] for b in batches] == [["synthetic_001"], ["synthetic_001"]]
+  (skipped,), = batches[0][pipeline.SKIPPED_KEY]
+  assert skipped.startswith("sample 'synthetic_000': ") and str(bad) in skipped
+  assert batches[1][pipeline.SKIPPED_KEY] == [[]]
+  _assert_same(batches[0], list(pipeline.build_dataset(source, batch_size=1, seed=0, shuffle=False, num_epochs=1))[0])
+
+  it = pipeline.SkippedSamples(iter(batches * 2), max_bad=1)
+  next(it), next(it)
+  assert it.count == 1 and str(bad) in caplog.text
+  with pytest.raises(pipeline.BadSamplesError, match=r"2 undecodable samples skipped, more than .*max_bad_samples=1"):
+    next(it)
 
 
 @pytest.mark.slow

@@ -1,5 +1,8 @@
-"""The exact attention path against plain NumPy math (masks, causal, grouped-query)."""
+"""The exact attention path against plain NumPy math (masks, causal, grouped-query); naming a call site changes
+nothing in the math."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -35,3 +38,26 @@ def test_unknown_implementation_is_rejected():
   x = np.zeros((1, 2, 1, 4), np.float32)
   with pytest.raises(ValueError, match="flash"):
     dot_product_attention(x, x, x, implementation="flash")
+
+
+@pytest.mark.parametrize("lengths,causal", [(None, False), ([3, 7], False), (None, True)])
+def test_named_attention_has_the_same_values_and_gradients(lengths, causal):
+  # `name` only tags what the kernel keeps for its backward (agibot_jax/models/remat.py); the math is unchanged.
+  rng = np.random.default_rng(1)
+  q, k, v = (rng.standard_normal((2, 7, 4, 8)).astype(np.float32) for _ in range(3))
+  kv_lengths = None if lengths is None else jnp.array(lengths)
+
+  def loss(q, k, v, name):
+    o = dot_product_attention(q, k, v, kv_lengths_B=kv_lengths, is_causal=causal, name=name)
+    return jnp.sum(jnp.sin(o))
+
+  want = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, None)
+  got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, "self_attention")
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_unknown_attention_name_is_rejected():
+  x = np.zeros((1, 2, 1, 4), np.float32)
+  with pytest.raises(ValueError, match="self_attn"):
+    dot_product_attention(x, x, x, name="self_attn")

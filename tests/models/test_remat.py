@@ -1,23 +1,168 @@
-"""Remat policies: same gradients as no checkpointing, block inputs offloaded, cuDNN kernels recognised."""
+"""Remat policies: each saves the block input and the residuals its attention call sites name, nothing else, under
+jax.checkpoint, nn.remat, both layer scans and the context-local shard_map; the backward re-runs no saved kernel;
+same gradients as no checkpointing; block inputs offloaded; a kernel whose residuals are not the expected ones
+fails loudly.
 
+The shard_map check needs 4 devices, which XLA only fakes on CPU when XLA_FLAGS is set before jax starts, so it
+runs this file as a script in a subprocess (`python tests/models/test_remat.py --context-worker`).
+"""
+
+import collections
 import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src.ad_checkpoint import saved_residuals
+from jax._src.ad_checkpoint import saved_residuals  # the list that jax.ad_checkpoint.print_saved_residuals prints
+from jax.extend import core as jax_core
 
-from agibot_jax import bench
+from agibot_jax import bench, sharding
 from agibot_jax.models import dit, remat
 from configs import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAVE_POLICIES = tuple(p for p in remat.POLICIES if remat.SAVED_ATTENTION[p])
+VIEWS, TOKENS_PER_FRAME = 3, 6  # one block's input: 3 views of state_t frames of 2 x 3 tokens
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def _tiny_cfg(**changes) -> dit.DiTConfig:
+  return dataclasses.replace(dit.DiTConfig.from_config(base.get_config("edge", "tiny").model.net), **changes)
+
+
+def _what(aval, src: str) -> str:
+  """What a saved residual is: the name it carries, "host" (offloaded), or jax's words for where it comes from."""
+  if src.startswith("named '"):
+    return src.split("'")[1]
+  if aval.memory_space.name.lower() == "host":
+    return "host"
+  return src.split(" from /")[0]
+
+
+def _block_loss(cfg: dit.DiTConfig, policy):
+  """The sum of one control block's output under `jax.checkpoint(policy)` (None: no checkpoint), and its arguments
+  (abstract weights, random block input and shared block context)."""
+  t, s = cfg.state_t, TOKENS_PER_FRAME
+  block = dit.ControlBlock(cfg, t, s)
+  keys = iter(jax.random.split(jax.random.key(0), 8))
+  normal = lambda *shape: jax.random.normal(next(keys), shape)
+  nbr_pos, nbr_count = dit.cross_view_neighbors(cfg, jnp.arange(VIEWS)[None])
+  d, l = cfg.model_channels, t * s
+  ctx = dit.BlockContext(normal(1, d), normal(1, 3 * d), normal(1, VIEWS, 9 * d),
+                         normal(1, VIEWS, cfg.text_tokens_per_view, cfg.crossattn_emb_channels),
+                         normal(l, cfg.head_dim), normal(l, cfg.head_dim), nbr_pos, nbr_count)
+  x_BVLD = normal(1, VIEWS, l, d)
+  params = jax.eval_shape(lambda: block.init(jax.random.key(0), x_BVLD, None, ctx)["params"])
+  apply = lambda p, x, c: block.apply({"params": p}, x, None, c)[0]
+  if policy is not None:
+    apply = jax.checkpoint(apply, policy=policy, prevent_cse=False)
+  return (lambda p, x, c: jnp.sum(apply(p, x, c))), (params, x_BVLD, ctx)
+
+
+def _block_saves(cfg: dit.DiTConfig, policy) -> collections.Counter:
+  """What the backward of one control block under `policy` reads, other than the weights and the shared block
+  context (arguments, always at hand): a count per `_what`. Traced only."""
+  loss, args = _block_loss(cfg, policy)
+  return collections.Counter(_what(a, src) for a, src in saved_residuals(loss, *args)
+                             if not src.startswith(("from the argument p", "from the argument c")))
+
+
+@pytest.mark.parametrize("offload", [False, True])
+@pytest.mark.parametrize("name", remat.POLICIES[1:])
+def test_block_saves_its_input_and_its_policys_attention_only(name, offload):
+  saved = _block_saves(_tiny_cfg(), remat.policy(name, offload))
+  block_input = "host" if offload else "from the argument x"
+  assert saved[block_input] == 1, saved
+  # Every attention call site of the policy is found by its name (a call site that lost its `name=` fails here),
+  # and nothing is saved that is neither the block input nor named by the policy.
+  assert set(saved) == {block_input, *remat.SAVED_ATTENTION[name]}, saved
+
+
+def _attention_matmuls(cfg: dit.DiTConfig, policy) -> int:
+  """Matmuls in the gradient of one control block that read or write attention probabilities (…, H, Q, K)."""
+  v, t, s, h = VIEWS, cfg.state_t, TOKENS_PER_FRAME, cfg.num_heads
+  # Self-attention per view, cross-view attention per frame over 2 neighbours' tokens, text attention per view.
+  probs = {(v, h, t * s, t * s), (v * t, h, s, 2 * s), (v, h, t * s, cfg.text_tokens_per_view)}
+
+  def count(jaxpr) -> int:
+    return sum(sum(count(j) for j in jax_core.jaxprs_in_params(e.params))
+               + (e.primitive.name == "dot_general" and any(x.aval.shape in probs for x in (*e.invars, *e.outvars)))
+               for e in jaxpr.eqns)
+
+  loss, args = _block_loss(cfg, policy)
+  return count(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(*args).jaxpr)
+
+
+def test_backward_reruns_no_saved_attention():
+  # Per attention: q·kᵀ and p·v forward, four matmuls backward. A policy that saves a kernel's residuals but not
+  # its output would recompute p·v for the block's output projection (on cuDNN: re-run the whole forward).
+  cfg = _tiny_cfg()
+  without_remat = _attention_matmuls(cfg, None)
+  assert without_remat == 6 * len(remat.ATTENTION)
+  assert _attention_matmuls(cfg, remat.policy("full")) == without_remat + 2 * len(remat.ATTENTION)
+  assert _attention_matmuls(cfg, remat.policy("save_self_attention")) == without_remat + 2 * 2
+  assert _attention_matmuls(cfg, remat.policy("save_attention")) == without_remat
+
+
+def test_saved_kernel_runs_once():
+  # exp keeps its output for its backward, as cuDNN does: the output that the next op reads is the saved one.
+  def grad_jaxpr(policy):
+    f = lambda w, x: jnp.sum(w * remat.named_residuals(jnp.exp, "self_attention")(x))
+    return str(jax.make_jaxpr(jax.grad(jax.checkpoint(f, policy=policy), argnums=(0, 1)))(jnp.ones(3), jnp.ones(3)))
+  assert grad_jaxpr(remat.policy("save_self_attention")).count(" exp ") == 1
+  assert grad_jaxpr(remat.policy("full")).count(" exp ") == 2
+
+
+@functools.cache
+def _model_saves(name: str, offload: bool):
+  """(aval, `_what`) of each residual the tiny DiT's backward reads under policy `name`. Traced only."""
+  cfg = _tiny_cfg(remat_policy=name, offload_block_inputs=offload)
+  model = dit.MultiViewControlDiT(cfg)
+  inputs = bench.synthetic_inputs(cfg, (4, 6), num_views=3, batch=1, key=jax.random.key(1))
+  loss = lambda p: jnp.mean(jnp.square(model.apply({"params": p}, **inputs)))
+  return cfg, [(a, _what(a, src)) for a, src in saved_residuals(loss, dit.abstract_params(cfg))]
+
+
+def test_layer_scans_save_the_named_attention():
+  # Main block 0 runs ahead of the layer scans (`dit._main_blocks`), so its residuals keep their names; the other
+  # blocks' come out of the control blocks' nn.scan (of nn.remat) and the main blocks' lax.scan (of jax.checkpoint)
+  # stacked by layer. Whatever the policy saves beyond `full` is named, or a stack of what block 0 names.
+  cfg, full = _model_saves("full", False)
+  _, saved = _model_saves("save_attention", False)
+  avals = {a.str_short(): a for a, _ in saved}
+  extra = collections.Counter((a.str_short(), what) for a, what in saved)
+  extra.subtract(collections.Counter((a.str_short(), what) for a, what in full))
+  named = {a.shape for a, what in saved if what in remat.ATTENTION}
+  assert {what for _, what in saved if what in remat.ATTENTION} == set(remat.ATTENTION)
+  stacked = collections.Counter()
+  for (short, what), n in extra.items():
+    assert n >= 0, (short, what)  # nothing that full saves goes missing
+    if n and what not in remat.ATTENTION:
+      assert what == "output of scan" and avals[short].shape[1:] in named, (short, what)
+      stacked[avals[short].shape[0]] += n
+  first = cfg.control_layers[0] + 1
+  assert set(stacked) == {cfg.num_control_blocks, cfg.num_blocks - first}, stacked
+
+
+def test_offload_moves_stacked_block_inputs_to_host():
+  for name, offload, where in (("full", False, "device"), ("save_attention", True, "host")):
+    cfg, saved = _model_saves(name, offload)
+    # The main blocks' scan stacks its inputs (layers, B, V, L, D); it starts after block 0 (`dit._main_blocks`).
+    stacked = [a.memory_space.name.lower() for a, _ in saved
+               if a.ndim == 5 and a.shape[0] == cfg.num_blocks - 1 and a.shape[-1] == cfg.model_channels]
+    assert stacked == [where], (name, offload, stacked)
+
+
 @pytest.fixture(scope="module")
 def tiny():
-  cfg = dit.DiTConfig.from_config(base.get_config("edge", "tiny").model.net)
+  cfg = _tiny_cfg()
   params = dit.init_params(cfg, jax.random.key(0))
   # Zero-initialised output projections would leave most gradients zero: perturb every weight.
   leaves, treedef = jax.tree.flatten(params)
@@ -27,63 +172,80 @@ def tiny():
   return cfg, params, inputs
 
 
-def _loss_and_grad(cfg, params, inputs):
+def _loss_and_grads(cfg, params, inputs):
   model = dit.MultiViewControlDiT(cfg)
-  loss = lambda p: jnp.mean(jnp.square(model.apply({"params": p}, **inputs)))
-  return loss, jax.jit(jax.value_and_grad(loss))(params)
+  return jax.jit(jax.value_and_grad(lambda p: jnp.mean(jnp.square(model.apply({"params": p}, **inputs)))))(params)
 
 
 @pytest.fixture(scope="module")
 def no_remat(tiny):
-  return _loss_and_grad(*tiny)[1]
+  return _loss_and_grads(*tiny)
 
 
-@pytest.mark.parametrize("name,offload", [("full", False), ("full", True), ("save_attention", True)])
+@pytest.mark.parametrize("name,offload", [("full", False), ("save_self_and_cross_view_attention", False),
+                                          ("save_attention", True)])
 def test_policy_keeps_the_gradients(tiny, no_remat, name, offload):
   cfg, params, inputs = tiny
   want_loss, want_grads = no_remat
-  cfg = dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload)
-  _, (loss, grads) = _loss_and_grad(cfg, params, inputs)
+  loss, grads = _loss_and_grads(dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload), params,
+                                inputs)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def _stacked_block_inputs(cfg, params, inputs):
-  """Memory spaces of the saved residuals shaped like the stacked inputs (layers, B, V, L, D) of the main blocks'
-  scan, which starts after block 0 (`dit._main_blocks`)."""
-  loss, _ = _loss_and_grad(cfg, params, inputs)
-  found = []
-  for aval, _ in saved_residuals(loss, params):
-    if aval.ndim == 5 and aval.shape[0] == cfg.num_blocks - 1 and aval.shape[-1] == cfg.model_channels:
-      found.append(aval.memory_space.name.lower())
-  return found
+def test_unexpected_residuals_fail_loudly():
+  x = jnp.arange(6.0).reshape(2, 3)
+  kept = jax.ShapeDtypeStruct((2, 3), jnp.float32)  # exp keeps its output for the backward
+  grad = lambda expected: jax.grad(lambda x: remat.named_residuals(jnp.exp, "text_attention", expected)(x).sum())(x)
+  np.testing.assert_array_equal(grad([kept]), jnp.exp(x))
+  with pytest.raises(RuntimeError, match=r"text_attention: .*float32\[2, 3\].*expected.*bfloat16.*'save_attention'"):
+    grad([jax.ShapeDtypeStruct((2, 3), jnp.bfloat16)])
+  with pytest.raises(RuntimeError, match="text_attention"):
+    grad([kept, jax.ShapeDtypeStruct((2, 3), jnp.float32)])
 
 
-def test_offload_moves_block_inputs_to_host(tiny):
-  cfg, params, inputs = tiny
-  for name in ("full", "save_attention"):
-    for offload, where in ((False, "device"), (True, "host")):
-      got = _stacked_block_inputs(dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload), params, inputs)
-      assert got == [where], (name, offload)
-
-
-def test_attention_kernel_recognised_by_primitive_and_shapes():
-  kernel = remat._cudnn_attention_forward()
-  assert kernel is not None, "jax no longer has the cuDNN attention forward primitive the policies save"
-  aval = lambda *shape: jax.core.ShapedArray(shape, jnp.bfloat16)
-  self_attn = (aval(3, 96, 16, 128), aval(3, 96, 16, 128), aval(3, 96, 16, 128))
-  text_attn = (aval(3, 96, 16, 128), aval(3, 512, 16, 128), aval(3, 512, 16, 128))
-  cross_view_attn = (aval(72, 24, 16, 128), aval(72, 48, 16, 128), aval(72, 48, 16, 128))
-  assert remat.attention_kernel_kind(kernel, *self_attn) == "self"
-  assert remat.attention_kernel_kind(kernel, *text_attn) == "text"
-  assert remat.attention_kernel_kind(kernel, *text_attn, text_tokens=256) == "cross_view"
-  assert remat.attention_kernel_kind(kernel, *cross_view_attn) == "cross_view"
-  assert remat.attention_kernel_kind(jax.lax.exp_p, *self_attn) is None
-
-
-def test_unknown_policy_named():
+def test_unknown_names_rejected():
   with pytest.raises(ValueError, match="save_everything"):
     remat.policy("save_everything")
   with pytest.raises(ValueError, match="offload_block_inputs"):
     remat.policy("none", offload_block_inputs=True)
+  with pytest.raises(ValueError, match="selfattention"):
+    remat.named_residuals(jnp.exp, "selfattention")
+
+
+def _context_worker() -> None:
+  """Prints what one control block saves per policy on one device and on a 4-way context mesh."""
+  assert jax.device_count() == 4, jax.devices()
+  cfg = _tiny_cfg(state_t=4, context_local_attention=True)  # 4 frames, split over the context axis
+  out = {"one_device": {p: _block_saves(cfg, remat.policy(p)) for p in ("full", "save_attention")}}
+  with jax.set_mesh(sharding.make_mesh(1, 1, 4)):
+    out["context_4"] = {p: _block_saves(cfg, remat.policy(p)) for p in ("full", *SAVE_POLICIES)}
+  print("RESULT " + json.dumps(out))
+
+
+def test_context_local_attention_saves_the_named_attention_on_4_fake_cpu_devices():
+  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--context-worker"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  out = json.loads(lines[-1][len("RESULT "):])
+  one, ctx = out["one_device"], out["context_4"]
+  # Cross-view and text attention run inside the shard_map (`sharding.context_local`), whose outputs carry no
+  # names: under save_attention it hands out one residual per residual those two call sites name on one device.
+  local = one["save_attention"]["cross_view_attention"] + one["save_attention"]["text_attention"]
+  assert ctx["save_attention"].get("output of shard_map") == local, ctx["save_attention"]
+  assert ctx["save_self_and_cross_view_attention"].get("output of shard_map") == one["save_attention"][
+      "cross_view_attention"], ctx["save_self_and_cross_view_attention"]
+  for name in ("full", "save_self_attention"):
+    assert "output of shard_map" not in ctx[name], (name, ctx[name])
+  # Self-attention reshards by heads outside the shard_map: its residuals keep their name.
+  assert ctx["save_self_attention"]["self_attention"] == one["save_attention"]["self_attention"]
+  assert set(ctx["full"]) == {"from the argument x"}, ctx["full"]
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] == ["--context-worker"]:
+    _context_worker()

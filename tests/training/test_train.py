@@ -8,6 +8,9 @@ What is proved here:
     loss, lr, grad norm, s/step and TFLOP/s/device;
   - a CLI run killed with SIGKILL (possibly mid-save) resumes from the last complete checkpoint,
     ignoring Orbax's unfinished tmp directories, and finishes (slow: two CLI start-ups);
+  - issue 17, end to end (slow): a run whose loss turns NaN stops after trainer.max_nonfinite_steps with the real
+    gradient norms logged and only finite checkpoints kept; a CLI run sent SIGTERM writes the checkpoint of the
+    step it was in and exits 143. The fast unit versions are in test_reliability.py.
 """
 
 from __future__ import annotations
@@ -204,3 +207,42 @@ def test_sigkill_resumes_from_last_complete_checkpoint(dataset_dir, tmp_path):
   assert not glob.glob(os.path.join(ckpt_dir, "*orbax-checkpoint-tmp*"))
   metrics = loop.read_metrics(workdir)
   assert {last + 1, last + 2} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_nan_run_stops_and_keeps_finite_checkpoints(dataset_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = small_config(dataset_dir, **{"optimizer.lr": 1e30, "trainer.max_iter": 12, "checkpoint.save_iter": 1,
+                                        "checkpoint.keep": 2, "trainer.max_nonfinite_steps": 3})
+  with pytest.raises(loop.Stopped, match=r"3 non-finite steps in a row \(trainer.max_nonfinite_steps=3\)") as err:
+    train_lib.train(config, workdir)
+  assert err.value.exit_code == 1
+  metrics = loop.read_metrics(workdir)
+  bad = sorted(step for step, m in metrics.items() if m["nonfinite"])
+  assert len(bad) == 3 and bad == list(range(bad[0], bad[0] + 3)) and max(metrics) == bad[-1], metrics
+  assert all(not np.isfinite(metrics[step]["grad_norm"]) for step in bad), "the real norm is logged, not 0.0"
+  kept = finalised_steps(checkpointing.checkpoint_dir(workdir))
+  assert kept and all(not metrics[step]["nonfinite"] for step in kept), (kept, bad)
+  for step in kept:
+    state, _, _ = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(workdir), str(step)))
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state) if np.issubdtype(leaf.dtype, np.floating))
+
+
+@pytest.mark.slow
+def test_sigterm_writes_the_current_step_and_exits_143(dataset_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  settings = {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, "checkpoint.save_iter": 1000}
+  proc = run_cli(workdir, {**settings, "trainer.max_iter": 1000})
+  deadline = time.time() + 300
+  try:
+    while not os.path.exists(os.path.join(workdir, loop.METRICS_FILE)) or not loop.read_metrics(workdir):
+      assert proc.poll() is None, proc.stdout.read()[-3000:]
+      assert time.time() < deadline, "no logged step within 300 s"
+      time.sleep(0.05)
+  finally:
+    proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 143, out[-3000:]
+  last = max(loop.read_metrics(workdir))
+  assert finalised_steps(checkpointing.checkpoint_dir(workdir)) == [last], out[-3000:]
+  assert f"SIGTERM: stopped after step {last}; checkpoint {last} written" in out, out[-3000:]
