@@ -92,8 +92,7 @@ def initialize_distributed(environ=os.environ) -> None:
 
 
 def _exit_on_error(exc_type, exc, traceback, *, heartbeat_s: int) -> None:
-  """`sys.excepthook` of a multi-process run: prints the error and ends the process, bypassing JAX's exit handler,
-  which would wait 5 minutes at a shutdown barrier for processes that may be waiting for this one in a collective.
+  """`sys.excepthook` of a multi-process run: prints the error and ends the process (`end_process`).
 
   A JAX runtime error (a collective that lost its peer) most likely means another process is gone: JAX's
   coordination service then ends this process within the heartbeat timeout, naming the lost one; that is waited for.
@@ -102,9 +101,16 @@ def _exit_on_error(exc_type, exc, traceback, *, heartbeat_s: int) -> None:
   if issubclass(exc_type, jax.errors.JaxRuntimeError):
     log.error("waiting up to %d s (the heartbeat timeout) for JAX to name a lost process", heartbeat_s)
     time.sleep(heartbeat_s + 10)
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(1)
+  end_process(1)
+
+
+def end_process(exit_code: int) -> None:
+  """In a multi-process run, ends this process now, bypassing JAX's exit handler: it would wait 5 minutes at a
+  shutdown barrier for processes that may be waiting for this one in a collective. Returns in a single process."""
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # pylint: disable=protected-access
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,

@@ -108,7 +108,9 @@ def main() -> int:
     result = train(flags.FLAGS.config, flags.FLAGS.workdir)
   except EXPECTED_ERRORS as e:
     log.error("%s", e)
-    return getattr(e, "exit_code", 1)
+    code = getattr(e, "exit_code", 1)
+    assemble.end_process(code)  # several processes: now, not after JAX's shutdown barrier
+    return code
   if jax.process_index() == 0:
     print(json.dumps(result))
   return 0

@@ -17,6 +17,9 @@ Slow (`-m slow`; each command starts 1 or 2 JAX processes, ~1-3 min apiece on a 
                                            and a 2-process run, and both continue with the uninterrupted losses.
   test_lost_process_stops_the_other        SIGKILL of process 1: process 0 exits within the heartbeat timeout with a
                                            message naming process 1; a relaunch resumes from the last checkpoint.
+  test_sigterm_to_one_process_stops_both_at_one_step
+                                           SIGTERM to process 1 only: both stop after the same step, with its
+                                           checkpoint, exit status 143.
   test_sample_in_two_processes             `agibot_jax.sample` writes (process 0 only) the video of a 1-process run.
   test_cache_latents_in_two_processes      `agibot_jax.cache_latents` splits the samples; the cache equals a
                                            1-process one.
@@ -360,6 +363,30 @@ def test_lost_process_stops_the_other(dataset_dir, tmp_path):
                                                                              "checkpoint.save_iter": 1}), 2)
   assert f"at step {last}" in relaunch.wait()[0]
   assert max(losses(workdir)) == last + 1 and finalised_steps(ckpt_dir)[-1] == last + 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step(dataset_dir, tmp_path):
+  """SIGTERM to process 1 only: the processes agree, finish the same step, write its checkpoint and exit with 143."""
+  workdir = tmp_path / "run"
+  run = launch(tmp_path, "term", train_argv(workdir, dataset_dir, **{"trainer.max_iter": 1000,
+                                                                    "checkpoint.save_iter": 1000}), 2)
+  deadline = time.time() + LAUNCH_TIMEOUT_S
+  try:
+    while not (workdir / loop.METRICS_FILE).exists() or not (workdir / loop.METRICS_FILE).read_text():
+      assert all(p.poll() is None for p in run.procs), run.tails()
+      assert time.time() < deadline, "no step in time"
+      time.sleep(0.2)
+    run.procs[1].send_signal(signal.SIGTERM)
+    for proc in run.procs:
+      proc.wait(timeout=300)
+  finally:
+    run.kill()
+  assert [p.returncode for p in run.procs] == [128 + signal.SIGTERM] * 2, run.tails()
+  steps = finalised_steps(str(workdir / "checkpoints"))
+  assert len(steps) == 1, steps
+  for i in range(2):
+    assert f"SIGTERM: stopped after step {steps[0]}; checkpoint {steps[0]} written" in run.log(i), run.tails()
 
 
 @pytest.mark.slow
