@@ -42,11 +42,12 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if __name__ == "__main__":  # a worker process of test_two_processes_place_their_rows
+if __name__ == "__main__":  # a worker process of a default-run test (_probe, _fail)
   sys.path.insert(0, REPO)
 
 # pylint: disable=wrong-import-position
@@ -146,8 +147,6 @@ class CaptionText:
   num_tokens, dim, projected = 2, 3, False
 
   def embed_on_device(self, captions):
-    import jax.numpy as jnp
-
     codes = np.array([sum(map(ord, c)) % 997 for c in captions], np.float32)
     return jnp.asarray(np.broadcast_to(codes[:, None, None], (len(codes), self.num_tokens, self.dim)))
 
