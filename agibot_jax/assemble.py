@@ -20,11 +20,14 @@ The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
+import sys
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +45,8 @@ from agibot_jax.training.state import new_state, precision_dtype, state_sharding
 log = logging.getLogger(__name__)
 
 EXAMPLE_DATA = "example_data"
+HEARTBEAT_TIMEOUT_ENV = "AGIBOT_HEARTBEAT_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's
 BUNDLE_PARTS = {"vae": ("model", "tokenizer", "path"), "text_encoder": ("model", "text_encoder", "path")}
 
 # ----------------------------------------------------------------------------------------------
@@ -70,9 +75,42 @@ def distributed_init_args(environ=os.environ) -> dict | None:
 
 
 def initialize_distributed(environ=os.environ) -> None:
+  """`jax.distributed.initialize` for a multi-process launch (`distributed_init_args`); nothing for one process.
+
+  A process that dies, or fails with an error (`_exit_on_error`), stops the others within the heartbeat timeout,
+  HEARTBEAT_TIMEOUT_ENV seconds (default JAX's 100), with JAX's message naming the lost task (= process id). CPU
+  processes exchange arrays through JAX's default CPU collectives (gloo); XLA_FLAGS=
+  --xla_force_host_platform_device_count=N gives each of them N CPU devices.
+  """
   init_args = distributed_init_args(environ)
-  if init_args is not None:
-    jax.distributed.initialize(**init_args)
+  if init_args is None:
+    return
+  heartbeat_s = int(environ.get(HEARTBEAT_TIMEOUT_ENV) or DEFAULT_HEARTBEAT_TIMEOUT_S)
+  jax.distributed.initialize(**init_args, heartbeat_timeout_seconds=heartbeat_s)
+  sys.excepthook = functools.partial(_exit_on_error, heartbeat_s=heartbeat_s)
+  log.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def _exit_on_error(exc_type, exc, traceback, *, heartbeat_s: int) -> None:
+  """`sys.excepthook` of a multi-process run: prints the error and ends the process (`end_process`).
+
+  A JAX runtime error (a collective that lost its peer) most likely means another process is gone: JAX's
+  coordination service then ends this process within the heartbeat timeout, naming the lost one; that is waited for.
+  """
+  sys.__excepthook__(exc_type, exc, traceback)
+  if issubclass(exc_type, jax.errors.JaxRuntimeError):
+    log.error("waiting up to %d s (the heartbeat timeout) for JAX to name a lost process", heartbeat_s)
+    time.sleep(heartbeat_s + 10)
+  end_process(1)
+
+
+def end_process(exit_code: int) -> None:
+  """In a multi-process run, ends this process now, bypassing JAX's exit handler: it would wait 5 minutes at a
+  shutdown barrier for processes that may be waiting for this one in a collective. Returns in a single process."""
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # pylint: disable=protected-access
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
@@ -190,16 +228,34 @@ def check_workdir(workdir: str) -> None:
 def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
   """Validates the training dataset (raising layout.DatasetError with every problem) and returns its samples.
 
-  The embedded example dataset (`resolve`) is written first when it does not exist yet.
+  The embedded example dataset (`resolve`) is written first when it does not exist yet (by process 0, into the
+  workdir the processes share).
   """
   ds = config.dataloader_train.dataset
   if workdir and ds.dataset_dir == os.path.abspath(os.path.join(workdir, EXAMPLE_DATA)):
-    if not os.path.isdir(os.path.join(ds.dataset_dir, "videos")):
+    if jax.process_index() == 0 and not os.path.isdir(os.path.join(ds.dataset_dir, "videos")):
       h, w = ds.resolution_hw
       synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h + 16,
                               width=w + 32, seed=config.seed)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("example dataset written")
     log.info("no dataset_dir given: using the synthetic example dataset at %s", ds.dataset_dir)
   return pipeline.validated_samples(pipeline.DataSettings.from_config(config))
+
+
+def process_batch_rows(mesh, global_batch: int) -> slice:
+  """The rows of every global batch of `global_batch` samples that this process loads: those its devices hold under
+  the batch sharding (`sharding.batch_sharding`). Processes that share rows (a batch axis smaller than the process
+  count, e.g. context parallelism across hosts) load the same samples."""
+  index_map = sharding.batch_sharding(mesh, (global_batch,)).addressable_devices_indices_map((global_batch,))
+  held = sorted({range(*idx[0].indices(global_batch)) for idx in index_map.values()}, key=lambda r: r.start)
+  rows = slice(held[0].start, held[-1].stop)
+  if sum(len(r) for r in held) != rows.stop - rows.start:
+    raise ValueError(f"mesh {dict(mesh.shape)}: this process's devices hold rows {[(r.start, r.stop) for r in held]} "
+                     f"of the batch of {global_batch}, not one contiguous block")
+  return rows
 
 
 def make_mesh(config) -> jax.sharding.Mesh:
@@ -227,20 +283,22 @@ def dit_config(config) -> dit.DiTConfig:
   return dit.DiTConfig.from_config(config.model.net)
 
 
-def build_vae(config):
-  """(WanVAE, params): the converted VAE at `model.tokenizer.path`, or random weights for the demo."""
+def build_vae(config, mesh=None):
+  """(WanVAE, params): the converted VAE at `model.tokenizer.path`, or random weights for the demo; with a `mesh`,
+  the params are replicated on it (the encoder then runs on the mesh, also across processes)."""
   cfg = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
   model = vae_lib.WanVAE(cfg)
+  replicated = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   path = config.model.tokenizer.path
   if path:
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.param_dtype)),
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.param_dtype), sharding=replicated),
                             vae_lib.abstract_params(model))
     return model, params_io.restore_params(path, abstract)
   _random_ok(config, "VAE", "model.tokenizer.path")
   # One jitted init at XLA -O0: eager init compiles every initializer op separately and an optimised
   # compile of ~200 truncated-normal draws alone takes ~15 s on CPU (values are the same draws).
   key = jax.random.key(config.seed + 1)
-  init = jax.jit(functools.partial(vae_lib.init_params, model)).lower(key).compile(
+  init = jax.jit(functools.partial(vae_lib.init_params, model), out_shardings=replicated).lower(key).compile(
       compiler_options={"xla_backend_optimization_level": 0})
   return model, init(key)
 
@@ -255,6 +313,15 @@ def _online_text_embedder(config):
   return OnlineTextEmbedder.from_paths(te.path, tokenizer, dtype=config.model.precision)
 
 
+def text_devices():
+  """Context in which the online text encoder is built and run: the training mesh (`make_mesh`) in one process;
+  with several, a mesh of this process's own devices, since each process embeds the captions of its own rows (on the
+  training mesh, a jit would take them for one value replicated over all processes)."""
+  if jax.process_count() == 1:
+    return contextlib.nullcontext()
+  return jax.set_mesh(sharding.make_mesh(devices=jax.local_devices()))
+
+
 def build_text_provider(config, cfg: dit.DiTConfig):
   """The run's text embeddings: a cache (`dataset.text_cache_dir`), the online encoder (`model.text_encoder.path`),
   or a random stand-in encoder for the demo; checked against the DiT's text input.
@@ -267,21 +334,22 @@ def build_text_provider(config, cfg: dit.DiTConfig):
 
   te = config.model.text_encoder
   cache_dir = config.dataloader_train.dataset.text_cache_dir
-  if cache_dir:
-    provider = TextEmbeddingCache(cache_dir)
-    if provider.projected and config.model.train_base:
-      raise ValueError(f"{cache_dir} is a projected text cache, which holds crossattn_proj frozen; with "
-                       "model.train_base=True the projection trains: use a full_concat cache")
-    if not provider.projected and te.path:
-      provider.fallback = _online_text_embedder(config).embed
-  elif te.path:
-    provider = _online_text_embedder(config)
-  else:
-    _random_ok(config, "text encoder", "model.text_encoder.path")
-    from agibot_jax.text.demo import demo_text_embedder
+  with text_devices():
+    if cache_dir:
+      provider = TextEmbeddingCache(cache_dir)
+      if provider.projected and config.model.train_base:
+        raise ValueError(f"{cache_dir} is a projected text cache, which holds crossattn_proj frozen; with "
+                         "model.train_base=True the projection trains: use a full_concat cache")
+      if not provider.projected and te.path:
+        provider.fallback = _online_text_embedder(config).embed
+    elif te.path:
+      provider = _online_text_embedder(config)
+    else:
+      _random_ok(config, "text encoder", "model.text_encoder.path")
+      from agibot_jax.text.demo import demo_text_embedder
 
-    provider = demo_text_embedder(cfg.crossattn_proj_in_channels, seed=config.seed + 2)
-    provider.num_tokens = int(cfg.text_tokens_per_view)
+      provider = demo_text_embedder(cfg.crossattn_proj_in_channels, seed=config.seed + 2)
+      provider.num_tokens = int(cfg.text_tokens_per_view)
   dim = cfg.crossattn_emb_channels if provider.projected else cfg.crossattn_proj_in_channels
   if provider.num_tokens != cfg.text_tokens_per_view or provider.dim != dim:
     kind = "projected" if provider.projected else "raw"
@@ -350,22 +418,29 @@ def make_encoder(vae_model, num_views: int, mesh=None):
   return encode
 
 
-def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
-  """Loader batch -> the train step's model batch (see agibot_jax/training/step.py), sharded on `mesh`."""
+def model_batch(batch, encode, vae_params, text_provider, config, mesh, global_batch: int | None = None) -> dict:
+  """Loader batch -> the train step's model batch (see agibot_jax/training/step.py), sharded on `mesh`.
+
+  `batch` holds this process's rows (`process_batch_rows`) of a global batch of `global_batch` samples (default:
+  `batch` is the whole batch, the same on every process).
+  """
   ds = config.dataloader_train.dataset
   num_views = len(ds.views)
+  global_batch = global_batch or len(batch["ai_caption"])
+  place = functools.partial(_on_mesh, mesh=mesh, global_batch=global_batch)
   if "latent_video" in batch:  # from the latent cache (agibot_jax.cache_latents)
     x0, control = batch["latent_video"], batch["latent_control"]
   else:
     control_key = registry.control(ds.control_input_type).key
-    x0, control = encode(vae_params, jnp.asarray(batch["video"]), jnp.asarray(batch[control_key]))
+    x0, control = encode(vae_params, place(batch["video"]), place(batch[control_key]))
   t = x0.shape[1] // num_views
   view_indices = np.asarray(batch["view_indices"])
   # Latent view ids: the first t pixel-frame ids of each view (spec §1.10).
   frames_per_view = view_indices.shape[1] // num_views
   latent_view_ids = np.concatenate([view_indices[:, v * frames_per_view:v * frames_per_view + t]
                                     for v in range(num_views)], axis=1)
-  emb = text_provider_lib.embed_batch(text_provider, batch["ai_caption"])
+  with text_devices():
+    emb = text_provider_lib.embed_batch(text_provider, batch["ai_caption"])
   out = {
       "x0_BTHWC": x0,
       "control_BTHWC": control,
@@ -373,19 +448,21 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh) -> dict:
       "view_indices_BT": latent_view_ids.astype(np.int32),
       "padding_mask_BHW": np.asarray(batch["padding_mask"], np.float32)[:, 0],
   }
-  return {k: _on_mesh(v, sharding.batch_sharding(mesh, np.shape(v))) for k, v in out.items()}
+  return {k: place(v) for k, v in out.items()}
 
 
-def _on_mesh(value, target: jax.sharding.Sharding) -> jax.Array:
-  """A batch array with the step's input sharding.
+def _on_mesh(value, mesh, global_batch: int) -> jax.Array:
+  """A batch array (this process's rows, or the global array) with the step's input sharding.
 
-  Arrays already on the devices (latents from the online VAE, online text embeddings) are resharded there:
-  pulling them to the host would block the loop until the previous step and the encoder finish, leaving the GPU
-  idle while the host fetches the next batch. Host arrays (loader, caches) are this process's part of the batch.
+  Arrays already on the devices (latents from the online VAE, online text embeddings) stay there: pulling them to
+  the host would block the loop until the previous step and the encoder finish, leaving the GPU idle while the host
+  fetches the next batch.
   """
-  if isinstance(value, jax.Array):
+  global_shape = (global_batch,) + tuple(np.shape(value)[1:])
+  target = sharding.batch_sharding(mesh, global_shape)
+  if isinstance(value, jax.Array) and not value.is_fully_addressable:  # already global: reshard
     return jax.device_put(value, target)
-  return jax.make_array_from_process_local_data(target, np.asarray(value))
+  return jax.make_array_from_process_local_data(target, value, global_shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +580,8 @@ def control_only_model_batch(loader_batch, vae_model, vae_params, text_provider,
   """Model batch without an input video: the control latent is encoded and the video latent is zeros (unused with 0
   conditional frames); then as `model_batch` from a latent cache."""
   ds = config.dataloader_train.dataset
-  control = vae_lib.loader_to_channels_last(jnp.asarray(loader_batch[registry.control(ds.control_input_type).key]))
+  control_BCTHW = _on_mesh(loader_batch[registry.control(ds.control_input_type).key], mesh, 1)
+  control = vae_lib.loader_to_channels_last(control_BCTHW)
   encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model, num_views=len(ds.views)))
   latent_control = encode(vae_params, control)
   latents = {"latent_video": jnp.zeros_like(latent_control), "latent_control": latent_control}

@@ -9,7 +9,8 @@ defaults to `<workdir>/latent_cache`. The VAE is the one training uses (`agibot_
 `model.tokenizer.path`, a `checkpoint.load_path` bundle's `vae/`, or random weights in the tiny demo), and
 a sample's video and control are encoded by the training job's own jitted encoder, so depth/seg latents are
 bit-identical to online encoding (float32 cache). Samples are visited in dataset order with their epoch-0
-random draw; those already cached are skipped, so an interrupted run resumes.
+random draw; those already cached are skipped, so an interrupted run resumes. Under a multi-process launch
+(`agibot_jax.assemble.distributed_init_args`) each process encodes every n-th sample on its own device.
 
 For randomised controls (edge, vis) the cache freezes ONE random control per sample (Canny thresholds / blur of
 epoch 0 with `config.seed`) for every epoch; `--control_preset NAME` caches the inference preset instead. Train
@@ -24,6 +25,7 @@ import os
 from collections.abc import Callable
 
 import grain
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -44,6 +46,9 @@ def write_cache(config: ml_collections.ConfigDict, cache_dir: str, vae_model, va
                 progress: Callable = lambda it, **kw: it, num_threads: int = 2) -> tuple[int, int]:
   """Encodes the samples of `config`'s dataset missing from `cache_dir`; returns (samples, newly encoded).
 
+  With n processes (jax.distributed), process i encodes the missing ones among samples i, i+n, ... (the cache
+  takes concurrent writers: every file is written under a temporary name and renamed).
+
   encode: `agibot_jax.assemble.make_encoder(vae_model, ...)` (made here when None): (params, video, control)
   uint8 (B, 3, V·T, H, W) -> latents (B, V·t, h, w, 16) float32, one call for both.
   num_threads: decoding threads, so the next samples decode while the current one encodes.
@@ -58,7 +63,9 @@ def write_cache(config: ml_collections.ConfigDict, cache_dir: str, vae_model, va
   source = pipeline.AgibotMultiviewSource(settings)
   cache = latent_cache.LatentCache.create(
       cache_dir, latent_cache.cache_meta(settings, vae_model.cfg, vae_params, seed=config.seed, dtype=dtype))
-  todo = [i for i, s in enumerate(source.samples) if s.sample_id not in cache]
+  # Split by dataset index, not by position among the missing: the processes may look at the cache at different times.
+  todo = [i for i, s in enumerate(source.samples)
+          if i % jax.process_count() == jax.process_index() and s.sample_id not in cache]
   if not todo:
     return len(source), 0
   encode = encode or assemble.make_encoder(vae_model, len(settings.views))
@@ -76,6 +83,7 @@ def write_cache(config: ml_collections.ConfigDict, cache_dir: str, vae_model, va
 
 def main() -> int:
   f = flags.FLAGS
+  assemble.initialize_distributed()
   config = assemble.resolve(f.config, f.workdir)
   assemble.prepare_dataset(config, f.workdir)
   cache_dir = cache_dir_of(config, f.workdir)
@@ -89,8 +97,16 @@ def main() -> int:
 
   total, encoded = write_cache(config, cache_dir, vae_model, vae_params, dtype=f.dtype,
                                control_preset=f.control_preset, progress=progress)
-  log.info("latent cache: %d samples, %d encoded, %d already cached -> %s", total, encoded, total - encoded,
-           os.path.abspath(cache_dir))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    # Every process exits once the whole cache is written (and none waits at JAX's shutdown barrier).
+    multihost_utils.sync_global_devices("latent cache written")
+    log.info("latent cache: %d samples, %d encoded by process %d of %d -> %s", total, encoded, jax.process_index(),
+             jax.process_count(), os.path.abspath(cache_dir))
+  else:
+    log.info("latent cache: %d samples, %d encoded, %d already cached -> %s", total, encoded, total - encoded,
+             os.path.abspath(cache_dir))
   log.info("train with --config.dataloader_train.dataset.latent_cache_dir=%s", os.path.abspath(cache_dir))
   return 0
 

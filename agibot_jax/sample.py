@@ -72,7 +72,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   mesh = assemble.make_mesh(config)
   cfg = assemble.dit_config(config)
   weights = assemble.sampling_params(config, workdir, cfg, mesh, use_ema=use_ema)
-  vae_model, vae_params = assemble.build_vae(config)
+  vae_model, vae_params = assemble.build_vae(config, mesh)
   text_provider = assemble.build_text_provider(config, cfg)
   assemble.check_text_projection(text_provider, weights.params)
 

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 
-import grain
 import jax
 from absl import flags
 
@@ -58,7 +57,7 @@ def train(config, workdir: str) -> dict:
   mesh = assemble.make_mesh(config)
   cfg = assemble.dit_config(config)
   model = dit.MultiViewControlDiT(cfg)
-  vae_model, vae_params = assemble.build_vae(config)
+  vae_model, vae_params = assemble.build_vae(config, mesh)
   text_provider = assemble.build_text_provider(config, cfg)
 
   tx = optim.make_optimizer(config)
@@ -67,13 +66,14 @@ def train(config, workdir: str) -> dict:
   state, data_state, state_sh = assemble.init_or_restore(config, workdir, cfg, mesh, tx, ema, manager)
   assemble.check_text_projection(text_provider, state.frozen)
 
-  shard = grain.sharding.ShardOptions(jax.process_index(), jax.process_count(), drop_remainder=True)
-  data_iter = pipeline.from_config(config, shard_options=shard, vae_params=vae_params, samples=samples)
+  global_batch = int(config.dataloader_train.batch_size)
+  rows = assemble.process_batch_rows(mesh, global_batch)
+  data_iter = pipeline.from_config(config, rows=rows, vae_params=vae_params, samples=samples)
   if data_state is not None:
     data_iter.set_state(data_state)
   encode = assemble.make_encoder(vae_model, len(config.dataloader_train.dataset.views), mesh)
   prepare = functools.partial(assemble.model_batch, encode=encode, vae_params=vae_params,
-                              text_provider=text_provider, config=config, mesh=mesh)
+                              text_provider=text_provider, config=config, mesh=mesh, global_batch=global_batch)
   step_fn = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=(0,), out_shardings=(state_sh, None))
 
   callbacks = []
@@ -117,7 +117,9 @@ def main() -> int:
     result = train(flags.FLAGS.config, flags.FLAGS.workdir)
   except EXPECTED_ERRORS as e:
     log.error("%s", e)
-    return getattr(e, "exit_code", 1)
+    code = getattr(e, "exit_code", 1)
+    assemble.end_process(code)  # several processes: now, not after JAX's shutdown barrier
+    return code
   if jax.process_index() == 0:
     print(json.dumps(result))
   return 0

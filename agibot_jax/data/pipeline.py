@@ -2,7 +2,8 @@
 
   AgibotMultiviewSource   RandomAccessDataSource: sample index -> decoded, resized sample dict
                           (or, with a latent cache, the sample's cached VAE latents)
-  build_dataset           keys -> shard -> per-epoch shuffle -> repeat -> load (+ per-sample RNG) -> batch
+  build_dataset           keys -> per-epoch shuffle -> repeat -> this process's rows of each global batch
+                          -> load (+ per-sample RNG) -> batch
   make_iterator           the checkpointable grain iterator (worker processes, prefetch)
 
 Per-sample randomness (edge thresholds, vis blur draws, optional random start frame) comes from
@@ -188,21 +189,36 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-class _LoadSample(grain.transforms.MapWithIndex):
-  """(position in the shard's stream, sample index) -> sample loaded with its (seed, epoch, index) RNG.
+class _StreamPosition(grain.transforms.Map):
+  """The i-th sample this process loads -> its position in the global sample stream.
+
+  Global batch k holds stream positions [k·B, (k+1)·B); this process loads rows [rows.start, rows.stop) of each.
+  """
+
+  def __init__(self, batch_size: int, rows: slice):
+    self._batch_size, self._rows = batch_size, rows
+
+  def map(self, i: int) -> int:
+    per_batch = self._rows.stop - self._rows.start
+    return (i // per_batch) * self._batch_size + self._rows.start + i % per_batch
+
+
+class _LoadSample(grain.transforms.Map):
+  """Stream position -> that sample, loaded with its (seed, epoch, index) RNG.
 
   A sample that does not decode is replaced by the next one (index + 1, + 2, ... with their own RNGs), at most
   `max_bad_samples` + 1 tries; the result lists what it replaced under SKIPPED_KEY.
   """
 
-  def __init__(self, source: AgibotMultiviewSource, seed: int, epoch_length: int):
-    self._source = source
-    self._seed = seed
-    self._epoch_length = epoch_length
+  def __init__(self, source: AgibotMultiviewSource, stream: grain.MapDataset, seed: int):
+    self._source, self._stream, self._seed = source, stream, seed
 
-  def map_with_index(self, position: int, index: int) -> dict[str, Any]:
-    index = int(index)
-    epoch = position // self._epoch_length
+  def map(self, position: int) -> dict[str, Any]:
+    index = int(self._stream[position])
+    epoch = position // len(self._source)
+    # The multi-process tests read these lines to check which process loaded which rows.
+    log.debug("stream position %d: sample %s (index %d, epoch %d)", position, self._source.samples[index].sample_id,
+              index, epoch)
     n, skipped = len(self._source), []
     for k in range(min(n, self._source.settings.max_bad_samples + 1)):
       candidate = (index + k) % n
@@ -248,27 +264,26 @@ class SkippedSamples:
 
 
 def build_dataset(source: AgibotMultiviewSource, *, batch_size: int, seed: int, shuffle: bool = True,
-                  shard_options: grain.sharding.ShardOptions | None = None,
-                  num_epochs: int | None = None) -> grain.MapDataset:
-  """Batched MapDataset over `source` for this process's shard.
+                  rows: slice | None = None, num_epochs: int | None = None) -> grain.MapDataset:
+  """MapDataset of this process's part of every global batch of `batch_size` samples.
 
-  Sample indices are split across processes first (`shard_options`; `drop_remainder` keeps shard sizes
-  equal), then each epoch visits the shard in a fresh seeded permutation. `num_epochs=None` repeats forever.
-  Batches drop the remainder (reference: drop_last=True).
+  The global sample stream is the same for every process layout: each epoch visits all samples in a fresh seeded
+  permutation, and global batch k is stream positions [k·B, (k+1)·B) (batches run across epoch ends; an
+  incomplete last batch is dropped, as the reference's drop_last=True). A process loads rows `rows` (default: all) of
+  each global batch, those its devices hold (`agibot_jax.assemble.process_batch_rows`), so several processes
+  together read exactly what one process would. `num_epochs=None` repeats forever.
   """
-  shard_options = shard_options or grain.sharding.NoSharding()
-  n = len(source)
-  if shard_options.drop_remainder:
-    n -= n % shard_options.shard_count
-  keys = grain.MapDataset.range(n)[shard_options.shard_index::shard_options.shard_count]
-  epoch_length = len(keys)
-  if epoch_length == 0:
-    raise ValueError(f"{source}: shard {shard_options.shard_index}/{shard_options.shard_count} is empty")
+  rows = rows or slice(0, batch_size)
+  if not 0 <= rows.start < rows.stop <= batch_size:
+    raise ValueError(f"rows {rows.start}:{rows.stop} are not within a global batch of {batch_size}")
+  stream = grain.MapDataset.range(len(source))
   if shuffle:
-    keys = keys.shuffle(seed=seed)
-  ds = keys.repeat(num_epochs)
-  ds = ds.map_with_index(_LoadSample(source, seed, epoch_length))
-  return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+    stream = stream.shuffle(seed=seed)
+  stream = stream.repeat(num_epochs)
+  num_batches = len(stream) // batch_size
+  ds = grain.MapDataset.range(num_batches * (rows.stop - rows.start))
+  ds = ds.map(_StreamPosition(batch_size, rows)).map(_LoadSample(source, stream, seed))
+  return ds.batch(rows.stop - rows.start, drop_remainder=True, batch_fn=collate)
 
 
 def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_size: int) -> grain.DatasetIterator:
@@ -298,12 +313,12 @@ def _worker_init(index: int, count: int) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def from_config(config: ml_collections.ConfigDict, shard_options: grain.sharding.ShardOptions | None = None,
-                num_epochs: int | None = None, vae_params: Any | None = None,
-                samples: Sequence[layout.Sample] | None = None) -> SkippedSamples:
+def from_config(config: ml_collections.ConfigDict, rows: slice | None = None, num_epochs: int | None = None,
+                vae_params: Any | None = None, samples: Sequence[layout.Sample] | None = None) -> SkippedSamples:
   """Training iterator from the `dataloader_train` section and `seed` of a configs/*.py config.
 
   With a latent cache, its VAE must match `config.model.tokenizer` and, when `vae_params` is given, those weights.
+  rows: this process's rows of each global batch of `dataloader_train.batch_size` (default: all).
   samples: the dataset's validated samples, when already scanned.
   """
   dl = config.dataloader_train
@@ -313,6 +328,6 @@ def from_config(config: ml_collections.ConfigDict, shard_options: grain.sharding
 
     source.cache.check_vae(VAEConfig.from_tokenizer_config(config.model.tokenizer), vae_params)
   ds = build_dataset(source, batch_size=dl.batch_size, seed=config.seed, shuffle=dl.shuffle,
-                     shard_options=shard_options, num_epochs=num_epochs)
+                     rows=rows, num_epochs=num_epochs)
   return SkippedSamples(make_iterator(ds, num_workers=dl.num_workers, prefetch_buffer_size=dl.prefetch_buffer_size),
                         source.settings.max_bad_samples)

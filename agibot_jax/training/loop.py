@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 
 from agibot_jax import flops, logs
 
@@ -154,6 +155,19 @@ class StopSignals:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
 
+  def requested(self) -> bool:
+    """Whether to stop now. Processes of a multi-process run first agree (one small collective, which waits for
+    the step in flight): a signal to any stops all at the same step, as their checkpoint saves wait for each other."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+      if self.signum is None and signums.max():
+        self.signum = int(signums.max())
+        log.warning("%s in another process: finishing the current step and writing a checkpoint, then stopping",
+                    self.name)
+    return self.signum is not None
+
   @property
   def name(self) -> str:
     return signal.Signals(self.signum).name
@@ -226,7 +240,7 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
 
   with logs.progress(total=max_iter, initial=start, desc="train", unit="step") as bar:
     for step in range(start, max_iter):
-      if stop is not None and stop.signum is not None:
+      if stop is not None and stop.requested():
         stop_for_signal()
       t0 = time.perf_counter()
       try:
@@ -261,7 +275,8 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
           callback(done, state, batch, loader_batch)
         spent = time.perf_counter() - t_callbacks
         timer.excluded += spent
-        bar.start_t += spent  # the bar's rate and ETA count training only
+        if not bar.disable:  # a disabled bar (processes other than 0) keeps no times
+          bar.start_t += spent  # the bar's rate and ETA count training only
       bar.update(1)
       if done % logging_iter == 0 or done == max_iter:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -4,7 +4,6 @@ assembled as a depth/seg dataset), grain batching, determinism, sharding and ite
 import json
 import os
 
-import grain
 import numpy as np
 import pytest
 
@@ -155,16 +154,20 @@ def test_iterator_state_resumes_exactly(synthetic_dir):
     _assert_same(a, b)
 
 
-def test_sharding_splits_samples(synthetic_dir):
+def test_process_rows_split_every_global_batch(synthetic_dir):
+  """Processes holding rows 0:1 and 1:3 of a global batch of 3 together load exactly the one-process batches."""
   source = pipeline.AgibotMultiviewSource(_settings(synthetic_dir, "edge", resolution_hw=(48, 80)))
-  keys = []
-  for index in range(2):
-    ds = pipeline.build_dataset(source, batch_size=1, seed=0, num_epochs=2,
-                                shard_options=grain.sharding.ShardOptions(index, 2, drop_remainder=True))
-    keys.append([b["__key__"][0] for b in ds])
-  assert keys == [["synthetic_000"] * 2, ["synthetic_001"] * 2]
-  with pytest.raises(ValueError, match="shard 2/3 is empty"):
-    pipeline.build_dataset(source, batch_size=1, seed=0, shard_options=grain.sharding.ShardOptions(2, 3, True))
+  whole = list(pipeline.build_dataset(source, batch_size=3, seed=0, num_epochs=3))
+  parts = [list(pipeline.build_dataset(source, batch_size=3, seed=0, num_epochs=3, rows=rows))
+           for rows in (slice(0, 1), slice(1, 3))]
+  assert len(whole) == len(parts[0]) == len(parts[1]) == 2  # 6 samples in 3 epochs of 2
+  # Global batches run across epoch ends: batch 0 is epoch 0's two samples and the first of epoch 1.
+  assert sorted(whole[0]["__key__"][:2]) == ["synthetic_000", "synthetic_001"]
+  for batch, first, rest in zip(whole, *parts):
+    _assert_same(batch, pipeline.collate([{k: v[0] for k, v in first.items()},
+                                          *({k: v[i] for k, v in rest.items()} for i in range(2))]))
+  with pytest.raises(ValueError, match="rows 2:4 are not within a global batch of 3"):
+    pipeline.build_dataset(source, batch_size=3, seed=0, rows=slice(2, 4))
 
 
 def test_from_config_tiny(synthetic_dir):

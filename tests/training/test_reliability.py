@@ -457,7 +457,7 @@ def test_failure_while_building_leaves_no_run_files(tmp_path, monkeypatch):
   def broken(*args, **kwargs):
     raise RuntimeError("out of memory while loading the DiT")
 
-  monkeypatch.setattr(assemble, "build_vae", lambda config: (None, None))
+  monkeypatch.setattr(assemble, "build_vae", lambda config, mesh: (None, None))
   monkeypatch.setattr(assemble, "build_text_provider", lambda config, cfg: None)
   monkeypatch.setattr(assemble, "initial_params", broken)
   workdir = tmp_path / "run"
