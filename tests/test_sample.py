@@ -35,16 +35,18 @@ def _cli(*args):
 
 
 def _assert_video(path, frames, width, height):
+  """`frames` decodable frames of a grid `width` x `height` plus the labels: a column on the left naming the rows and
+  a header naming the views."""
   cap = cv2.VideoCapture(str(path))
   assert cap.isOpened(), path
-  got = (int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-         int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+  count, got_w, got_h = (int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH,
+                                                   cv2.CAP_PROP_FRAME_HEIGHT))
   decoded = 0
   while cap.read()[0]:
     decoded += 1
   cap.release()
-  assert got == (frames, width, height)
-  assert decoded == frames
+  assert count == decoded == frames
+  assert width + 40 < got_w < width + 250 and height + 8 < got_h < height + 30, (got_w, got_h, width, height)
 
 
 @pytest.fixture(scope="module")
