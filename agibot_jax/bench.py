@@ -1,4 +1,4 @@
-"""Benchmark the multiview control DiT on synthetic inputs of the configured size.
+r"""Benchmark the multiview control DiT on synthetic inputs of the configured size.
 
   python -m agibot_jax.bench --config configs/edge.py --mode forward
   python -m agibot_jax.bench --config configs/edge.py --mode train   # one full training step

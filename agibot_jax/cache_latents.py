@@ -1,4 +1,4 @@
-"""Encode every sample of a dataset once and store its VAE latents (see agibot_jax/data/latent_cache.py).
+r"""Encode every sample of a dataset once and store its VAE latents (see agibot_jax/data/latent_cache.py).
 
   python -m agibot_jax.cache_latents --config configs/depth.py --workdir runs/depth \
       --config.dataloader_train.dataset.dataset_dir=DIR [--config.model.tokenizer.path=VAE] \

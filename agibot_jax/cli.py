@@ -1,4 +1,4 @@
-"""What every command shares: absl flags, the `--config` flag and its overrides, the console.
+r"""What every command shares: absl flags, the `--config` flag and its overrides, the console.
 
 Config overrides come in two spellings that do exactly the same thing:
 

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on held-out clips: validation loss, control adherence and reconstruction of samples.
+r"""Evaluate a checkpoint on held-out clips: validation loss, control adherence and reconstruction of samples.
 
   python -m agibot_jax.eval --config configs/edge.py --checkpoint runs/edge \
       --config.dataloader_val.dataset_dir=DIR [--num_samples 4 --guidance 3 --control_weight 1.0 \

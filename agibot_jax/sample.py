@@ -1,4 +1,4 @@
-"""Generate a 3-view video with the control DiT from a training run or a converted checkpoint.
+r"""Generate a 3-view video with the control DiT from a training run or a converted checkpoint.
 
   python -m agibot_jax.sample --config configs/edge.py --checkpoint runs/edge \
       --config.dataloader_train.dataset.dataset_dir=DIR --sample_id ID --guidance 3 --num_cond_frames 1 \

@@ -1,4 +1,4 @@
-"""Post-training of the Agibot 3-view control DiT.
+r"""Post-training of the Agibot 3-view control DiT.
 
   python -m agibot_jax.train --config configs/seg.py --workdir runs/seg \
       --config.dataloader_train.dataset.dataset_dir=DIR --config.checkpoint.load_path=BASE \
@@ -94,6 +94,7 @@ def train(config, workdir: str) -> dict:
   count = flops.dit_flops(cfg, num_views=len(ds.views), latent_hw=latent_hw, batch=config.dataloader_train.batch_size,
                           train_base=bool(config.model.train_base))
   start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
+  announce(config, start, max_iter)
   saver = checkpointing.Saver(manager, config, data_iter.get_state)
   metrics_log = loop.MetricsLog(workdir)
   try:
@@ -109,6 +110,22 @@ def train(config, workdir: str) -> dict:
   log.info("checkpoints: %s", checkpointing.checkpoint_dir(workdir))
   log.info("TensorBoard events: %s", os.path.join(os.path.abspath(workdir), "tensorboard"))
   return {"step": int(jax.device_get(state.step)), **last_metrics}
+
+
+def announce(config, start: int, max_iter: int) -> None:
+  """Says what the run will do before it starts: the steps, the checkpoints and the passes that are not training."""
+  t = config.trainer
+  log.info("training steps %d..%d (log every %d, checkpoint every %d)", start + 1, max_iter, t.logging_iter,
+           config.checkpoint.save_iter)
+  sample = t.callbacks.every_n_sample
+  if sample.every_n > 0 and max_iter >= sample.every_n:
+    per_pass = (len(sample.num_cond_frames) * len(sample.control_weights) * len(sample.guidance) *
+                (2 if config.ema.enabled else 1))
+    log.info("sample videos every %d steps: %d videos of %d denoising steps each (not counted in s/step; "
+             "trainer.callbacks.every_n_sample.every_n=0 turns them off)", sample.every_n, per_pass,
+             sample.num_sampling_step)
+  if t.validation_iter > 0:
+    log.info("validation loss every %d steps (trainer.validation_iter=0 turns it off)", t.validation_iter)
 
 
 def main() -> int:

@@ -48,3 +48,11 @@ def test_both_spellings_give_the_same_config():
 def test_bad_command_lines_are_named(args, message):
   result = _print_config(*args)
   assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_help_prints_the_usage_verbatim_and_exits_0():
+  result = subprocess.run([sys.executable, "-m", "agibot_jax.train", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "python -m agibot_jax.train --config configs/seg.py --workdir runs/seg \\\n" in result.stdout  # not joined
+  assert "--workdir" in result.stdout and "trainer.max_iter" in result.stdout and "--print_config" in result.stdout

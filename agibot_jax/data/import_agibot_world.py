@@ -1,4 +1,4 @@
-"""Imports AgiBot World episodes (raw release or a LeRobot v2.x / v3.0 conversion) into the training layout.
+r"""Imports AgiBot World episodes (raw release or a LeRobot v2.x / v3.0 conversion) into the training layout.
 
   python -m agibot_jax.data.import_agibot_world SRC DST [--clip_frames 93 --stride 93 --fps 30 \
       --aspect stretch|pad|crop --depth --hand_depth none|blank --tasks 327,352 --episodes 648642 \

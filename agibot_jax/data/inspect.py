@@ -1,4 +1,4 @@
-"""Validates a training dataset against a config and optionally previews one sample.
+r"""Validates a training dataset against a config and optionally previews one sample.
 
   python -m agibot_jax.data.inspect --config configs/edge.py \
       --config.dataloader_train.dataset.dataset_dir=DIR [--full] [--preview out.mp4 --preview_index 0]

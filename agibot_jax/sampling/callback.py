@@ -118,12 +118,14 @@ class EveryNSample:
   def _write_scores(self, writer, step: int, tag: str, rows: list[np.ndarray]) -> None:
     """Scores of the sample rows against the input video and control rows (the last two) as scalars."""
     ground_truth, control = rows[-2], rows[-1]
+    by_metric: dict[str, list[float]] = {}
     for (n, w, g), generated in zip(self.settings, rows):
-      scores = self.score_fn(generated, ground_truth, control, n)
-      for metric, value in scores.items():
+      for metric, value in self.score_fn(generated, ground_truth, control, n).items():
         writer.add_scalar(f"sample_metrics/{tag}/n{n}_w{w:g}_g{g:g}/{metric}", value, step)
-      log.info("step %d: %s n=%d w=%g g=%g: %s", step, tag, n, w, g,
-               " ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        by_metric.setdefault(metric, []).append(value)
+    # One console line per weights; every sample's scores are in TensorBoard.
+    log.info("step %d: %s samples, mean over %d: %s", step, tag, len(self.settings),
+             " ".join(f"{k}={np.mean(v):.4g}" for k, v in by_metric.items()))
 
   def _tensorboard(self):
     """A writer for one firing. tensorboardX's flush() leaves queued events unwritten and the train loop has no

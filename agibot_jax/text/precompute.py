@@ -1,4 +1,4 @@
-"""Precompute the text embeddings of every caption of a dataset once (see agibot_jax/text/cache.py).
+r"""Precompute the text embeddings of every caption of a dataset once (see agibot_jax/text/cache.py).
 
   python -m agibot_jax.text.precompute --config configs/edge.py \
       --config.dataloader_train.dataset.dataset_dir=DIR --text_encoder CKPT [--tokenizer DIR] \
