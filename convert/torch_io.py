@@ -30,6 +30,8 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
+from agibot_jax import params_io
+
 INDEX_FILE = "model.safetensors.index.json"
 DCP_METADATA = ".metadata"
 
@@ -111,15 +113,9 @@ class _Source(abc.ABC):
     ...
 
 
-def _flatten_nested(obj: Mapping, prefix: str = "") -> dict:
+def _flatten_nested(obj: Mapping) -> dict:
   """Nested dicts of tensors -> flat dotted keys."""
-  out = {}
-  for k, v in obj.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten_nested(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+  return {".".join(path): v for path, v in params_io.flatten_tree(obj).items()}
 
 
 class _TorchFile(_Source):

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (2, 1, 4): 4-way context parallelism splits the 4 frames per view (cross-view attention per device), the
 # tokens (text attention per device) and the 4 heads (self-attention).
@@ -123,7 +125,6 @@ def test_logical_to_spec_rules():
 
 def test_make_mesh_errors():
   import jax
-  import pytest
 
   from agibot_jax import sharding
 
@@ -135,6 +136,7 @@ def test_make_mesh_errors():
   assert dict(sharding.make_mesh(1, -1, 1).shape) == {"data": 1, "fsdp": n, "context": 1}
 
 
+@pytest.mark.slow  # ~80 s on 2 CPU cores; the default run covers meshes in test_multiprocess and evaluation tests
 def test_mesh_equivalence_on_8_fake_cpu_devices():
   env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"),
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}

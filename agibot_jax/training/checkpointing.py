@@ -33,6 +33,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from agibot_jax import params_io
+
 from agibot_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -244,14 +246,9 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return dst
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+def _flatten(tree: dict) -> dict[str, Any]:
+  """Nested config dicts -> {"dotted.key": value}."""
+  return {".".join(path): v for path, v in params_io.flatten_tree(tree).items()}
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:

@@ -182,8 +182,10 @@ def no_remat(tiny):
   return _loss_and_grads(*tiny)
 
 
-@pytest.mark.parametrize("name,offload", [("full", False), ("save_self_and_cross_view_attention", False),
-                                          ("save_attention", True)])
+@pytest.mark.parametrize("name,offload", [
+    pytest.param("full", False, marks=pytest.mark.slow),  # ~11 s each on 2 CPU cores; the default run keeps the
+    pytest.param("save_self_and_cross_view_attention", False, marks=pytest.mark.slow),  # policy saving the most
+    ("save_attention", True)])
 def test_policy_keeps_the_gradients(tiny, no_remat, name, offload):
   cfg, params, inputs = tiny
   want_loss, want_grads = no_remat
