@@ -234,9 +234,10 @@ def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
   ds = config.dataloader_train.dataset
   if workdir and ds.dataset_dir == os.path.abspath(os.path.join(workdir, EXAMPLE_DATA)):
     if jax.process_index() == 0 and not os.path.isdir(os.path.join(ds.dataset_dir, "videos")):
-      h, w = ds.resolution_hw
-      synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h + 16,
-                              width=w + 32, seed=config.seed)
+      # 1.25x the training resolution (even sides): the loader's resize runs, and the aspect ratio is the training one.
+      h, w = (2 * round(x * 1.25 / 2) for x in ds.resolution_hw)
+      synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h, width=w,
+                              seed=config.seed)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import warnings
 
@@ -30,6 +31,8 @@ def setup(verbosity: int | None = None) -> None:
     log.setLevel(logging.DEBUG if verbosity is not None and verbosity >= 1 else logging.INFO)
   if verbosity is None:
     logging.getLogger().setLevel(logging.WARNING)
+  # transformers (used here for its tokenizers only) advises at import that torch is missing: true and irrelevant.
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
   # JAX warns at every fork. Those of `subprocess` (ffmpeg decoding) exec at once, which is safe; grain's loader
   # workers are spawned, not forked. A fork from anywhere else still warns.
   warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning, module="subprocess")

@@ -62,6 +62,19 @@ SMOKE = {"steps": 5, "batch": 2, "blocks": 2, "dim": 64, "heads": 2, "vace_every
          "val_every": 5, "num_eval": 1, "sample_steps": 2, "text_tokens": 8, "workers": 2, "dtype": "float32"}
 
 
+class NoCheckpoints:
+  """The run keeps no checkpoints: it evaluates the weights in memory."""
+
+  def save(self, state):
+    del state
+
+  def wait(self):
+    pass
+
+  def check(self):
+    pass
+
+
 def run_config(f):
   """The tiny edge config grown to the reduced DiT and this run's data, optimiser and validation."""
   c = base.get_config("edge", "tiny")
@@ -254,7 +267,7 @@ def main(_) -> None:
   t_train = time.perf_counter()
   try:
     state, _ = loop.train_loop(state, step_fn=step_fn, loader=loader, prepare=prepare, start=0, max_iter=f.steps,
-                               logging_iter=int(config.trainer.logging_iter), save=lambda s: None, save_iter=f.steps,
+                               logging_iter=int(config.trainer.logging_iter), save_iter=f.steps, checkpoints=NoCheckpoints(),
                                metrics_log=metrics_log, timer=timer, callbacks=[callback, budget])
     steps_done = f.steps
   except _OutOfTime:
