@@ -14,6 +14,7 @@ The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scri
                      loader batch -> the train step's model batch, on the mesh
   state_target, init_or_restore, sampling_params
                      train states and their shardings; what sampling restores of a training checkpoint
+  choose_memory_plan the fastest memory plan whose compiled train step fits `model.memory_budget_gib`
   initialize_distributed
                      `jax.distributed.initialize` for multi-process launches
 """
@@ -478,7 +479,8 @@ def state_target(config, cfg: dit.DiTConfig, mesh, tx, ema):
   """(TrainState of sharded ShapeDtypeStructs to restore into, its shardings, the `new_state` maker)."""
   make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
   abstract_state = jax.eval_shape(make, dit.abstract_params(cfg))
-  shardings = state_shardings(abstract_state, dit.abstract_params(cfg, boxed=True), mesh)
+  shardings = state_shardings(abstract_state, dit.abstract_params(cfg, boxed=True), mesh,
+                              offload_optimizer_state=bool(config.model.offload_optimizer_state))
   return _with_shardings(abstract_state, shardings), shardings, make
 
 
@@ -526,6 +528,103 @@ def sampling_params(config, workdir: str | None, cfg: dit.DiTConfig, mesh, *, us
   log.info("restored step %d from %s (%s weights)", step, checkpointing.checkpoint_dir(workdir),
            "EMA" if use_ema else "regular")
   return SamplingWeights(params, workdir, step)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory plans
+
+# From the fastest to the smallest; each adds to the one before. The losses agree from plan to plan up to rounding
+# (recomputed values are the same computation; MLP slices change the summation order only): BENCHMARKS.md, and
+# tests/models/test_dit.py, tests/training/test_step.py, tests/training/test_train.py on CPU.
+MEMORY_PLANS = (
+    ("as configured", {}),
+    ("full remat", {"model.net.remat_policy": "full"}),
+    ("+ block inputs in host memory", {"model.net.offload_block_inputs": True}),
+    ("+ optimizer state and EMA in host memory", {"model.offload_optimizer_state": True}),
+    ("+ MLP in token slices", {"model.net.mlp_chunks": 8}),  # or the largest divisor of the tokens per view below 8
+)
+
+
+def with_overrides(config, overrides: dict) -> ml_collections.FrozenConfigDict:
+  """`config` (frozen) with dotted keys set."""
+  c = config.as_configdict() if isinstance(config, ml_collections.FrozenConfigDict) else config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    setattr(functools.reduce(getattr, parents, c), leaf, value)
+  return ml_collections.FrozenConfigDict(c)
+
+
+def abstract_model_batch(config, cfg: dit.DiTConfig, mesh, text_channels: int) -> dict:
+  """The train step's model batch (agibot_jax/training/step.py) as sharded ShapeDtypeStructs of the config's sizes."""
+  ds = config.dataloader_train.dataset
+  b, v = int(config.dataloader_train.batch_size), len(ds.views)
+  h, w = (x // 8 for x in ds.resolution_hw)  # the Wan VAE's spatial factor
+  shapes = {
+      "x0_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
+      "control_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
+      "crossattn_emb_BMC": ((b, v * cfg.text_tokens_per_view, text_channels), precision_dtype(config)),
+      "view_indices_BT": ((b, v * cfg.state_t), jnp.int32),
+      "padding_mask_BHW": ((b, *ds.resolution_hw), jnp.float32),
+  }
+  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
+          for k, (shape, dtype) in shapes.items()}
+
+
+def device_memory_gib(compiled) -> tuple[float, str]:
+  """(GiB, breakdown) of device memory a compiled function needs at its peak, from XLA's memory analysis: arguments,
+  outputs that do not reuse a donated argument, and temporaries."""
+  stats = compiled.memory_analysis()
+  gib = lambda n: n / 2**30
+  parts = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
+           "donated": -stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
+           "host arguments": getattr(stats, "host_argument_size_in_bytes", 0),
+           "host temporaries": getattr(stats, "host_temp_size_in_bytes", 0)}
+  need = sum(v for k, v in parts.items() if not k.startswith("host"))
+  return gib(need), ", ".join(f"{k} {gib(v):.2f}" for k, v in parts.items())
+
+
+def compiled_step_memory(config, mesh, text_channels: int) -> tuple[float, str]:
+  """`device_memory_gib` of the train step of `config`, compiled here for abstract state and batch."""
+  from agibot_jax.training import ema as ema_lib
+  from agibot_jax.training import optimizer as optim
+  from agibot_jax.training.step import make_train_step
+
+  cfg = dit_config(config)
+  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+  target, state_sh, _ = state_target(config, cfg, mesh, tx, ema)
+  step = jax.jit(make_train_step(dit.MultiViewControlDiT(cfg), tx, config, ema), donate_argnums=(0,),
+                 out_shardings=(state_sh, None))
+  return device_memory_gib(step.lower(target, abstract_model_batch(config, cfg, mesh, text_channels)).compile())
+
+
+def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_memory) -> ml_collections.FrozenConfigDict:
+  """The config of the fastest plan of MEMORY_PLANS whose train step needs at most `model.memory_budget_gib` of device
+  memory (`measure(config, mesh, text_channels)`: XLA's memory analysis of the step, compiled for each plan tried);
+  `config` itself when the budget is 0. Raises ConfigError when even the smallest plan needs more."""
+  budget = float(config.model.memory_budget_gib)
+  if budget <= 0:
+    return config
+  h, w = config.dataloader_train.dataset.resolution_hw
+  patch = 8 * int(config.model.net.patch_spatial)  # pixels per token side
+  tokens_per_view = int(config.model.net.state_t) * (h // patch) * (w // patch)
+  overrides, tried = {}, []
+  for name, changes in MEMORY_PLANS:
+    overrides.update(changes)
+    if "model.net.mlp_chunks" in changes:
+      overrides["model.net.mlp_chunks"] = max(n for n in range(1, changes["model.net.mlp_chunks"] + 1)
+                                              if tokens_per_view % n == 0)
+    candidate = with_overrides(config, overrides)
+    t0 = time.perf_counter()
+    need, parts = measure(candidate, mesh, text_channels)
+    log.info("memory plan %r: the compiled step needs %.4g GiB per device (%s; budget %g GiB; compiled in %.0f s)",
+             name, need, parts, budget, time.perf_counter() - t0)
+    tried.append(f"{name}: {need:.4g} GiB")
+    if need <= budget:
+      if overrides:
+        log.info("memory plan %r for model.memory_budget_gib=%g: %s", name, budget,
+                 " ".join(f"{k}={v}" for k, v in overrides.items()))
+      return candidate
+  raise ConfigError(f"model.memory_budget_gib={budget:g}: no memory plan fits ({'; '.join(tried)})")
 
 
 # ----------------------------------------------------------------------------------------------

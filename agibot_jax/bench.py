@@ -8,12 +8,17 @@ r"""Benchmark the multiview control DiT on synthetic inputs of the configured si
 Warm-up, then `--steps` timed calls with device synchronisation: median/min/max seconds, model
 TFLOP/s per device and MFU from the analytic FLOP count (`agibot_jax.flops`), peak device memory,
 compile time. The last line printed is one JSON object.
+
+`--compile_only` stops after compilation (no device memory beyond the weights and inputs is used, so a plan that
+would not fit can still be inspected); `--largest_buffers N` adds XLA's memory analysis of the compiled step and its
+N largest arrays (shape, dtype, GiB, the jax operation that makes them) to the JSON, to find what a plan keeps.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import statistics
 import time
 
@@ -59,14 +64,77 @@ def synthetic_model_batch(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: 
   }
 
 
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+# One HLO instruction that makes an array: `%name = bf16[3,2048]{1,0} fusion(...), ..., op_name="jit(f)/..."`.
+_HLO_ARRAY = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*(\w+)\[([\d,]*)\](?:\{[^}]*\})?\s+([\w-]+)\(")
+# One that makes several: `%name = (bf16[..]{..}, f32[..]{..}) custom-call(...)` (a multi-output fusion or kernel).
+_HLO_TUPLE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*\((.*?)\)\s+(fusion|custom-call)\(")
+_SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.-]+)\s.*\{\s*$")
+_FUSION_BODY = re.compile(r"\bfusion\(.*\bcalls=%?([\w.-]+)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+# Instructions that name an array made elsewhere rather than allocate one.
+_NO_BUFFER = {"parameter", "get-tuple-element", "bitcast", "tuple"}
+
+
+def largest_buffers(hlo_text: str, n: int) -> list[dict]:
+  """The n largest arrays that instructions of an optimised HLO module make, largest first.
+
+  Counted: instructions outside fusion bodies that allocate (a fusion's internals live in registers or shared
+  memory; parameters, tuple accessors and bitcasts alias arrays made elsewhere). A map of where a plan's memory
+  goes, not the buffer assignment itself: XLA may still alias or reuse some of these.
+  """
+  fusion_bodies = set(_FUSION_BODY.findall(hlo_text))
+  found, computation = [], None
+  for line in hlo_text.splitlines():
+    header = _HLO_COMPUTATION.match(line)
+    if header and not line.startswith(" "):
+      computation = header.group(1)
+      continue
+    if computation in fusion_bodies:
+      continue
+    if m := _HLO_ARRAY.match(line):
+      name, shapes, opcode = m.group(1), [(m.group(2), m.group(3))], m.group(4)
+    elif m := _HLO_TUPLE.match(line):
+      name, shapes, opcode = m.group(1), _SHAPE.findall(m.group(2)), m.group(3)
+    else:
+      continue
+    if opcode in _NO_BUFFER:
+      continue
+    op = _OP_NAME.search(line)
+    for i, (dtype, dims) in enumerate(shapes):
+      if dtype not in _DTYPE_BYTES:
+        continue
+      size = _DTYPE_BYTES[dtype]
+      for d in dims.split(","):
+        size *= int(d) if d else 1
+      found.append({"gib": size / 2**30, "array": f"{dtype}[{dims}]", "opcode": opcode, "op_name": op.group(1) if op else "",
+                    "instruction": name if len(shapes) == 1 else f"{name}#{i}"})
+  found.sort(key=lambda b: -b["gib"])
+  return [{**b, "gib": round(b["gib"], 3)} for b in found[:n]]
+
+
+def memory_analysis(compiled) -> dict | None:
+  """XLA's memory analysis of a compiled function in GiB, or None where the backend gives none."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes", "host_temp_size_in_bytes")
+  return {f.replace("_size_in_bytes", "_gib"): round(getattr(stats, f, 0) / 2**30, 3) for f in fields}
+
+
 def main() -> int:
   config = assemble.resolve(flags.FLAGS.config)
+  mesh = assemble.make_mesh(config)
+  if flags.FLAGS.mode == "train":
+    config = assemble.choose_memory_plan(config, mesh, int(config.model.net.crossattn_proj_in_channels))
   cfg = assemble.dit_config(config)
   res_h, res_w = config.dataloader_train.dataset.resolution_hw
   latent_hw = (res_h // 8, res_w // 8)
   num_views, batch = len(config.dataloader_train.dataset.views), config.dataloader_train.batch_size
   device = jax.devices()[0]
-  mesh = assemble.make_mesh(config)
 
   t0 = time.perf_counter()
   param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
@@ -96,6 +164,15 @@ def main() -> int:
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
+  report = dict(mode=flags.FLAGS.mode, device=device.device_kind, resolution=[res_h, res_w], remat=cfg.remat_policy,
+                offload_block_inputs=cfg.offload_block_inputs, mlp_chunks=cfg.mlp_chunks,
+                offload_optimizer_state=bool(config.model.offload_optimizer_state), compile_s=round(compile_s, 2))
+  if flags.FLAGS.largest_buffers:
+    report.update(memory_analysis=memory_analysis(compiled),
+                  largest_buffers=largest_buffers(compiled.as_text(), flags.FLAGS.largest_buffers))
+  if flags.FLAGS.compile_only:
+    print(json.dumps(report))
+    return 0
 
   def call(args):
     """One timed call; a train step donates its state, so the new state is fed back in."""
@@ -130,10 +207,11 @@ def main() -> int:
       latent=[num_views * cfg.state_t, *latent_hw],
       tokens=num_views * cfg.state_t * latent_hw[0] * latent_hw[1] // cfg.patch_spatial**2, batch=batch,
       params=n_params, param_dtype=cfg.param_dtype, dtype=cfg.dtype, precision=config.model.precision,
-      attention=cfg.attention, remat=cfg.remat_policy, init_s=round(init_s, 2), compile_s=round(compile_s, 2),
+      attention=cfg.attention, init_s=round(init_s, 2),
       step_s_median=round(median, 4), step_s_min=round(min(times), 4), step_s_max=round(max(times), 4),
       model_flops=model_flops, tflops_per_device=round(tflops, 1), mfu=None if peak is None else round(tflops / peak, 4),
       peak_memory_gib=None if mem is None else round(mem, 2), losses=[round(x, 5) for x in losses],
+      **{k: v for k, v in report.items() if k not in ("mode", "device", "resolution")},
   )
   print(json.dumps(result))
   return 0
@@ -145,4 +223,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", 5, "timed steps")
   flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
   flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
+  flags.DEFINE_bool("compile_only", False, "stop after compiling (with --largest_buffers: inspect a plan that may not fit)")
+  flags.DEFINE_integer("largest_buffers", 0, "report XLA's memory analysis and this many of the largest arrays")
   cli.run(main)

@@ -55,10 +55,12 @@ def train(config, workdir: str) -> dict:
   # A held-out fraction leaves the training samples here, before the loader is built.
   samples, val_samples = validation.split_samples(config, samples, required=config.trainer.validation_iter > 0)
   mesh = assemble.make_mesh(config)
+  vae_model, vae_params = assemble.build_vae(config, mesh)
+  text_provider = assemble.build_text_provider(config, assemble.dit_config(config))
+  if config.model.memory_budget_gib > 0:
+    config = assemble.choose_memory_plan(config, mesh, text_provider.dim)
   cfg = assemble.dit_config(config)
   model = dit.MultiViewControlDiT(cfg)
-  vae_model, vae_params = assemble.build_vae(config, mesh)
-  text_provider = assemble.build_text_provider(config, cfg)
 
   tx = optim.make_optimizer(config)
   ema = ema_lib.PowerEMA.from_config(config)

@@ -40,3 +40,43 @@ def test_resolve_fills_paths_into_a_frozen_copy(tmp_path):
   assert config.checkpoint.load_path == str(bundle) and config.dataloader_train.dataset.dataset_dir == ""
   with pytest.raises(AttributeError, match="immutable"):
     resolved.seed = 1
+
+
+def test_memory_budget_picks_the_fastest_plan_that_fits():
+  # model.memory_budget_gib (issue 23): the plans are measured in turn and the first that fits is taken; no plan
+  # fitting is a ConfigError that lists what each needs. Scripted needs here; the compiled measure below.
+  config = base.get_config("edge", "tiny")
+  resolved = assemble.resolve(config)
+  assert assemble.choose_memory_plan(resolved, None, 96) is resolved  # budget 0: the settings as written
+
+  needs = iter([5.0, 3.0, 2.0, 1.5, 1.0])
+  measured = []
+
+  def measure(candidate, mesh, text_channels):
+    measured.append(candidate)
+    return next(needs), "scripted"
+
+  config.model.memory_budget_gib = 2.5
+  chosen = assemble.choose_memory_plan(assemble.resolve(config), None, 96, measure=measure)
+  assert len(measured) == 3 and chosen is measured[-1]
+  assert chosen.model.net.remat_policy == "full" and chosen.model.net.offload_block_inputs
+  assert not chosen.model.offload_optimizer_state and chosen.model.net.mlp_chunks == 1
+  assert resolved.model.net.remat_policy == "none"  # the input config is unchanged
+
+  needs = iter([5.0, 3.0, 2.0, 1.5, 1.0])
+  config.model.memory_budget_gib = 0.5
+  with pytest.raises(assemble.ConfigError, match=r"memory_budget_gib=0.5: no memory plan fits \(as configured: 5 "):
+    assemble.choose_memory_plan(assemble.resolve(config), None, 96, measure=measure)
+  smallest = measured[-1]
+  # The tiny clip has 3 x 4 x 6 = 72 tokens per view: 8 slices.
+  assert smallest.model.offload_optimizer_state and smallest.model.net.mlp_chunks == 8
+
+
+def test_compiled_step_memory_reports_its_parts():
+  from agibot_jax import sharding
+
+  config = base.get_config("edge", "tiny")
+  config.model.net.num_blocks, config.model.net.vace_block_every_n = 2, 2
+  mesh = sharding.make_mesh(**config.mesh)
+  plain, parts = assemble.compiled_step_memory(assemble.resolve(config), mesh, 96)
+  assert plain > 0 and "temporaries" in parts and "host arguments" in parts

@@ -98,6 +98,7 @@ class DiTConfig:
   attention: str = "auto"
   remat_policy: str = "none"
   offload_block_inputs: bool = False
+  mlp_chunks: int = 1
   context_local_attention: bool = True
 
   def __post_init__(self):
@@ -106,6 +107,8 @@ class DiTConfig:
     if self.model_channels % self.num_heads:
       raise ValueError(f"model_channels {self.model_channels} not divisible by num_heads {self.num_heads}")
     remat.policy(self.remat_policy, self.offload_block_inputs)  # rejects unknown names and bad combinations
+    if self.mlp_chunks < 1:
+      raise ValueError(f"mlp_chunks must be >= 1, got {self.mlp_chunks}")
 
   @property
   def head_dim(self) -> int:
@@ -294,6 +297,28 @@ def gelu(x):
   """
   xf = x.astype(F32)
   return (0.5 * xf * (1.0 + jax.lax.erf(xf * F32(1 / math.sqrt(2))))).astype(x.dtype)
+
+
+def chunked_mlp(h_BVLD: Array, w1_DF: Array, w2_FD: Array, chunks: int) -> Array:
+  """gelu(h·w1)·w2 over `chunks` interleaved token slices, one at a time, each recomputed in the backward.
+
+  The (B, V, L, 4D) hidden activations, the largest temporaries of a block (1.4 GiB per copy at 432x768, 4 GiB at
+  720p), then exist one slice at a time, forward and backward; the price is the slice's first matmul once more in
+  the backward. Token l goes to slice l mod `chunks`, so a slice keeps the token axis's sharding. Each token's
+  row is computed as by the unchunked layers (same dtypes, same contraction).
+  """
+  b, v, l, d = h_BVLD.shape
+  if l % chunks:
+    raise ValueError(f"model.net.mlp_chunks={chunks} does not divide the {l} tokens per view")
+  slices_NBVSD = jnp.moveaxis(h_BVLD.reshape(b, v, l // chunks, chunks, d), 3, 0)
+  contract = (((4 - 1,), (0,)), ((), ()))
+
+  @jax.checkpoint
+  def one(x_BVSD):
+    hidden = jax.lax.dot_general(x_BVSD, w1_DF.astype(x_BVSD.dtype), contract)
+    return jax.lax.dot_general(gelu(hidden), w2_FD.astype(x_BVSD.dtype), contract)
+
+  return jnp.moveaxis(jax.lax.map(one, slices_NBVSD), 0, 3).reshape(b, v, l, w2_FD.shape[-1])
 
 
 def modulate(x, shift, scale):
@@ -620,8 +645,13 @@ class Block(nn.Module):
     # GELU MLP.
     shift, scale, gate = mod_chunks("adaln_modulation_mlp", 6)
     h = modulate(layer_norm(x_BVLD), shift, scale)
-    h = dense(cfg.mlp_hidden, "mlp_layer1", in_dim=d, axes=("embed", "mlp"), cfg=cfg)(h)
-    h = dense(d, "mlp_layer2", in_dim=cfg.mlp_hidden, axes=("mlp", "embed"), cfg=cfg)(gelu(h))
+    layer1 = dense(cfg.mlp_hidden, "mlp_layer1", in_dim=d, axes=("embed", "mlp"), cfg=cfg)
+    layer2 = dense(d, "mlp_layer2", in_dim=cfg.mlp_hidden, axes=("mlp", "embed"), cfg=cfg)
+    if cfg.mlp_chunks == 1 or self.is_initializing():
+      h = layer2(gelu(layer1(h)))
+    else:  # the same weights, read from this block's parameters
+      weights = nn.meta.unbox(self.variables["params"])
+      h = chunked_mlp(h, weights["mlp_layer1"]["kernel"], weights["mlp_layer2"]["kernel"], cfg.mlp_chunks)
     return x_BVLD + gate * h
 
 

@@ -26,6 +26,7 @@ from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import objective
 from agibot_jax.training import optimizer as optim
+from agibot_jax.training import state as state_lib
 from agibot_jax.training.state import TrainState
 
 
@@ -89,6 +90,7 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
   """
   step_cfg = StepConfig.from_config(config)
   loss_fn = make_loss_fn(model, config)
+  offloaded = bool(config.model.offload_optimizer_state)
 
   def train_step(state: TrainState, batch: dict[str, Any]):
     key = step_key(state)
@@ -112,8 +114,13 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
 
     # A conditional rather than a select over the trees: a select keeps the old and the new weights, moments and EMA
     # alive together (2.3 GiB more on the 2B step), a conditional updates them in place.
-    trainable, opt_state, new_ema = jax.lax.cond(finite, update, lambda *old: old, state.trainable, state.opt_state,
-                                                 None if ema is None else state.ema)
+    opt_state, ema_state = state.opt_state, None if ema is None else state.ema
+    if offloaded:  # from host memory for the update only (state.py)
+      opt_state, ema_state = state_lib.to_memory((opt_state, ema_state), jax.memory.Space.Device)
+    trainable, opt_state, new_ema = jax.lax.cond(finite, update, lambda *old: old, state.trainable, opt_state,
+                                                 ema_state)
+    if offloaded:
+      opt_state, new_ema = state_lib.to_memory((opt_state, new_ema), jax.memory.Space.Host)
     metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": (~finite).astype(jnp.int32)}
     if optim.learning_rate(opt_state) is not None:
       metrics["lr"] = optim.learning_rate(opt_state)

@@ -1,5 +1,6 @@
 """The multiview control DiT: golden parity and the paths no golden exercises (against plain math)."""
 
+import dataclasses
 import json
 
 import jax
@@ -145,6 +146,7 @@ def test_rms_norm_and_fused_rope_equal_plain_math(with_rope):
   np.testing.assert_allclose(bf16.astype(jnp.float32), want_bf16, rtol=2**-8, atol=0)  # ≤ one bf16 rounding
 
 
+@pytest.mark.slow  # ~15-28 s on 2 CPU cores
 def test_missing_view_is_masked_like_an_absent_neighbour(golden):
   # Views 0 and 2 only: hand_left (id 1) is missing, its gathered key slot is masked. That must equal
   # a network whose neighbour map never listed id 1.
@@ -168,6 +170,7 @@ def test_missing_view_is_masked_like_an_absent_neighbour(golden):
   assert np.abs(full[:, keep] - masked).max() > 1e-2
 
 
+@pytest.mark.slow  # ~15-28 s on 2 CPU cores
 def test_single_view_gets_no_cross_view_term(golden):
   # One view: no neighbour is present, so the cross-view branch must add nothing, as if its output projection
   # were zero (whatever an attention kernel returns for a frame without keys).
@@ -297,3 +300,19 @@ def test_text_dropout_and_projected_text_give_the_same_output(golden):
   np.testing.assert_allclose(np.asarray(run({**inputs, "crossattn_emb_BMC": projected}, keep)), want, atol=1e-5)
   with pytest.raises(ValueError, match="projected text embeddings"):
     model.apply({"params": p}, **{**inputs, "crossattn_emb_BMC": projected[:, :, :-1]}, text_projected=True)
+
+
+def test_chunked_mlp_gives_the_golden_output(golden):
+  # model.net.mlp_chunks runs each block's MLP over interleaved token slices (a memory plan, issue 23): the output
+  # keeps the golden tensor's float32 parity and equals the unchunked one up to summation order. Its gradients:
+  # tests/models/test_remat.py::test_policy_keeps_the_gradients.
+  def output(chunks):
+    model = dit.MultiViewControlDiT(dataclasses.replace(golden["cfg"], mlp_chunks=chunks))
+    return np.asarray(jax.jit(lambda p, kw: model.apply({"params": p}, **kw))(golden["params"], golden["inputs"]))
+
+  chunked = output(4)
+  expected = np.moveaxis(golden["tensors"]["outputs/x"], 1, -1)  # the reference's (B, C, T, H, W)
+  np.testing.assert_allclose(chunked, expected, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(chunked, output(1), rtol=0, atol=5e-6)
+  with pytest.raises(ValueError, match="mlp_chunks=5 does not divide"):
+    dit.chunked_mlp(jnp.zeros((1, 1, 12, 4)), jnp.zeros((4, 8)), jnp.zeros((8, 4)), 5)

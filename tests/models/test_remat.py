@@ -182,15 +182,16 @@ def no_remat(tiny):
   return _loss_and_grads(*tiny)
 
 
-@pytest.mark.parametrize("name,offload", [
-    pytest.param("full", False, marks=pytest.mark.slow),  # ~11 s each on 2 CPU cores; the default run keeps the
-    pytest.param("save_self_and_cross_view_attention", False, marks=pytest.mark.slow),  # policy saving the most
-    ("save_attention", True)])
-def test_policy_keeps_the_gradients(tiny, no_remat, name, offload):
+@pytest.mark.parametrize("name,offload,mlp_chunks", [
+    pytest.param("full", False, 1, marks=pytest.mark.slow),  # ~11 s each on 2 CPU cores; the default run keeps the
+    pytest.param("save_self_and_cross_view_attention", False, 1, marks=pytest.mark.slow),  # policy saving the most
+    ("save_attention", True, 1),
+    ("full", True, 3)])  # the smallest memory plan's network: MLP in 3 token slices (summation order only changes)
+def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, mlp_chunks):
   cfg, params, inputs = tiny
   want_loss, want_grads = no_remat
-  loss, grads = _loss_and_grads(dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload), params,
-                                inputs)
+  loss, grads = _loss_and_grads(
+      dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload, mlp_chunks=mlp_chunks), params, inputs)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

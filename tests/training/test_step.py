@@ -176,3 +176,28 @@ def objective_keep(key, config, batch) -> np.ndarray:
 
   draws = objective.sample_draws(key, objective.ObjectiveConfig.from_config(config), batch["x0_BTHWC"].shape, 3)
   return np.asarray(draws.text_keep_BV)
+
+
+def test_optimizer_state_in_host_memory_gives_the_same_step():
+  # model.offload_optimizer_state keeps the Adam moments and EMA in pinned host memory between steps (issue 23): the
+  # step's results are bit-identical, and they come back to host memory.
+  from agibot_jax import assemble, sharding
+
+  results = {}
+  for offload in (False, True):
+    config = small_config(**{"model.offload_optimizer_state": offload})
+    cfg, mesh = dit.DiTConfig.from_config(config.model.net), sharding.make_mesh(**config.mesh)
+    tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+    _, state_sh, make = assemble.state_target(config, cfg, mesh, tx, ema)
+    state = jax.jit(make, out_shardings=state_sh)(jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0)))
+    step = jax.jit(make_train_step(dit.MultiViewControlDiT(cfg), tx, config, ema), out_shardings=(state_sh, None))
+    for i in range(2):
+      state, metrics = step(state, synthetic_batch(cfg, 1, seed=i))
+    results[offload] = (state, metrics)
+  (plain, plain_metrics), (offloaded, offloaded_metrics) = results[False], results[True]
+  assert float(plain_metrics["loss"]) == float(offloaded_metrics["loss"])
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(offloaded)[0], jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+  kinds = lambda tree: {a.sharding.memory_kind for a in jax.tree.leaves(tree) if a.ndim}
+  assert kinds(offloaded.opt_state) == kinds(offloaded.ema) == {"pinned_host"}
+  assert kinds(offloaded.trainable) == kinds(plain.opt_state) == {"device"}
