@@ -570,21 +570,21 @@ def abstract_model_batch(config, cfg: dit.DiTConfig, mesh, text_channels: int) -
           for k, (shape, dtype) in shapes.items()}
 
 
-def device_memory_gib(compiled) -> tuple[float, str]:
-  """(GiB, breakdown) of device memory a compiled function needs at its peak, from XLA's memory analysis: arguments,
-  outputs that do not reuse a donated argument, and temporaries."""
+def memory_analysis_gib(compiled) -> dict[str, float]:
+  """XLA's memory analysis of a compiled function, in GiB per part (device memory unless named host_)."""
   stats = compiled.memory_analysis()
-  gib = lambda n: n / 2**30
-  parts = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-           "donated": -stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
-           "host arguments": getattr(stats, "host_argument_size_in_bytes", 0),
-           "host temporaries": getattr(stats, "host_temp_size_in_bytes", 0)}
-  need = sum(v for k, v in parts.items() if not k.startswith("host"))
-  return gib(need), ", ".join(f"{k} {gib(v):.2f}" for k, v in parts.items())
+  fields = ("argument", "output", "alias", "temp", "generated_code", "host_argument", "host_temp")
+  return {f"{f}_gib": getattr(stats, f"{f}_size_in_bytes", 0) / 2**30 for f in fields}
 
 
-def compiled_step_memory(config, mesh, text_channels: int) -> tuple[float, str]:
-  """`device_memory_gib` of the train step of `config`, compiled here for abstract state and batch."""
+def device_memory_gib(parts: dict[str, float]) -> float:
+  """Device memory a compiled function needs at its peak: arguments, outputs that do not reuse a donated argument,
+  and temporaries (`memory_analysis_gib` parts)."""
+  return parts["argument_gib"] + parts["output_gib"] - parts["alias_gib"] + parts["temp_gib"]
+
+
+def compiled_step_memory(config, mesh, text_channels: int) -> dict[str, float]:
+  """`memory_analysis_gib` of the train step of `config`, compiled here for abstract state and batch."""
   from agibot_jax.training import ema as ema_lib
   from agibot_jax.training import optimizer as optim
   from agibot_jax.training.step import make_train_step
@@ -594,12 +594,13 @@ def compiled_step_memory(config, mesh, text_channels: int) -> tuple[float, str]:
   target, state_sh, _ = state_target(config, cfg, mesh, tx, ema)
   step = jax.jit(make_train_step(dit.MultiViewControlDiT(cfg), tx, config, ema), donate_argnums=(0,),
                  out_shardings=(state_sh, None))
-  return device_memory_gib(step.lower(target, abstract_model_batch(config, cfg, mesh, text_channels)).compile())
+  return memory_analysis_gib(step.lower(target, abstract_model_batch(config, cfg, mesh, text_channels)).compile())
 
 
 def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_memory) -> ml_collections.FrozenConfigDict:
   """The config of the fastest plan of MEMORY_PLANS whose train step needs at most `model.memory_budget_gib` of device
-  memory (`measure(config, mesh, text_channels)`: XLA's memory analysis of the step, compiled for each plan tried);
+  memory (`device_memory_gib` of `measure(config, mesh, text_channels)`: XLA's memory analysis of the step, compiled
+  for each plan tried);
   `config` itself when the budget is 0. Raises ConfigError when even the smallest plan needs more."""
   budget = float(config.model.memory_budget_gib)
   if budget <= 0:
@@ -615,9 +616,10 @@ def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_m
                                               if tokens_per_view % n == 0)
     candidate = with_overrides(config, overrides)
     t0 = time.perf_counter()
-    need, parts = measure(candidate, mesh, text_channels)
+    parts = measure(candidate, mesh, text_channels)
+    need = device_memory_gib(parts)
     log.info("memory plan %r: the compiled step needs %.4g GiB per device (%s; budget %g GiB; compiled in %.0f s)",
-             name, need, parts, budget, time.perf_counter() - t0)
+             name, need, ", ".join(f"{k} {v:.2f}" for k, v in parts.items()), budget, time.perf_counter() - t0)
     tried.append(f"{name}: {need:.4g} GiB")
     if need <= budget:
       if overrides:

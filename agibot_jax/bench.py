@@ -115,16 +115,6 @@ def largest_buffers(hlo_text: str, n: int) -> list[dict]:
   return [{**b, "gib": round(b["gib"], 3)} for b in found[:n]]
 
 
-def memory_analysis(compiled) -> dict | None:
-  """XLA's memory analysis of a compiled function in GiB, or None where the backend gives none."""
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return None
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-            "generated_code_size_in_bytes", "host_temp_size_in_bytes")
-  return {f.replace("_size_in_bytes", "_gib"): round(getattr(stats, f, 0) / 2**30, 3) for f in fields}
-
-
 def main() -> int:
   config = assemble.resolve(flags.FLAGS.config)
   mesh = assemble.make_mesh(config)
@@ -168,7 +158,7 @@ def main() -> int:
                 offload_block_inputs=cfg.offload_block_inputs, mlp_chunks=cfg.mlp_chunks,
                 offload_optimizer_state=bool(config.model.offload_optimizer_state), compile_s=round(compile_s, 2))
   if flags.FLAGS.largest_buffers:
-    report.update(memory_analysis=memory_analysis(compiled),
+    report.update(memory_analysis={k: round(v, 3) for k, v in assemble.memory_analysis_gib(compiled).items()},
                   largest_buffers=largest_buffers(compiled.as_text(), flags.FLAGS.largest_buffers))
   if flags.FLAGS.compile_only:
     print(json.dumps(report))

@@ -5,9 +5,9 @@ trainable masters, the frozen base (bf16 in production), the optimizer state, th
 trainable branch (the EMA of a frozen tensor is the tensor itself) and the PRNG key. Every leaf is
 sharded by the logical axis rules of `agibot_jax.sharding` (FSDP over the model width).
 
-With `model.offload_optimizer_state` the Adam moments and the EMA (4 GiB of the 2B model's 10.5 GiB of state) live in
-pinned host memory between steps: the step brings them to the device for its update only, after the backward pass
-has freed its activations, so they no longer add to the step's peak (issue 23).
+With `model.offload_optimizer_state` the Adam moments and the EMA (4.1 GiB of the 2B model's 10.5 GiB of state) live
+in pinned host memory between steps and come to the device for the update only. XLA stages them among the step's
+temporaries, so the 2B step's peak falls by 0.5-0.9 GiB, not by all 4.1 (BENCHMARKS.md, memory plans).
 """
 
 from __future__ import annotations
