@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -108,7 +109,9 @@ def _too_few_frames(path: str, decoded: int, needed: int) -> str:
 
 def _frames(path: str, stop: int, backend: str) -> Iterator[np.ndarray]:
   """Frames 0..stop-1 of `path` (fewer when it ends or stops decoding), RGB uint8 (H0, W0, 3)."""
-  return (_frames_imageio if backend == "imageio" else _frames_opencv)(path, stop)
+  if backend == "imageio":
+    return _frames_imageio(path, stop)
+  return opencv_frames(path, stop=stop)
 
 
 def _frames_imageio(path: str, stop: int) -> Iterator[np.ndarray]:
@@ -135,15 +138,21 @@ def _ffmpeg_reason(error: Exception) -> str:
   return "; ".join(lines) or type(error).__name__
 
 
-def _frames_opencv(path: str, stop: int) -> Iterator[np.ndarray]:
-  cap = cv2.VideoCapture(path)
-  if not cap.isOpened():
-    raise VideoError(f"{path}: cannot open video (unreadable or corrupt)")
+def opencv_frames(url: str, *, start: int = 0, stop: int | None = None, label: str | None = None
+                  ) -> Iterator[np.ndarray]:
+  """RGB frames start..stop-1 of a video (to its end when stop is None), decoded with OpenCV; errors name `label`
+  (default: the url)."""
+  cap = cv2.VideoCapture(url)
   try:
-    for _ in range(stop):
+    if not cap.isOpened():
+      raise VideoError(f"{label or url}: cannot open video (unreadable or corrupt)")
+    for _ in range(start):
+      if not cap.grab():
+        return
+    for _ in itertools.count(start) if stop is None else range(start, stop):
       ok, bgr = cap.read()
       if not ok:
-        break
+        return
       yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
   finally:
     cap.release()

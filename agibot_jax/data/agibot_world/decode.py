@@ -96,7 +96,7 @@ def iter_frames(blob: source.Blob, info: StreamInfo, start: int, backend: str) -
   one by one (exact for every container).
   """
   if backend == "opencv":
-    yield from _iter_opencv(blob, start)
+    yield from video.opencv_frames(blob.url, start=start, label=blob.label)
     return
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
 
@@ -111,20 +111,3 @@ def iter_frames(blob: source.Blob, info: StreamInfo, start: int, backend: str) -
       yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
   except (OSError, RuntimeError, StopIteration) as e:
     raise video.VideoError(f"{blob.label}: cannot decode with imageio-ffmpeg ({str(e).splitlines()[0]})") from None
-
-
-def _iter_opencv(blob: source.Blob, start: int) -> Iterator[np.ndarray]:
-  cap = cv2.VideoCapture(blob.url)
-  try:
-    if not cap.isOpened():
-      raise video.VideoError(f"{blob.label}: cannot open video (unreadable or corrupt)")
-    for _ in range(start):
-      if not cap.grab():
-        return
-    while True:
-      ok, bgr = cap.read()
-      if not ok:
-        return
-      yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-  finally:
-    cap.release()
