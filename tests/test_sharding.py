@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import run_on_fake_cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (2, 1, 4): 4-way context parallelism splits the 4 frames per view (cross-view attention per device), the
@@ -138,13 +139,7 @@ def test_make_mesh_errors():
 
 @pytest.mark.slow  # ~80 s on 2 CPU cores; the default run covers meshes in test_multiprocess and evaluation tests
 def test_mesh_equivalence_on_8_fake_cpu_devices():
-  env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"),
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--mesh-worker"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  out = json.loads(lines[-1][len("RESULT "):])
+  out = run_on_fake_cpu_devices(__file__, "--mesh-worker", 8)
   for mesh_shape, r in out["meshes"].items():
     assert abs(r["loss"] - out["ref_loss"]) <= LOSS_RTOL * abs(out["ref_loss"]), (mesh_shape, r["loss"], out["ref_loss"])
     assert r["worst_grad_rel"] <= GRAD_ATOL_REL, (mesh_shape, r["worst_grad_rel"])

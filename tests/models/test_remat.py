@@ -11,8 +11,6 @@ import collections
 import dataclasses
 import functools
 import json
-import os
-import subprocess
 import sys
 
 import jax
@@ -25,8 +23,8 @@ from jax.extend import core as jax_core
 from agibot_jax import bench, sharding
 from agibot_jax.models import dit, remat
 from configs import base
+from tests.conftest import run_on_fake_cpu_devices
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAVE_POLICIES = tuple(p for p in remat.POLICIES if remat.SAVED_ATTENTION[p])
 VIEWS, TOKENS_PER_FRAME = 3, 6  # one block's input: 3 views of state_t frames of 2 x 3 tokens
 
@@ -228,13 +226,7 @@ def _context_worker() -> None:
 
 
 def test_context_local_attention_saves_the_named_attention_on_4_fake_cpu_devices():
-  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--context-worker"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-  out = json.loads(lines[-1][len("RESULT "):])
+  out = run_on_fake_cpu_devices(__file__, "--context-worker", 4)
   one, ctx = out["one_device"], out["context_4"]
   # Cross-view and text attention run inside the shard_map (`sharding.context_local`), whose outputs carry no
   # names: under save_attention it hands out one residual per residual those two call sites name on one device.
