@@ -16,11 +16,14 @@ config keys a reference command uses, and exits 0.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import importlib.util
 import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -38,6 +41,8 @@ REFERENCE_ONLY_KEYS = {
     "job.wandb_mode": "no Weights & Biases here; metrics go to <workdir>/tensorboard and <workdir>/metrics.jsonl",
     "dataloader_train.sampler.dataset": "the sampler always reads dataloader_train.dataset here",
 }
+# Seconds a finished command may take to shut down (library threads, exit handlers) before it is ended.
+EXIT_GRACE_S = 120.0
 # The override keys of the reference's post-training guide, listed by --help.
 REFERENCE_KEYS = ("dataloader_train.dataset.dataset_dir", "trainer.max_iter", "trainer.logging_iter", "optimizer.lr",
                   "checkpoint.save_iter", "checkpoint.load_path", "scheduler.warm_up_steps", "scheduler.cycle_lengths")
@@ -168,11 +173,32 @@ def run(main: Callable[..., int | None], *, positional: Sequence[str] = (),
       print(config)
       return 0
     try:
-      return main(*extra)
+      code = main(*extra)
     except bad_input as e:
       print(f"error: {e}", file=sys.stderr)
-      return EXIT_BAD_INPUT
+      code = EXIT_BAD_INPUT
+    end_within(EXIT_GRACE_S, code)
+    return code
 
   # config_flags registers the override flags it finds in sys.argv, so the rewritten line becomes sys.argv.
   sys.argv[:] = line.argv
   app.run(absl_main, argv=line.argv, flags_parser=_flags_parser)
+
+
+def end_within(grace_s: float, code: int | None) -> None:
+  """Ends the process with `code` if interpreter shutdown takes longer than `grace_s` seconds.
+
+  The command's work is done (checkpoints closed, files written) when this is armed, so a library thread or exit
+  handler that never returns must not hold the shell, a CI job or a scheduler slot: the stuck stacks are printed to
+  stderr and the process exits with the command's own status. A daemon thread keeps running while the interpreter
+  waits for other threads and runs its exit handlers, which is where such a hang happens.
+  """
+  def watchdog():
+    time.sleep(grace_s)
+    print(f"[agibot-jax] the command finished but its process did not exit within {grace_s:g} s; stacks of every "
+          "thread follow, then the process ends", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stdout.flush()
+    os._exit(code or 0)  # pylint: disable=protected-access
+
+  threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()

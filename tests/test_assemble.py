@@ -72,6 +72,7 @@ def test_memory_budget_picks_the_fastest_plan_that_fits():
   assert smallest.model.offload_optimizer_state and smallest.model.net.mlp_chunks == 8
 
 
+@pytest.mark.slow  # ~12 s (a step compile)
 def test_compiled_step_memory_in_gib():
   from agibot_jax import sharding
 

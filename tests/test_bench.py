@@ -1,4 +1,4 @@
-"""agibot_jax.bench: the compiled plan's largest arrays (XLA's memory analysis: tests/test_assemble.py)."""
+"""agibot_jax.bench: the compiled plan's largest arrays (XLA's memory analysis: tests/test_assemble.py, slow run)."""
 
 import jax
 import jax.numpy as jnp

@@ -56,3 +56,26 @@ def test_help_prints_the_usage_verbatim_and_exits_0():
   assert result.returncode == 0, result.stderr[-2000:]
   assert "python -m agibot_jax.train --config configs/seg.py --workdir runs/seg \\\n" in result.stdout  # not joined
   assert "--workdir" in result.stdout and "trainer.max_iter" in result.stdout and "--print_config" in result.stdout
+
+
+_STUCK_AT_EXIT = """
+import threading, time
+from agibot_jax import cli
+
+def stuck_forever():
+  time.sleep(10_000)
+
+def main():
+  threading.Thread(target=stuck_forever).start()  # not a daemon: the interpreter waits for it at exit
+  return 3
+
+cli.EXIT_GRACE_S = 1.0
+cli.run(main)
+"""
+
+
+def test_a_command_stuck_at_exit_ends_with_its_status_and_the_stuck_stack():
+  result = subprocess.run([sys.executable, "-c", _STUCK_AT_EXIT], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 3, result.stderr[-2000:]
+  assert "did not exit within 1 s" in result.stderr and "stuck_forever" in result.stderr, result.stderr[-2000:]

@@ -56,6 +56,7 @@ from agibot_jax.data import latent_cache, synthetic
 from agibot_jax.text import provider as text_provider_lib
 from agibot_jax.training import checkpointing, loop
 from configs import edge
+from tests.conftest import xla_flags_with_devices
 from tests.training.test_train import SMALL, cli_flags, finalised_steps, small_config
 
 AUDIT_DIR = os.path.join(REPO, "tests", "write_audit")
@@ -122,7 +123,7 @@ def launch(out_dir: pathlib.Path, name: str, argv: list[str], num_processes: int
   launched = Launch([], [], [])
   for i in range(num_processes):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([AUDIT_DIR, REPO]), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // num_processes}",
+           "XLA_FLAGS": xla_flags_with_devices(DEVICES // num_processes),
            "WRITE_AUDIT_LOG": str(out_dir / f"{name}.p{i}.writes"),
            assemble.HEARTBEAT_TIMEOUT_ENV: str(HEARTBEAT_TIMEOUT_S)}
     if num_processes > 1:

@@ -72,6 +72,7 @@ def control_videos(tmp_path_factory):
   return paths
 
 
+@pytest.mark.slow  # ~35 s; the default run keeps the dataset sample through the CLI
 def test_cli_control_videos_without_dataset(converted, control_videos, tmp_path):
   out = tmp_path / "gen" / "out.mp4"
   proc = _cli("--checkpoint", str(converted / "dit"), f"--config.model.tokenizer.path={converted / 'vae'}",

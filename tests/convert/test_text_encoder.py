@@ -16,6 +16,7 @@ from agibot_jax.text.embed import full_concat, load_text_encoder
 from agibot_jax.models.qwen import QwenTextModel
 from convert.mapping import ConversionError
 from convert.text_encoder import convert, convert_to, key_table
+from tests.conftest import xla_flags_with_devices
 from tests.convert.reference import REPO, assert_bit_identical, reference_params
 TOL = 1e-4  # golden README §7; observed ~3.5e-6
 
@@ -117,13 +118,14 @@ print(len(split), len(jax.tree.leaves(params)), float(np.abs(np.asarray(full_con
 """
 
 
+@pytest.mark.slow  # ~10 s (a 4-device child process)
 def test_text_encoder_weights_spread_over_the_training_mesh(golden, tmp_path):
   # On a 4-device mesh the converted encoder is restored split over the devices, with unchanged output.
   dst = tmp_path / "text_tiny"
   cmd = [sys.executable, "-m", "convert.text_encoder", "--src", str(golden / "checkpoint"), "--dst", str(dst),
          "--dtype", "float32"]
   assert subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).returncode == 0
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(4))
   done = subprocess.run([sys.executable, "-c", _SHARDED_WORKER, str(dst), str(golden / "text_tiny.safetensors")],
                         cwd=REPO, env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr

@@ -70,7 +70,7 @@ def _cached(config, cache_dir):
   return config
 
 
-@pytest.mark.parametrize("control_type", ["depth", "seg"])
+@pytest.mark.parametrize("control_type", ["depth", pytest.param("seg", marks=pytest.mark.slow)])  # ~25 s each
 def test_cached_train_inputs_equal_online(dataset, vae, caches, control_type):
   model, params, encode = vae
   config = tiny_config(control_type, dataset)
@@ -101,6 +101,7 @@ def test_cached_train_inputs_equal_online(dataset, vae, caches, control_type):
     assert x0.std() > 0.05 and control.std() > 0.05 and not np.array_equal(x0, control)
 
 
+@pytest.mark.slow  # ~12 s
 def test_vis_cache_holds_the_epoch0_draw(dataset, vae, caches):
   # vis rather than edge: the synthetic shapes' edges are so sharp that every Canny draw gives the same map.
   model, params, encode = vae
@@ -191,6 +192,7 @@ def test_bfloat16_entries_round_trip(tmp_path):
     cache.write("bad", video[:2], control, start_frame=0)
 
 
+@pytest.mark.slow  # ~20 s; the default run checks the library path the command calls
 def test_cli_writes_the_same_cache(dataset, caches, tmp_path):
   """The command of the README, as a subprocess: exit 0, prints the folder, same latents as in-process."""
   workdir = tmp_path / "run"

@@ -18,7 +18,7 @@ from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import objective
 from agibot_jax.training import optimizer as optim
 from agibot_jax.training.state import new_state
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags_with_devices
 from tests.evaluation import tiny_validation as tiny
 
 MESH_8 = "2,2,2"  # data 2 (the 4 buckets), fsdp 2 (the weights), context 2 (the 18 tokens of a view)
@@ -39,8 +39,7 @@ def dataset_dir(tmp_path_factory):
 def eight_devices(dataset_dir):
   """The metrics on 8 CPU devices (a subprocess: the device count is fixed at JAX start), started at once so it
   runs while this process computes the 1-device ones."""
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags_with_devices(8)}
   proc = subprocess.Popen([sys.executable, "-m", "tests.evaluation.tiny_validation", dataset_dir, "--mesh", MESH_8],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   yield proc

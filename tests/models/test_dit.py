@@ -189,6 +189,7 @@ def test_single_view_gets_no_cross_view_term(golden):
   assert np.abs(np.asarray(jax.tree.leaves(golden["params"]["blocks"]["cross_view_attn"]["output_proj"])[0])).max() > 0
 
 
+@pytest.mark.slow  # ~23 s: a compile-structure property, not a value
 def test_training_gives_no_backward_pass_to_main_blocks_before_the_first_hint():
   # Hints enter after main blocks 0 and 2 of 4: the control branch's gradient flows back through main blocks 1-3,
   # so the main blocks' backward scan runs 3 iterations (one scan over all 4 ran 4) and the control branch's 2.
@@ -305,7 +306,7 @@ def test_text_dropout_and_projected_text_give_the_same_output(golden):
 def test_chunked_mlp_gives_the_golden_output(golden):
   # model.net.mlp_chunks runs each block's MLP over interleaved token slices (a memory plan, issue 23): the output
   # keeps the golden tensor's float32 parity and equals the unchunked one up to summation order. Its gradients:
-  # tests/models/test_remat.py::test_policy_keeps_the_gradients.
+  # tests/models/test_remat.py::test_policy_keeps_the_gradients (slow run).
   def output(chunks):
     model = dit.MultiViewControlDiT(dataclasses.replace(golden["cfg"], mlp_chunks=chunks))
     return np.asarray(jax.jit(lambda p, kw: model.apply({"params": p}, **kw))(golden["params"], golden["inputs"]))

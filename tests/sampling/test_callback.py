@@ -91,6 +91,7 @@ def test_rows_are_six_samples_then_video_then_control(setup, cb):
   assert not np.allclose(rows[0], ema_rows[0])
 
 
+@pytest.mark.slow  # ~16 s; README command 1 (the demo) scores its samples in every CI run
 def test_scores_of_every_sample_row_go_to_tensorboard(setup, cb, tmp_path, monkeypatch):
   """score_fn sees each sample row with the input video and control rows and its num_cond_frames."""
   _, _, _, vae_params, state, batch, loader_batch, _ = setup

@@ -145,6 +145,7 @@ def test_trainable_partition_and_frozen_base(train_base):
     assert any(p[0] not in dit.TRAINABLE_GROUPS for p in moved), "the base must train with train_base=True"
 
 
+@pytest.mark.slow  # ~27 s; the default run checks the projected text at the model (test_dit)
 def test_projected_text_gives_the_raw_loss_and_control_gradients():
   """Issue 16: a batch of projected embeddings (crossattn_proj applied outside, as the projected text cache stores)
   gives the loss and the control-branch gradients of the raw batch, dropped views included (float32; loss to 1e-6
@@ -178,6 +179,7 @@ def objective_keep(key, config, batch) -> np.ndarray:
   return np.asarray(draws.text_keep_BV)
 
 
+@pytest.mark.slow  # ~43 s (two step compiles with host memory spaces)
 def test_optimizer_state_in_host_memory_gives_the_same_step():
   # model.offload_optimizer_state keeps the Adam moments and EMA in pinned host memory between steps (issue 23): the
   # step's results are bit-identical, and they come back to host memory.
