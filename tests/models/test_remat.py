@@ -1,6 +1,6 @@
 """Remat policies: each saves the block input and the residuals its attention call sites name, nothing else, under
 jax.checkpoint, nn.remat, both layer scans and the context-local shard_map; the backward re-runs no saved kernel;
-same gradients as no checkpointing; block inputs offloaded; a kernel whose residuals are not the expected ones
+same gradients as no checkpointing (slow run); block inputs offloaded; a kernel whose residuals are not the expected ones
 fails loudly.
 
 The shard_map check needs 4 devices, which XLA only fakes on CPU when XLA_FLAGS is set before jax starts, so it
@@ -163,7 +163,7 @@ def tiny():
   cfg = _tiny_cfg()
   params = dit.init_params(cfg, jax.random.key(0))
   # Zero-initialised output projections would leave most gradients zero: perturb every weight.
-  # NumPy draws: one jax.random call per leaf shape would compile a kernel per shape (~40 s on 2 CPU cores).
+  # NumPy draws: one jax.random call per leaf shape would compile a kernel per shape (~20 s on 2 CPU cores).
   rng = np.random.default_rng(2)
   params = jax.tree.map(lambda p: p + (0.05 * rng.standard_normal(p.shape)).astype(p.dtype), params)
   inputs = bench.synthetic_inputs(cfg, (4, 6), num_views=3, batch=1, key=jax.random.key(1))
