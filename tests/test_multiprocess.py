@@ -51,7 +51,7 @@ if __name__ == "__main__":  # a worker process of a default-run test (_probe, _f
   sys.path.insert(0, REPO)
 
 # pylint: disable=wrong-import-position
-from agibot_jax import assemble, cache_latents, registry, sharding, video_io
+from agibot_jax import assemble, cache_latents, preflight, registry, sharding, video_io
 from agibot_jax.data import latent_cache, synthetic
 from agibot_jax.text import provider as text_provider_lib
 from agibot_jax.training import checkpointing, loop
@@ -168,7 +168,7 @@ def probe_rows(rows: slice, views=registry.VIEW_NAMES) -> dict:
 def probe_config():
   config = edge.get_config("tiny")
   config.mesh.data, config.mesh.fsdp, config.mesh.context = MESH.values()
-  return assemble.resolve(config)
+  return preflight.resolve(config)
 
 
 def _probe() -> None:
@@ -315,7 +315,7 @@ def test_two_processes_train_like_one(two_process_run, dataset_dir, tmp_path):
     assert not run2.writes(1, pattern), f"process 1 wrote {what}: {run2.writes(1, pattern)[:5]}"
   assert sorted(os.listdir(workdir / "samples")) == sorted(
       f"{tag}_ReplicateID0000_Sample_Iter000000004_3views{ext}" for tag in ("reg", "ema")
-      for ext in (".mp4", "_12frames.jpg"))
+      for ext in (".mp4", "_9frames.jpg"))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
 
 
@@ -424,7 +424,7 @@ def test_cache_latents_in_two_processes(dataset_dir, tmp_path):
     written = {os.path.basename(line.split()[-1]) for line in run.writes(p, re.escape(str(cache_dir)))}
     assert {n for n in written if n.endswith(".npz")} == {f"synthetic_{i:03d}.npz" for i in (p, p + 2)}, p
 
-  config = assemble.resolve(small_config(dataset_dir))
+  config = preflight.resolve(small_config(dataset_dir))
   reference = tmp_path / "reference"
   assert cache_latents.write_cache(config, str(reference), *assemble.build_vae(config)) == (4, 4)
   cached, expected = latent_cache.LatentCache(str(cache_dir)), latent_cache.LatentCache(str(reference))

@@ -7,7 +7,7 @@ The JSON (`agibot_jax.eval`):
    "samples": [{"sample_id", "scores": {metric: value}, "image": file name of its frame grid}]}
 The HTML page shows the same numbers and the grid images (paths relative to the page, so the folder can move).
 A sample's grid (`frame_grid`) has one row per (view, video) (per view: generated, ground truth, control) and a
-column per frame, so the three can be compared frame by frame. Every file is written atomically (a temporary file
+column per frame, so the three can be compared frame by frame; each row and column is labelled. Every file is written atomically (a temporary file
 renamed into place).
 """
 
@@ -22,8 +22,11 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
+from agibot_jax.sampling import video_out
+
 GRID_FRAMES = 4  # columns of a sample's frame grid: frames evenly spaced over the clip
 GRID_CELL_WIDTH = 256  # pixels of one frame in the grid
+VIDEO_NAMES = ("generated", "ground truth", "control")  # what agibot_jax.eval puts in a sample's grid, in order
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
@@ -43,9 +46,11 @@ def write_atomic(path: str, data: str | bytes) -> None:
 
 
 def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRAMES,
-               cell_width: int = GRID_CELL_WIDTH) -> np.ndarray:
+               cell_width: int = GRID_CELL_WIDTH, view_names: Sequence[str] | None = None,
+               video_names: Sequence[str] = VIDEO_NAMES) -> np.ndarray:
   """uint8 RGB (rows·H', num_frames·cell_width, 3) of uint8 videos (V, T, H, W, 3) of one shape: a row per (view,
-  video), view-major, and a column per frame (`num_frames` evenly spaced), each frame resized to `cell_width`."""
+  video), view-major, and a column per frame (`num_frames` evenly spaced), each frame resized to `cell_width`.
+  With `view_names`, a label column names each row's view and video and a header each column's frame."""
   shapes = {v.shape for v in videos_VTHWC}
   if len(shapes) != 1 or len(next(iter(shapes))) != 5:
     raise ValueError(f"frame_grid needs videos of one (V, T, H, W, 3) shape, got {sorted(shapes)}")
@@ -55,7 +60,11 @@ def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRA
   interpolation = cv2.INTER_AREA if cell_width < w else cv2.INTER_LINEAR
   rows = [np.concatenate([cv2.resize(video[v, t], cell_hw[::-1], interpolation=interpolation) for t in frames], 1)
           for v in range(num_views) for video in videos_VTHWC]
-  return np.concatenate(rows, 0)
+  grid = np.concatenate(rows, 0)
+  if view_names is None:
+    return grid
+  row_labels = [f"{view} {what}" for view in view_names for what in video_names[:len(videos_VTHWC)]]
+  return video_out.label(grid[None], row_labels=row_labels, column_labels=[f"frame {t}" for t in frames])[0]
 
 
 def write_image(path: str, image_HWC: np.ndarray) -> None:

@@ -9,12 +9,13 @@ right) sit side by side along width; rows are stacked along height.
   (x+1)/2 clamped to [0, 1] and truncated to uint8 (as the reference's `astype`), padded to even size by edge
   replication, H.264 (libx264) at fps 10, quality 5. Written with imageio-ffmpeg; OpenCV's MPEG-4 writer is the
   fallback (GPU boxes have no imageio-ffmpeg).
-- jpg: 12 evenly spaced frames (index round(i·(T−1)/11)) of each batch item placed along width, rows along
-  height, resized so the longer side is 1024 px, rounded to uint8.
+- jpg `<stem>_<n>frames.jpg`: n = 12 evenly spaced frames (index round(i·(T−1)/11); all T of a shorter clip) of
+  each batch item placed along width, rows along height, shrunk to at most 4096 px on the longer side (the
+  reference resizes to 1024 px, which leaves a tiny clip's rows a few pixels tall), rounded to uint8.
 - TensorBoard image (`tensorboard_image`): 4 evenly spaced frames, at most 2048 px on the longer side, so a row
   stays readable at real resolutions.
 With `row_labels` and `view_names`, the mp4 and the images get a label column on the left (what each row is) and a
-header naming each view (batch items repeat the views).
+header naming each view (batch items repeat the views), drawn after any resize so the text keeps its size.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from agibot_jax import video_io as video
 
 MAX_VIDEO_WIDTH = 2048
-STRIP_SIZE = 1024
+STRIP_MAX_SIDE = 4096
 STRIP_FRAMES = 12
 TB_FRAMES = 4
 TB_SIZE = 2048
@@ -73,7 +74,7 @@ def frame_strip(
   x = _rows_BVTHWC(rows, n_viz_sample)
   num_t = x.shape[3]
   # Python's round (half to even) picks the frames, as in the reference.
-  x = x[:, :, :, [round(i * (num_t - 1) / (n_frames - 1)) for i in range(n_frames)]]
+  x = x[:, :, :, [round(i * (num_t - 1) / max(1, n_frames - 1)) for i in range(n_frames)]]
   n, b, v, t, h, w, c = x.shape
   return x.transpose(0, 4, 1, 3, 2, 5, 6).reshape(n * h, b * t * v * w, c)
 
@@ -87,7 +88,7 @@ def label(frames_THWC: np.ndarray, *, row_labels: list[str] | None, column_label
     return frames_THWC
   t, h, w, _ = frames_THWC.shape
   white = (255,) * 3 if frames_THWC.dtype == np.uint8 else (1.0,) * 3
-  font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1
+  font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
   text_h = cv2.getTextSize("Ag", font, scale, thick)[0][1] + 6
   left = max((cv2.getTextSize(s, font, scale, thick)[0][0] for s in row_labels), default=0) + 8 if row_labels else 0
   top = text_h if column_labels else 0
@@ -114,12 +115,10 @@ def _view_columns(view_names: list[str] | None, rows: list[np.ndarray], n_viz_sa
 
 def tensorboard_image(rows: list[np.ndarray], *, row_labels: list[str] | None = None,
                       view_names: list[str] | None = None, n_viz_sample: int = N_VIZ_SAMPLE) -> np.ndarray:
-  """(H, W, 3) uint8: TB_FRAMES evenly spaced frames of every row, labelled, longer side at most TB_SIZE."""
-  strip = frame_strip(rows, n_frames=TB_FRAMES, n_viz_sample=n_viz_sample)
+  """(H, W, 3) uint8: TB_FRAMES evenly spaced frames of every row, longer side at most TB_SIZE, labelled."""
+  strip = shrink_longer_side(frame_strip(rows, n_frames=TB_FRAMES, n_viz_sample=n_viz_sample), TB_SIZE)
   strip = label(strip[None], row_labels=row_labels,
                 column_labels=_view_columns(view_names, rows, n_viz_sample, TB_FRAMES))[0]
-  if max(strip.shape[:2]) > TB_SIZE:
-    strip = _resize_longer_side(strip, TB_SIZE)
   return np.clip(strip * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -138,19 +137,19 @@ def _pad_even(frames_THWC: np.ndarray) -> np.ndarray:
   return np.pad(frames_THWC, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def _resize_longer_side(image_HWC: np.ndarray, size: int) -> np.ndarray:
-  """The reference's `resize_image`: scale so the longer side is `size` (new sides truncated), antialiased."""
+def shrink_longer_side(image_HWC: np.ndarray, size: int) -> np.ndarray:
+  """Scales an image down (antialiased) so its longer side is at most `size` (new sides truncated, as the
+  reference's `resize_image`); a smaller image is returned as is."""
   h, w, _ = image_HWC.shape
   ratio = size / max(h, w)
-  new_h, new_w = int(ratio * h), int(ratio * w)
-  interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
-  return cv2.resize(image_HWC, (new_w, new_h), interpolation=interpolation)
+  if ratio >= 1:
+    return image_HWC
+  return cv2.resize(image_HWC, (int(ratio * w), int(ratio * h)), interpolation=cv2.INTER_AREA)
 
 
-def write_jpeg(path: str | os.PathLike, image_HWC: np.ndarray, *, size: int = STRIP_SIZE) -> None:
-  """Resizes a [0, 1] float RGB image (longer side → size) and writes it as JPEG (quality 75, PIL's default)."""
-  image = _resize_longer_side(np.ascontiguousarray(image_HWC, np.float32), size)
-  image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def write_jpeg(path: str | os.PathLike, image_HWC: np.ndarray) -> None:
+  """Writes a [0, 1] float RGB image as JPEG (quality 75, PIL's default)."""
+  image = np.clip(np.asarray(image_HWC, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
   if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75]):
     raise RuntimeError(f"{path}: could not write JPEG")
 
@@ -167,7 +166,7 @@ def save_sample_outputs(
     row_labels: list[str] | None = None,
     view_names: list[str] | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `<file_base>.mp4` and `<file_base>_12frames.jpg` under out_dir.
+  """Writes `<file_base>.mp4` and `<file_base>_<n>frames.jpg` (module docstring) under out_dir.
 
   Args:
     rows: decoded clips in [-1, 1], each (B, V, T, H, W, 3) or (V, T, H, W, 3), all the same shape.
@@ -180,9 +179,11 @@ def save_sample_outputs(
     raise ValueError(f"{len(row_labels)} row labels for {len(rows)} rows")
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  jpg_path = out_dir / f"{file_base}_{STRIP_FRAMES}frames.jpg"
-  strip = label(frame_strip(rows, n_viz_sample=n_viz_sample)[None], row_labels=row_labels,
-                column_labels=_view_columns(view_names, rows, n_viz_sample, STRIP_FRAMES))[0]
+  n_frames = min(STRIP_FRAMES, np.shape(rows[0])[-4])
+  jpg_path = out_dir / f"{file_base}_{n_frames}frames.jpg"
+  strip = shrink_longer_side(frame_strip(rows, n_frames=n_frames, n_viz_sample=n_viz_sample), STRIP_MAX_SIDE)
+  strip = label(strip[None], row_labels=row_labels,
+                column_labels=_view_columns(view_names, rows, n_viz_sample, n_frames))[0]
   write_jpeg(jpg_path, strip)
   frames = (cap_width(video_grid(rows, n_viz_sample=n_viz_sample), max_width) * 255.0).astype(np.uint8)
   # Labelled after the width cap, on uint8 frames: no second full-size float copy of the video.

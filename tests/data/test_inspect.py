@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -56,7 +57,9 @@ def test_cli_subprocess_exit_codes_and_preview(synthetic_dir, tmp_path):
   info = video.probe(str(preview))
   # Video and control rows of 3 views (64x96 each), a label column on the left and a header naming the views.
   assert info.num_frames == 9 and 2 * 64 < info.height < 2 * 64 + 30 and 3 * 96 < info.width < 3 * 96 + 200
-  assert (tmp_path / "preview_12frames.jpg").is_file()
+  # The strip of all 9 frames keeps the rows at full size (issue 31, item 9: it was 40 px tall, labels unreadable).
+  strip = cv2.imread(str(tmp_path / "preview_9frames.jpg"))
+  assert strip.shape[0] > 2 * 64 and strip.shape[1] > 9 * 3 * 96
   bad = subprocess.run(base_cmd + [f"--config.dataloader_train.dataset.dataset_dir={tmp_path / 'nope'}"],
                        cwd=REPO, env=env, capture_output=True, text=True)
   assert bad.returncode == 2 and str(tmp_path / "nope") in bad.stderr

@@ -49,7 +49,7 @@ def test_save_sample_outputs(tmp_path, backend):
   base = video_out.sample_file_base("ema", 200)
   assert base == "ema_ReplicateID0000_Sample_Iter000000200_3views"
   mp4, jpg = video_out.save_sample_outputs(tmp_path, base, rows, backend=backend)
-  assert mp4.name == f"{base}.mp4" and jpg.name == f"{base}_12frames.jpg"
+  assert mp4.name == f"{base}.mp4" and jpg.name == f"{base}_7frames.jpg"  # all 7 frames of the clip
 
   cap = cv2.VideoCapture(str(mp4))
   fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
@@ -66,8 +66,8 @@ def test_save_sample_outputs(tmp_path, backend):
   assert frames[0].shape == (280, 2048, 3)
 
   strip = cv2.imread(str(jpg))
-  # Width 2·12·3·350 = 25200 is the longer side → 1024; height int(1024/25200 · 288) = 11.
-  assert strip.shape == (11, 1024, 3)
+  # Width 2·7·3·350 = 14700 is the longer side → 4096; height int(4096/14700 · 288) = 80.
+  assert strip.shape == (80, 4096, 3)
 
 
 def test_mp4_content_survives_encoding(tmp_path):
