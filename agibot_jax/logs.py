@@ -39,12 +39,12 @@ def setup(verbosity: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def progress(**tqdm_kwargs):
-  """A tqdm bar (process 0 only) during which the package's log lines are written above it."""
+def progress(*, disable: bool = False, **tqdm_kwargs):
+  """A tqdm bar (process 0 only; none when `disable`) during which the package's log lines are written above it."""
   import jax
   from tqdm import tqdm
   from tqdm.contrib.logging import logging_redirect_tqdm
 
-  with tqdm(disable=jax.process_index() != 0, **tqdm_kwargs) as bar, \
+  with tqdm(disable=disable or jax.process_index() != 0, **tqdm_kwargs) as bar, \
       logging_redirect_tqdm(loggers=[logging.getLogger(ROOT), logging.getLogger("__main__")]):
     yield bar

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agibot_jax import logs
 from agibot_jax.data import layout, pipeline
 from agibot_jax.models import dit
 from agibot_jax.sampling import generate
@@ -170,10 +171,13 @@ class Validator:
     """Held-out sample `index` as a collated loader batch (batch 1), the same every call."""
     return pipeline.collate([self.source.load(index, rng=None)])
 
-  def __call__(self, params, prefix: str = "val") -> dict[str, float]:
-    """{metric: value} (module docstring) of `params` on every held-out sample."""
-    losses = [generate.to_host(self._loss(params, self.prepare(self.loader_batch(i)), i))
-              for i in range(len(self.source))]
+  def __call__(self, params, prefix: str = "val", *, progress: bool = False) -> dict[str, float]:
+    """{metric: value} (module docstring) of `params` on every held-out sample; `progress`: a bar over them."""
+    losses = []
+    with logs.progress(total=len(self.source), desc=f"{prefix} loss", unit="clip", disable=not progress) as bar:
+      for i in range(len(self.source)):
+        losses.append(generate.to_host(self._loss(params, self.prepare(self.loader_batch(i)), i)))
+        bar.update(1)
     return summarize(np.stack(losses), self.views, prefix)
 
 

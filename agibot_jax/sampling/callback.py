@@ -78,6 +78,8 @@ class EveryNSample:
     weights = [("reg", state.params)]
     if state.ema is not None:
       weights.append(("ema", state.ema_params))
+    log.info("step %d: sample videos, %d per weights (%s), %d denoising steps each", step, len(self.settings),
+             " and ".join(tag for tag, _ in weights), self.generator.num_steps)
     writer = self._tensorboard() if jax.process_index() == 0 else None
     try:
       for tag, get_params in weights:

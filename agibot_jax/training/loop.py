@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
+from tqdm import tqdm as tqdm_bar
 
 from agibot_jax import flops, logs
 
@@ -211,6 +212,20 @@ class NonfiniteWatch:
     return self.in_a_row == 0
 
 
+def progress_note(train_s: float, timed_steps: int, steps_left: int, with_callbacks: bool) -> str:
+  """The progress bar's note: the training time per step (without the first step of a (re)start, which compiles,
+  and without callbacks) and the time the remaining steps will take at that rate."""
+  if not timed_steps:
+    return "compiling the train step"
+  per_step = train_s / timed_steps
+  left = tqdm_bar.format_interval(per_step * steps_left)
+  return f"{per_step:.3g} s/step, {left} left" + (" + sample/validation passes" if with_callbacks else "")
+
+
+# tqdm's bar without its own rate and ETA: its rate would count compilation and callbacks (the note has the real one).
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
 def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Callable[[dict], dict], start: int,
                max_iter: int, logging_iter: int, save_iter: int, checkpoints: Checkpoints, metrics_log: MetricsLog,
                timer: StepTimer, callbacks: Sequence[Callable] = (), max_nonfinite: int = 20,
@@ -219,14 +234,16 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
 
   loader yields loader batches; prepare(loader batch) -> model batch; a checkpoint is written every `save_iter` steps
   and after the last (after a non-finite step: at the next finite one). callbacks are called as
-  `callback(step, state, batch, loader_batch)` after every step, their time excluded from the step times and from
-  the progress bar's rate. Raises Stopped (module docstring).
+  `callback(step, state, batch, loader_batch)` after every step, once the progress bar counts it; their time is
+  excluded from the step times. The bar shows the wall time and, as its note (`progress_note`), the training time
+  per step and the time left. Raises Stopped (module docstring).
   """
   watch = NonfiniteWatch(max_nonfinite)
   last_metrics: dict[str, float] = {}
   metrics = None
   done = saved = start
   save_due = False
+  train_s, timed_steps = 0.0, 0
 
   def stop_for_signal():
     if done > saved:
@@ -238,7 +255,8 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
     what = f"checkpoint {done} written" if done > start else "no step since the start, nothing to save"
     raise Stopped(f"{stop.name}: stopped after step {done}; {what}", stop.exit_code)
 
-  with logs.progress(total=max_iter, initial=start, desc="train", unit="step") as bar:
+  with logs.progress(total=max_iter, initial=start, desc="train", unit="step", bar_format=BAR_FORMAT) as bar:
+    bar.set_postfix_str(progress_note(0.0, 0, max_iter - start, bool(callbacks)), refresh=False)
     for step in range(start, max_iter):
       if stop is not None and stop.requested():
         stop_for_signal()
@@ -267,17 +285,17 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
         timer.add(phase, seconds)
       timer.steps += 1
       checkpoints.check()
+      callbacks_s = 0.0
       if callbacks:
         jax.block_until_ready(metrics)  # the step's own time is training time, not callback time
+        timer.add("device_wait_s", time.perf_counter() - t4)
+      bar.update(1)
+      if callbacks:
         t_callbacks = time.perf_counter()
-        timer.add("device_wait_s", t_callbacks - t4)
         for callback in callbacks:
           callback(done, state, batch, loader_batch)
-        spent = time.perf_counter() - t_callbacks
-        timer.excluded += spent
-        if not bar.disable:  # a disabled bar (processes other than 0) keeps no times
-          bar.start_t += spent  # the bar's rate and ETA count training only
-      bar.update(1)
+        callbacks_s = time.perf_counter() - t_callbacks
+        timer.excluded += callbacks_s
       if done % logging_iter == 0 or done == max_iter:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         last_metrics = {**values, **timer.report()}
@@ -289,6 +307,13 @@ def train_loop(state, *, step_fn: Callable, loader: Iterator[dict], prepare: Cal
         checkpoints.save(state)
         timer.add("save_s", time.perf_counter() - t_save)
         saved, save_due = done, False
+      step_s = time.perf_counter() - t0 - callbacks_s
+      if step == start:
+        log.info("step %d took %.1f s, most of it compiling the train step (not counted in s_per_step or in the "
+                 "progress bar's s/step)", done, step_s)
+      else:
+        train_s, timed_steps = train_s + step_s, timed_steps + 1
+      bar.set_postfix_str(progress_note(train_s, timed_steps, max_iter - done, bool(callbacks)), refresh=False)
   if save_due:
     log.warning("step %d was not finite: no checkpoint written after it", done)
   return state, last_metrics

@@ -21,6 +21,11 @@ class _Checkpoints:
     pass
 
 
+class _InstantCheckpoints(_Checkpoints):
+  def save(self, state):
+    pass
+
+
 class _Log:
   def __init__(self):
     self.rows = {}
@@ -54,3 +59,45 @@ def test_s_per_step_counts_training_only(tmp_path):
   for row in (log.rows[4], log.rows[6]):
     phases = sum(row[k] for k in ("data_s", "prepare_s", "device_wait_s", "dispatch_s", "save_s") if k in row)
     assert phases == pytest.approx(row["s_per_step"], rel=0.1)
+
+
+def test_progress_bar_counts_a_step_before_its_callbacks_and_rates_training_only(monkeypatch, caplog):
+  """Issue 31, item 7: the bar's s/step leaves out the first step (compilation) and the callbacks, it counts a step
+  before the callbacks run (it no longer stands at N-1/N through a sample pass), and its clock is never moved, so
+  the elapsed time it prints only grows."""
+  first_s, step_s, callback_s = 0.6, 0.05, 0.4
+  bars, seen_at_callback = [], {}
+  progress = loop.logs.progress
+
+  class _Recorded:
+    def __init__(self, **kwargs):
+      self.context = progress(**kwargs)
+
+    def __enter__(self):
+      self.bar = self.context.__enter__()
+      bars.append((self.bar, self.bar.start_t))
+      return self.bar
+
+    def __exit__(self, *exc):
+      return self.context.__exit__(*exc)
+
+  monkeypatch.setattr(loop.logs, "progress", _Recorded)
+
+  def step_fn(state, batch):
+    time.sleep(first_s if state == 0 else step_s)
+    return state + 1, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(1.0), "nonfinite": jnp.int32(0)}
+
+  def callback(step, state, batch, loader_batch):
+    seen_at_callback[step] = bars[0][0].n
+    time.sleep(callback_s if step == 2 else 0.0)
+
+  caplog.set_level("INFO", logger="agibot_jax")
+  loop.train_loop(0, step_fn=step_fn, loader=iter(range(100)), prepare=lambda b: b, start=0, max_iter=5,
+                  logging_iter=5, save_iter=5, checkpoints=_InstantCheckpoints(), metrics_log=_Log(),
+                  timer=loop.StepTimer(1e12, 1), callbacks=[callback])
+  (bar, start_t), = bars
+  assert seen_at_callback == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
+  assert bar.start_t == start_t
+  per_step = float(bar.postfix.split(" s/step")[0].lstrip(", "))
+  assert per_step == pytest.approx(step_s, rel=0.6), bar.postfix  # not (0.6 + 4·0.05 + 0.4) / 5
+  assert any(r.getMessage().startswith("step 1 took") and "compiling" in r.getMessage() for r in caplog.records)
