@@ -218,8 +218,11 @@ def _training_checkpoint_params(src_dir: str, ema: bool):
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                              config=ocp.args.JsonRestore()))
   state = restored.state
-  branch = state["ema"] if ema and state.get("ema") is not None else state["trainable"]
-  params = optim.merge_params(jax_free(branch), jax_free(state["frozen"]))
+  use_ema = ema and state.get("ema") is not None
+  if ema and not use_ema:
+    log.warning("%s kept no EMA (ema.enabled=False): exporting the regular weights", src_dir)
+  log.info("exporting step %d of %s (%s weights)", step, os.path.abspath(ckpt_dir), "EMA" if use_ema else "regular")
+  params = optim.merge_params(jax_free(state["ema"] if use_ema else state["trainable"]), jax_free(state["frozen"]))
   return dit.DiTConfig.from_config(restored.config["model"]["net"]), params
 
 
@@ -236,6 +239,7 @@ def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True
     meta = params_io.read_meta(src_dir)
     if meta.get("model") != params_io.MODEL_DIT:
       raise ValueError(f"{src_dir} holds a {meta.get('model')!r} checkpoint, not a DiT")
+    log.info("exporting the converted DiT %s (%s)", src_dir, meta.get("copy", "weights as converted"))
     cfg = dit.DiTConfig.from_config(meta["config"])
     params = params_io.to_numpy_tree(params_io.restore_params(src_dir))
   else:
@@ -245,17 +249,20 @@ def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True
 
 def main() -> int:
   from agibot_jax.models import dit
+  from convert import torch_io
 
   f = flags.FLAGS
   if bool(f.src) == bool(f.export):
     raise app.UsageError("give exactly one of --src (convert) or --export (back to PyTorch)")
   ema = f.ema and not f.no_ema
   if f.export:
+    torch_io.require_torch()  # before reading the checkpoint, not after
     export(f.export, f.dst, dtype=f.dtype, ema=ema)
   else:
     config = f.config if f.config is not None else cli.load_config(DEFAULT_CONFIG)
     convert(f.src, f.dst, dit.DiTConfig.from_config(config.model.net), ema=ema, dtype=f.dtype, force=f.force)
-  print(f"wrote {f.dst}")
+  log.info("wrote %s", f.dst)
+  cli.print_result({"dst": os.path.abspath(f.dst)})
   return 0
 
 

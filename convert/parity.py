@@ -57,6 +57,7 @@ def main() -> int:
   for c in checks:
     print(f"{c.name}: max_abs_err={c.max_abs_err:.3e} tol={c.tolerance:.0e} {'OK' if c.ok else 'FAIL'}")
   print(f"max_abs_err={max(c.max_abs_err for c in checks):.3e}")
+  cli.print_result({"max_abs_err": max(c.max_abs_err for c in checks), "ok": all(c.ok for c in checks)})
   return 0 if all(c.ok for c in checks) else 1
 
 

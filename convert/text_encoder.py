@@ -116,6 +116,7 @@ def convert_to(src: str, dst: str, *, dtype: str = "bfloat16", force: bool = Fal
 def main() -> int:
   f = flags.FLAGS
   print(convert_to(f.src, f.dst, dtype=f.dtype, force=f.force))
+  cli.print_result({"dst": os.path.abspath(f.dst)})
   return 0
 
 

@@ -40,11 +40,17 @@ class CheckpointError(ValueError):
   """A checkpoint file that cannot be read; the message is one line naming the file."""
 
 
-def _torch():
+# torch comes with the `convert` extra; PyPI's Linux wheel would pull CUDA, hence the CPU build first.
+TORCH_MISSING = ("reading or writing PyTorch checkpoints needs torch (the `convert` extra): pip install torch==2.13.0 "
+                 "--index-url https://download.pytorch.org/whl/cpu && pip install -e '.[convert]'")
+
+
+def require_torch():
+  """The torch module, or a CheckpointError saying how to install it."""
   try:
     import torch
-  except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("reading PyTorch checkpoints needs the `convert` extra: pip install -e '.[convert]'") from e
+  except ImportError as e:
+    raise CheckpointError(TORCH_MISSING) from e
   return torch
 
 
@@ -82,7 +88,7 @@ def resolve_source(src: str) -> str:
 
 def tensor_to_numpy(t) -> np.ndarray:
   """A torch tensor as numpy, sharing its memory where it can (bfloat16 through ml_dtypes)."""
-  torch = _torch()
+  torch = require_torch()
   t = t.detach().cpu().contiguous()
   if t.dtype == torch.bfloat16:
     return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -90,7 +96,7 @@ def tensor_to_numpy(t) -> np.ndarray:
 
 
 def numpy_to_tensor(a: np.ndarray):
-  torch = _torch()
+  torch = require_torch()
   a = np.array(a, order="C", copy=True)
   if a.dtype == ml_dtypes.bfloat16:
     return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
@@ -123,7 +129,7 @@ class _TorchFile(_Source):
 
   def __init__(self, path: str):
     super().__init__(path)
-    torch = _torch()
+    torch = require_torch()
     if not zipfile.is_zipfile(path):
       raise CheckpointError(f"{path}: not a PyTorch checkpoint (no torch.save zip archive: truncated, or another "
                             "format)")
@@ -199,7 +205,7 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
 
   def __init__(self, file, path: str):
     super().__init__(file)
-    torch = _torch()
+    torch = require_torch()
     from torch.distributed.checkpoint import filesystem, metadata
 
     self._path = path
@@ -246,7 +252,7 @@ class _DcpDir(_Source):
 
   def __init__(self, path: str):
     super().__init__(path)
-    torch = _torch()
+    torch = require_torch()
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -275,7 +281,7 @@ class _DcpDir(_Source):
     self._reader = Reader(path)
 
   def read(self, key: str) -> np.ndarray:
-    torch = _torch()
+    torch = require_torch()
     from torch.distributed.checkpoint import load
 
     md = self._tensors[key]
@@ -343,7 +349,7 @@ class StateDict:
 
 def save_state_dict(state: Mapping[str, np.ndarray], dst: str, *, prefix: str = "") -> None:
   """Write a `.pt` (torch.save) or `.safetensors` file atomically."""
-  torch = _torch()
+  torch = require_torch()
   tensors = {prefix + k: numpy_to_tensor(v) for k, v in state.items()}
   tmp = f"{dst}.tmp{os.getpid()}"
   try:

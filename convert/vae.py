@@ -169,6 +169,7 @@ def main() -> int:
     print(convert(f.src, f.dst, vae_lib.VAEConfig(dim=f.dim, z_dim=f.z_dim), dtype=f.dtype, force=f.force))
   else:
     print(export(f.export, f.dst, force=f.force))
+  cli.print_result({"dst": os.path.abspath(f.dst)})
   return 0
 
 

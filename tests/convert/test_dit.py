@@ -1,6 +1,8 @@
 """DiT conversion: 2B key coverage on the abstract model, streaming = plain conversion bit for bit, round trip,
 rejections, sources, the CLI."""
 
+import json
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -208,11 +210,12 @@ def test_hf_reference_resolves_from_local_cache_offline(tmp_path, monkeypatch):
 def test_parity_cli_on_golden(golden_dir):
   out = run_cli("convert.parity", "--golden", golden_dir / "dit_tiny.safetensors")
   assert out.returncode == 0, out.stderr
-  last = out.stdout.strip().splitlines()[-1]
-  assert last.startswith("max_abs_err=") and float(last.split("=")[1]) < 1e-4
+  summary, result = out.stdout.strip().splitlines()[-2:]
+  assert summary.startswith("max_abs_err=") and float(summary.split("=")[1]) < 1e-4
+  assert json.loads(result)["ok"] is True
 
 
-def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_path, torch_mod):
+def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_path, torch_mod, caplog):
   import jax
   from configs import edge
 
@@ -229,9 +232,12 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
   state = state.replace(ema=jax.tree.map(lambda e: e + 1.0, state.ema))  # make EMA and live weights differ
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     checkpointing.save(manager, state, {}, config)
+  caplog.set_level("INFO")
   for use_ema, branch in ((True, state.ema), (False, state.trainable)):
     out = tmp_path / f"export_{use_ema}.pt"
     convert_dit.export(str(tmp_path), str(out), ema=use_ema)
+    # Which step and which weights (issue 31, item 10).
+    assert f"exporting step 0 of {tmp_path}/checkpoints ({'EMA' if use_ema else 'regular'} weights)" in caplog.text
     sd = torch_mod.load(out, weights_only=True)
     want = np.asarray(branch["control_blocks"]["after_proj"]["kernel"][1]).T
     np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.control_blocks.1.after_proj.weight"]), want)

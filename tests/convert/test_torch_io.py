@@ -189,3 +189,13 @@ def test_an_unreadable_input_is_one_line_naming_the_file(tmp_path, case):
 def test_the_cli_reports_an_unreadable_input_in_one_line(tmp_path):
   src, named, why = _not_a_checkpoint(tmp_path)
   assert_one_line_error(run_cli("convert.dit", "--src", src, "--dst", tmp_path / "out"), named, why)
+
+
+def test_missing_torch_is_one_line_with_the_cpu_install(monkeypatch):
+  """Issue 31, item 2: without the extra, reading or writing a .pt says how to install a CPU torch (PyPI's Linux
+  wheel pulls CUDA), as a CheckpointError (one line, exit 2) instead of an ImportError traceback."""
+  monkeypatch.setitem(__import__("sys").modules, "torch", None)  # `import torch` raises ImportError
+  with pytest.raises(torch_io.CheckpointError) as err:
+    torch_io.require_torch()
+  assert str(err.value) == torch_io.TORCH_MISSING and "\n" not in str(err.value)
+  assert "reading or writing" in str(err.value) and "--index-url https://download.pytorch.org/whl/cpu" in str(err.value)

@@ -114,8 +114,8 @@ def test_rejects_wrong_shape(small_state, tmp_path):
 def test_parity_cli_on_golden(golden_dir):
   proc = run_cli("convert.parity", "--golden", golden_dir / "vae_tiny.safetensors")
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  lines = proc.stdout.strip().splitlines()
-  assert lines[-1].startswith("max_abs_err=")
-  assert float(lines[-1].split("=")[1]) < 1e-4
-  names = {line.split(":")[0] for line in lines[:-1]}
+  *lines, summary, result = proc.stdout.strip().splitlines()
+  assert summary.startswith("max_abs_err=") and float(summary.split("=")[1]) < 1e-4
+  assert json.loads(result)["ok"] is True
+  names = {line.split(":")[0] for line in lines}
   assert names == {f"{n}{s}" for n in ("latent_mu", "latent", "decoded") for s in ("", "_9f")}
