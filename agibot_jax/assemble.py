@@ -1,12 +1,8 @@
 """Builds a run from its config: the one place where config keys become models, weights, data and placements.
 
-The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scripts over these functions:
+The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scripts over these functions, called
+after the up-front checks of agibot_jax/preflight.py (which resolve the config: nothing later writes into it):
 
-  resolve            the frozen config of a run: the embedded example dataset, a `checkpoint.load_path` bundle's
-                     parts (dit/, vae/, text_encoder/) filled in; nothing later writes into a config
-  check_config, check_workdir
-                     refuse config values and a workdir a run cannot use (ConfigError), before anything is built
-  prepare_dataset    writes the embedded example dataset if needed, then validates the dataset (before any model)
   make_mesh          the device mesh (`config.mesh`), set as the current mesh
   build_vae, build_text_provider, dit_config, initial_params
                      the networks and their weights (converted checkpoints, or random for the CPU demo)
@@ -27,7 +23,6 @@ import functools
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -35,8 +30,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from agibot_jax import params_io, registry, sharding, video_io
-from agibot_jax.data import layout, pipeline, synthetic
+from agibot_jax import cli, params_io, registry, sharding
+from agibot_jax.data import layout, pipeline
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.text import provider as text_provider_lib
@@ -45,10 +40,8 @@ from agibot_jax.training.state import new_state, precision_dtype, state_sharding
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_DATA = "example_data"
 HEARTBEAT_TIMEOUT_ENV = "AGIBOT_HEARTBEAT_TIMEOUT_S"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed.initialize's
-BUNDLE_PARTS = {"vae": ("model", "tokenizer", "path"), "text_encoder": ("model", "text_encoder", "path")}
 
 # ----------------------------------------------------------------------------------------------
 # Launch and config
@@ -114,139 +107,6 @@ def end_process(exit_code: int) -> None:
     os._exit(exit_code)  # pylint: disable=protected-access
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
-            load_path: str | None = None) -> ml_collections.FrozenConfigDict:
-  """The run's frozen config, its paths resolved; `config` itself is not changed.
-
-  - no `dataloader_train.dataset.dataset_dir` and a workdir: the embedded example dataset `<workdir>/example_data`;
-  - `load_path` (default `checkpoint.load_path`) a bundle (a folder with dit/, and maybe vae/ and text_encoder/):
-    `checkpoint.load_path` becomes its dit/, and its vae/ and text_encoder/ fill `model.tokenizer.path` and
-    `model.text_encoder.path` where those are empty.
-  Paths become absolute, so the config saved with a checkpoint says what the run read.
-  """
-  c = config.copy_and_resolve_references()
-  c.unlock()
-  ds = c.dataloader_train.dataset
-  if not ds.dataset_dir and workdir:
-    ds.dataset_dir = os.path.join(workdir, EXAMPLE_DATA)
-  load = c.checkpoint.load_path if load_path is None else load_path
-  if load and os.path.isdir(os.path.join(load, "dit")):
-    for part, keys in BUNDLE_PARTS.items():
-      section = functools.reduce(getattr, keys[:-1], c)
-      if not section[keys[-1]] and os.path.isdir(os.path.join(load, part)):
-        section[keys[-1]] = os.path.join(load, part)
-    load = os.path.join(load, "dit")
-  c.checkpoint.load_path = load or ""
-  for keys in (("dataloader_train", "dataset", "dataset_dir"), ("dataloader_train", "dataset", "text_cache_dir"),
-               ("dataloader_train", "dataset", "latent_cache_dir"), ("dataloader_val", "dataset_dir"),
-               ("checkpoint", "load_path"),
-               *BUNDLE_PARTS.values()):
-    section = functools.reduce(getattr, keys[:-1], c)
-    if section[keys[-1]]:
-      section[keys[-1]] = os.path.abspath(section[keys[-1]])
-  return ml_collections.FrozenConfigDict(c)
-
-
-class ConfigError(ValueError):
-  """Config values that cannot run; the one-line message names every bad key."""
-
-
-def check_config(config) -> None:
-  """Refuses config values a training run cannot use (ConfigError naming each key), before anything is built.
-
-  Checks the loop and checkpoint periods, the batch and its accumulation, the mesh against the devices, the clip
-  shape against the VAE and the DiT (resolution a multiple of 8 x patch size, 4k+1 frames for `state_t` latent
-  frames), and the names of views, control type, backends and modes.
-  """
-  problems = []
-
-  def get(key: str):
-    return functools.reduce(lambda node, k: node[k], key.split("."), config)
-
-  def need(ok: bool, key: str, what: str) -> None:
-    if not ok:
-      problems.append(f"{key}={get(key)!r}: {what}")
-
-  def at_least(key: str, low: int) -> None:
-    need(isinstance(get(key), int) and get(key) >= low, key, f"must be an integer >= {low}")
-
-  for key in ("trainer.max_iter", "trainer.logging_iter", "checkpoint.save_iter", "checkpoint.keep",
-              "trainer.max_nonfinite_steps", "trainer.grad_accum_iter", "dataloader_train.batch_size"):
-    at_least(key, 1)
-  for key in ("dataloader_train.num_workers", "dataloader_train.prefetch_buffer_size",
-              "dataloader_train.dataset.max_bad_samples", "trainer.callbacks.every_n_sample.every_n"):
-    at_least(key, 0)
-  batch, accum = config.dataloader_train.batch_size, config.trainer.grad_accum_iter
-  if isinstance(batch, int) and isinstance(accum, int) and accum >= 1:
-    need(batch % accum == 0, "dataloader_train.batch_size", f"must be a multiple of trainer.grad_accum_iter={accum}")
-  lr = config.optimizer.lr
-  need(isinstance(lr, (int, float)) and np.isfinite(lr) and lr >= 0, "optimizer.lr", "must be a finite number >= 0")
-  need(config.model.precision in ("bfloat16", "float32"), "model.precision", "must be bfloat16 or float32")
-
-  ds = config.dataloader_train.dataset
-  need(ds.validate in ("probe", "full"), "dataloader_train.dataset.validate", "must be probe or full")
-  need(ds.video_backend in video_io.BACKENDS, "dataloader_train.dataset.video_backend",
-       f"must be one of {video_io.BACKENDS}")
-  for key, check in (("dataloader_train.dataset.control_input_type", registry.control),
-                     ("dataloader_train.dataset.views", registry.check_views)):
-    try:
-      check(get(key))
-    except ValueError as e:
-      problems.append(f"{key}: {e}")
-  vae = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
-  multiple = vae.spatial_factor * int(config.model.net.patch_spatial)
-  hw = tuple(ds.resolution_hw)
-  need(len(hw) == 2 and all(isinstance(x, int) and x > 0 and x % multiple == 0 for x in hw),
-       "dataloader_train.dataset.resolution_hw", f"must be (height, width), each a positive multiple of {multiple} "
-       f"(VAE x{vae.spatial_factor}, patch x{config.model.net.patch_spatial})")
-  frames = vae.temporal_factor * (int(config.model.net.state_t) - 1) + 1
-  need(ds.num_video_frames == frames, "dataloader_train.dataset.num_video_frames",
-       f"must be {frames} = {vae.temporal_factor} x (model.net.state_t={config.model.net.state_t} - 1) + 1")
-  for key in ("mesh.data", "mesh.fsdp", "mesh.context"):
-    need(isinstance(get(key), int) and (get(key) >= 1 or get(key) == -1), key,
-         "must be a device count >= 1, or -1 for all remaining devices")
-  if not any(p.startswith("mesh.") for p in problems):
-    try:
-      sharding.make_mesh(**config.mesh)
-    except ValueError as e:
-      problems.append(str(e))
-  if problems:
-    raise ConfigError("config: " + "; ".join(problems))
-
-
-def check_workdir(workdir: str) -> None:
-  """Creates `workdir` if needed and proves it writable (a probe file, written and removed), else ConfigError."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe_"):
-      pass
-  except OSError as e:
-    raise ConfigError(f"--workdir {workdir}: not a writable directory ({e.strerror or e})") from e
-
-
-def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
-  """Validates the training dataset (raising layout.DatasetError with every problem) and returns its samples.
-
-  The embedded example dataset (`resolve`) is written first when it does not exist yet (by process 0, into the
-  workdir the processes share).
-  """
-  ds = config.dataloader_train.dataset
-  if workdir and ds.dataset_dir == os.path.abspath(os.path.join(workdir, EXAMPLE_DATA)):
-    if jax.process_index() == 0 and not os.path.isdir(os.path.join(ds.dataset_dir, "videos")):
-      # 1.25x the training resolution (even sides): the loader's resize runs, and the aspect ratio is the training one.
-      h, w = (2 * round(x * 1.25 / 2) for x in ds.resolution_hw)
-      synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h, width=w,
-                              seed=config.seed)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
-      multihost_utils.sync_global_devices("example dataset written")
-    log.info("no dataset_dir given: using the synthetic example dataset at %s", ds.dataset_dir)
-  return pipeline.validated_samples(pipeline.DataSettings.from_config(config))
-
-
 def process_batch_rows(mesh, global_batch: int) -> slice:
   """The rows of every global batch of `global_batch` samples that this process loads: those its devices hold under
   the batch sharding (`sharding.batch_sharding`). Processes that share rows (a batch axis smaller than the process
@@ -274,11 +134,12 @@ def make_mesh(config) -> jax.sharding.Mesh:
 # Models and weights
 
 
-def _random_ok(config, what: str, key: str) -> None:
+def _random_ok(config, what: str, key: str, use: str = "") -> None:
+  """Random weights for `what` (the commands refuse them up front unless allowed: preflight.check_weights_given)."""
   if not config.model.allow_random_init:
     raise ValueError(f"no {what} given: set {key} (or a checkpoint.load_path bundle with it); random weights are "
                      "only allowed with model.allow_random_init=True (the tiny demo config)")
-  log.warning("%s: randomly initialised (demo; set %s for real weights)", what, key)
+  log.warning("%s: randomly initialised (demo%s; set %s for real weights)", what, use, key)
 
 
 def dit_config(config) -> dit.DiTConfig:
@@ -296,7 +157,10 @@ def build_vae(config, mesh=None):
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(cfg.param_dtype), sharding=replicated),
                             vae_lib.abstract_params(model))
     return model, params_io.restore_params(path, abstract)
-  _random_ok(config, "VAE", "model.tokenizer.path")
+  latent_cache_dir = config.dataloader_train.dataset.latent_cache_dir
+  _random_ok(config, "VAE", "model.tokenizer.path",
+             f"; it decodes sample videos only: training reads the latent cache {latent_cache_dir}" if latent_cache_dir
+             else "")
   # One jitted init at XLA -O0: eager init compiles every initializer op separately and an optimised
   # compile of ~200 truncated-normal draws alone takes ~15 s on CPU (values are the same draws).
   key = jax.random.key(config.seed + 1)
@@ -348,16 +212,22 @@ def build_text_provider(config, cfg: dit.DiTConfig):
       provider = _online_text_embedder(config)
     else:
       _random_ok(config, "text encoder", "model.text_encoder.path")
-      from agibot_jax.text.demo import demo_text_embedder
-
-      provider = demo_text_embedder(cfg.crossattn_proj_in_channels, seed=config.seed + 2)
-      provider.num_tokens = int(cfg.text_tokens_per_view)
+      provider = random_text_embedder(config, cfg)
   dim = cfg.crossattn_emb_channels if provider.projected else cfg.crossattn_proj_in_channels
   if provider.num_tokens != cfg.text_tokens_per_view or provider.dim != dim:
     kind = "projected" if provider.projected else "raw"
     raise ValueError(f"{kind} text embeddings are ({provider.num_tokens} tokens, {provider.dim} channels) per view "
                      f"but the DiT expects ({cfg.text_tokens_per_view}, {dim}) (model.net.text_tokens_per_view / "
                      f"model.net.{'crossattn_emb_channels' if provider.projected else 'crossattn_proj_in_channels'})")
+  return provider
+
+
+def random_text_embedder(config, cfg: dit.DiTConfig):
+  """The demo's stand-in text encoder: random weights (from `seed`), the DiT's text input width and token count."""
+  from agibot_jax.text.demo import demo_text_embedder
+
+  provider = demo_text_embedder(cfg.crossattn_proj_in_channels, seed=config.seed + 2)
+  provider.num_tokens = int(cfg.text_tokens_per_view)
   return provider
 
 
@@ -503,24 +373,11 @@ class SamplingWeights:
   step: int | None
 
 
-def training_workdir(path: str) -> str | None:
-  """The workdir of a training run given as the workdir or as its checkpoints/ folder, else None."""
-  path = os.path.abspath(path)
-  if os.path.basename(path) == "checkpoints" and os.path.isdir(path):
-    return os.path.dirname(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return path
-  return None
-
-
 def sampling_params(config, workdir: str | None, cfg: dit.DiTConfig, mesh, *, use_ema: bool = True) -> SamplingWeights:
   """The DiT weights to sample with: a training run's newest checkpoint (its EMA unless `use_ema` is False), of which
   only the weights are read (no optimizer state), or, without a run, the converted DiT at `checkpoint.load_path`."""
   if workdir is None:
     path = config.checkpoint.load_path
-    if not os.path.exists(os.path.join(path, params_io.META_FILE)):
-      raise ValueError(f"--checkpoint {path} is neither a training workdir (no checkpoints/ folder), nor a "
-                       f"converted DiT ({params_io.META_FILE}), nor a bundle with dit/")
     log.info("DiT weights from %s", path)
     return SamplingWeights(restore_dit_params(path, cfg, mesh), None, None)
   shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
@@ -601,7 +458,7 @@ def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_m
   """The config of the fastest plan of MEMORY_PLANS whose train step needs at most `model.memory_budget_gib` of device
   memory (`device_memory_gib` of `measure(config, mesh, text_channels)`: XLA's memory analysis of the step, compiled
   for each plan tried);
-  `config` itself when the budget is 0. Raises ConfigError when even the smallest plan needs more."""
+  `config` itself when the budget is 0. Raises cli.ConfigError when even the smallest plan needs more."""
   budget = float(config.model.memory_budget_gib)
   if budget <= 0:
     return config
@@ -626,43 +483,35 @@ def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_m
         log.info("memory plan %r for model.memory_budget_gib=%g: %s", name, budget,
                  " ".join(f"{k}={v}" for k, v in overrides.items()))
       return candidate
-  raise ConfigError(f"model.memory_budget_gib={budget:g}: no memory plan fits ({'; '.join(tried)})")
+  raise cli.ConfigError(f"model.memory_budget_gib={budget:g}: no memory plan fits ({'; '.join(tried)})")
 
 
 # ----------------------------------------------------------------------------------------------
 # Sampling inputs
 
 
-def dataset_loader_batch(config, sample_id: str | None, control_preset: str) -> dict:
-  """One collated loader batch (batch 1) of `sample_id` (default: the first sample) with inference-preset controls.
+def dataset_loader_batch(config, samples: list[layout.Sample], index: int, control_preset: str) -> dict:
+  """One collated loader batch (batch 1) of validated sample `index` with inference-preset controls.
 
   Pixels, not a training latent cache: the input row needs them and the control uses the inference preset.
   """
   settings = dataclasses.replace(pipeline.DataSettings.from_config(config, control_preset=control_preset),
                                  latent_cache_dir="")
-  source = pipeline.AgibotMultiviewSource(settings)
-  ids = [s.sample_id for s in source.samples]
-  if sample_id is not None and sample_id not in ids:
-    raise ValueError(f"--sample_id {sample_id!r} is not in {settings.dataset_dir} ({len(ids)} samples, e.g. {ids[:5]})")
-  index = 0 if sample_id is None else ids.index(sample_id)
-  log.info("sample %r from %s", ids[index], settings.dataset_dir)
-  return pipeline.collate([source.load(index, rng=None)])
+  log.info("sample %r from %s", samples[index].sample_id, settings.dataset_dir)
+  return pipeline.collate([pipeline.AgibotMultiviewSource(settings, samples).load(index, rng=None)])
 
 
 def control_video_loader_batch(config, control_videos: list[str], prompt: str) -> dict:
-  """A loader-like batch (batch 1) from one control video per view: control pixels, captions, view ids."""
+  """A loader-like batch (batch 1) from one control video per view (existing files, checked up front):
+  control pixels, captions, view ids."""
   from agibot_jax import video_io
   from agibot_jax.data import resize
 
   ds = config.dataloader_train.dataset
   views = tuple(ds.views)
-  if len(control_videos) != len(views):
-    raise ValueError(f"--control_videos has {len(control_videos)} files; need one per view {views}")
   t = int(ds.num_video_frames)
   per_view = []
   for view, path in zip(views, control_videos):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--control_videos: {path} (view {view}) does not exist")
     try:
       frames = video_io.read_frames(path, 0, t, ds.video_backend)
     except video_io.VideoError as e:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from agibot_jax import assemble, cli, flops, sharding
+from agibot_jax import assemble, cli, flops, preflight, sharding
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
@@ -116,7 +116,7 @@ def largest_buffers(hlo_text: str, n: int) -> list[dict]:
 
 
 def main() -> int:
-  config = assemble.resolve(flags.FLAGS.config)
+  config = preflight.for_bench(flags.FLAGS.config)
   mesh = assemble.make_mesh(config)
   if flags.FLAGS.mode == "train":
     config = assemble.choose_memory_plan(config, mesh, int(config.model.net.crossattn_proj_in_channels))
@@ -215,4 +215,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
   flags.DEFINE_bool("compile_only", False, "stop after compiling (with --largest_buffers: inspect a plan that may not fit)")
   flags.DEFINE_integer("largest_buffers", 0, "report XLA's memory analysis and this many of the largest arrays")
-  cli.run(main)
+  cli.run(main, bad_input=preflight.USER_ERRORS)

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from agibot_jax import assemble, cli, logs, registry
+from agibot_jax import assemble, cli, logs, preflight, registry
 from agibot_jax.data import controls, latent_cache, pipeline
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,11 @@ def write_cache(config: ml_collections.ConfigDict, cache_dir: str, vae_model, va
 def main() -> int:
   f = flags.FLAGS
   assemble.initialize_distributed()
-  config = assemble.resolve(f.config, f.workdir)
-  assemble.prepare_dataset(config, f.workdir)
+  config, samples = preflight.for_latent_cache(f.config, f.workdir)
   cache_dir = cache_dir_of(config, f.workdir)
+  if f.dry_run:
+    cli.print_result({"dry_run": True, "samples": len(samples), "cache_dir": os.path.abspath(cache_dir)})
+    return 0
   vae_model, vae_params = assemble.build_vae(config)
 
   def progress(it, **kwargs):
@@ -108,15 +110,16 @@ def main() -> int:
     log.info("latent cache: %d samples, %d encoded, %d already cached -> %s", total, encoded, total - encoded,
              os.path.abspath(cache_dir))
   log.info("train with --config.dataloader_train.dataset.latent_cache_dir=%s", os.path.abspath(cache_dir))
+  cli.print_result({"samples": total, "encoded": encoded, "cache_dir": os.path.abspath(cache_dir)})
   return 0
 
 
 if __name__ == "__main__":
   cli.define_config_flag()
+  cli.define_dry_run_flag()
   flags.DEFINE_string("workdir", None, "run directory: the cache goes to <workdir>/latent_cache unless "
                       "config.dataloader_train.dataset.latent_cache_dir is set")
-  flags.mark_flags_as_required(["config", "workdir"])
   flags.DEFINE_enum("dtype", "float32", list(latent_cache.DTYPES), "stored latent dtype (read back as float32)")
   flags.DEFINE_enum("control_preset", None, list(controls.PRESETS),
                     "randomised controls (edge/vis): cache this inference preset instead of the epoch-0 training draw")
-  cli.run(main)
+  cli.run(main, required=("config", "workdir"), bad_input=preflight.USER_ERRORS)

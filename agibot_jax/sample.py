@@ -8,8 +8,10 @@ r"""Generate a 3-view video with the control DiT from a training run or a conver
   python -m agibot_jax.sample ... --control_weight 0,0.5,1      # one row per control weight
 
 `--checkpoint` is a training workdir (or its `checkpoints/` folder: the newest complete checkpoint's weights are
-read, EMA unless `--no_ema`; pass the run's own `--config` and overrides), a DiT directory written by
-`python -m convert.dit`, or a bundle directory with `dit/` (and `vae/`, `text_encoder/`). The VAE and the text
+read, EMA unless `--no_ema`), a DiT directory written by `python -m convert.dit`, or a bundle directory with `dit/`
+(and `vae/`, `text_encoder/`). The config must describe the checkpoint's model (`--config` and the model overrides
+the run was trained with; a different model or data layout is refused naming the keys). The paths a training run
+was trained with (dataset, caches, VAE, text encoder) are used wherever the config names none. The VAE and the text
 encoder come from the config exactly as in training (`model.tokenizer.path`, `model.text_encoder.path`, a bundle, or
 random weights for the tiny config).
 
@@ -19,13 +21,12 @@ the dataset (file controls). With `--control_videos` (one control video per view
 `--prompt` no dataset is needed; there is then no input video, so no clean first frame: `--num_cond_frames` must be 0.
 
 Writes `--out` (mp4: one row per control weight, then the input video when there is one, then the control pixels;
-views side by side) and the 12-frame strip `<out stem>_12frames.jpg` beside it. A progress bar follows the denoising
+views side by side) and the frame strip `<out stem>_<n>frames.jpg` beside it (12 frames, or all of a shorter clip). A progress bar follows the denoising
 steps, which run as one compiled loop (cond/uncond batched, guidance and control weight traced values).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ import time
 import jax
 from absl import flags
 
-from agibot_jax import assemble, cli, registry
+from agibot_jax import assemble, cli, preflight, registry
 from agibot_jax.data import controls
 from agibot_jax.models import dit
 from agibot_jax.sampling import generate, video_out
@@ -45,46 +46,55 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
         control_videos: list[str] | None = None, prompt: str | None = None, guidance: float = 3.0,
         num_cond_frames: int | None = None, num_steps: int = 35, shift: float = generate.SHIFT,
         seed: int = generate.NOISE_SEED, control_preset: str = "medium",
-        control_weights: tuple[float, ...] | None = None) -> dict:
-  """Samples one video per control weight (default: `model.control_weight`); returns a summary."""
-  if not out.endswith(".mp4"):
-    raise ValueError(f"--out {out}: must end in .mp4")
+        control_weights: tuple[float, ...] | None = None, dry_run: bool = False) -> dict:
+  """Samples one video per control weight (default: `model.control_weight`); returns a summary.
+
+  Everything that can be wrong with the inputs is found before any model is built (agibot_jax/preflight.py);
+  `dry_run` stops there.
+  """
   if control_videos:
     if sample_id is not None:
-      raise ValueError("give either --sample_id (a dataset sample) or --control_videos, not both")
+      raise cli.UsageError("give either --sample_id (a dataset sample) or --control_videos, not both")
     if prompt is None:
-      raise ValueError("--control_videos needs --prompt")
+      raise cli.UsageError("--control_videos needs --prompt")
     if num_cond_frames not in (None, 0):
-      raise ValueError(f"--num_cond_frames={num_cond_frames} needs clean frames from an input video; with "
-                       "--control_videos there is none: use --num_cond_frames=0 (or --sample_id with a dataset)")
+      raise cli.UsageError(f"--num_cond_frames={num_cond_frames} needs clean frames from an input video; with "
+                           "--control_videos there is none: use --num_cond_frames=0 (or --sample_id with a dataset)")
     num_cond_frames = 0
   elif prompt is not None:
-    raise ValueError("--prompt applies to --control_videos; a dataset sample uses its own caption")
+    raise cli.UsageError("--prompt applies to --control_videos; a dataset sample uses its own caption")
   num_cond_frames = 1 if num_cond_frames is None else num_cond_frames
   control_weights = control_weights or (float(config.model.control_weight),)
 
-  if not os.path.isdir(checkpoint):
-    raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory")
-  workdir = assemble.training_workdir(checkpoint)
-  # A training run keeps the config's own load_path (its bundle gives the VAE and text encoder); a converted DiT or
-  # bundle given as --checkpoint is the load_path.
-  config = assemble.resolve(config, workdir, load_path=None if workdir else checkpoint)
+  checked = preflight.for_sampling(config, checkpoint=checkpoint, out=out, out_suffix=".mp4")
+  config = checked.config
+  ds = config.dataloader_train.dataset
+  if control_videos:
+    if len(control_videos) != len(ds.views):
+      raise cli.UsageError(f"--control_videos has {len(control_videos)} files; need one per view {tuple(ds.views)}")
+    preflight.check_inputs(control_videos, "--control_videos")
+  else:
+    if not ds.dataset_dir:
+      raise cli.UsageError("no input: set --config.dataloader_train.dataset.dataset_dir (with --sample_id) or give "
+                           "--control_videos and --prompt")
+    samples = preflight.prepare_dataset(config)
+    index = preflight.sample_index(samples, sample_id, ds.dataset_dir)
+  if dry_run:
+    return {"dry_run": True, "checkpoint": os.path.abspath(checkpoint), "step": checked.checkpoint.step,
+            "out": os.path.abspath(out)}
+
   mesh = assemble.make_mesh(config)
   cfg = assemble.dit_config(config)
-  weights = assemble.sampling_params(config, workdir, cfg, mesh, use_ema=use_ema)
+  weights = assemble.sampling_params(config, checked.checkpoint.workdir, cfg, mesh, use_ema=use_ema)
   vae_model, vae_params = assemble.build_vae(config, mesh)
   text_provider = assemble.build_text_provider(config, cfg)
   assemble.check_text_projection(text_provider, weights.params)
 
-  ds = config.dataloader_train.dataset
   if control_videos:
     loader_batch = assemble.control_video_loader_batch(config, control_videos, prompt)
     batch = assemble.control_only_model_batch(loader_batch, vae_model, vae_params, text_provider, config, mesh)
   else:
-    if not ds.dataset_dir:
-      raise ValueError("no input: set --config.dataloader_train.dataset.dataset_dir (with --sample_id) or give "
-                       "--control_videos and --prompt")
-    loader_batch = assemble.dataset_loader_batch(config, sample_id, control_preset)
+    loader_batch = assemble.dataset_loader_batch(config, samples, index, control_preset)
     encode = assemble.make_encoder(vae_model, len(ds.views))
     batch = assemble.model_batch(loader_batch, encode, vae_params, text_provider, config, mesh)
 
@@ -112,6 +122,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
     mp4, jpg = video_out.save_sample_outputs(os.path.dirname(os.path.abspath(out)), stem, rows,
                                              fps=int(config.trainer.callbacks.every_n_sample.fps), row_labels=labels,
                                              view_names=list(ds.views))
+    log.info("wrote %s (rows: %s; views side by side) and its frame strip %s", mp4, ", ".join(labels), jpg)
     summary.update(mp4=str(mp4), jpg=str(jpg))
   return summary
 
@@ -122,15 +133,22 @@ def main() -> int:
   summary = run(f.config, checkpoint=f.checkpoint, out=f.out, use_ema=f.ema and not f.no_ema,
                 sample_id=f.sample_id, control_videos=f.control_videos, prompt=f.prompt, guidance=f.guidance,
                 num_cond_frames=f.num_cond_frames, num_steps=f.num_steps, shift=f.shift, seed=f.seed,
-                control_preset=f.control_preset,
-                control_weights=tuple(float(w) for w in f.control_weight) if f.control_weight else None)
-  if jax.process_index() == 0:
-    print(json.dumps(summary))
+                control_preset=f.control_preset, control_weights=control_weights(f.control_weight),
+                dry_run=f.dry_run)
+  cli.print_result(summary)
   return 0
+
+
+def control_weights(values: list[str] | None) -> tuple[float, ...] | None:
+  try:
+    return tuple(float(w) for w in values) if values else None
+  except ValueError as e:
+    raise cli.UsageError(f"--control_weight {','.join(values)}: {e}") from e
 
 
 if __name__ == "__main__":
   cli.define_config_flag()
+  cli.define_dry_run_flag()
   flags.DEFINE_string("checkpoint", None, "training workdir (or its checkpoints/ dir), converted DiT "
                       "dir (python -m convert.dit) or bundle dir with dit/")
   flags.DEFINE_bool("ema", True, "training checkpoints: sample with the EMA weights (default); --noema or "
@@ -150,5 +168,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seed", generate.NOISE_SEED, "NumPy RandomState seed of the starting noise")
   flags.DEFINE_enum("control_preset", "medium", list(controls.PRESETS), "computed controls' strength at inference")
   flags.DEFINE_string("out", None, "output .mp4 (the 12-frame .jpg strip is written beside it)")
-  flags.mark_flags_as_required(["config", "checkpoint", "out"])
-  cli.run(main)
+  cli.run(main, required=("config", "checkpoint", "out"), bad_input=preflight.USER_ERRORS)

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from agibot_jax import assemble, flops, logs, registry
+from agibot_jax import assemble, flops, logs, preflight, registry
 from agibot_jax.data import pipeline, synthetic
 from agibot_jax.evaluation import report, scoring, validation
 from agibot_jax.models import dit
@@ -238,7 +238,7 @@ def main(_) -> None:
   config = run_config(f)
   write_datasets(config, f)
   t_data = time.perf_counter()
-  train_samples = assemble.prepare_dataset(config)
+  train_samples = preflight.prepare_dataset(config)
   _, val_samples = validation.split_samples(config, train_samples, required=True)
 
   mesh = assemble.make_mesh(config)

@@ -93,6 +93,8 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config.job.project = "cosmos_transfer_v2p5"
   config.job.group = "agibot_posttrain"
   config.job.name = f"transfer2_agibot_posttrain_{control_type}_example"
+  # A full-size model on a machine without a GPU is refused (hours per step) unless this is set.
+  config.job.allow_cpu = False
 
   # --- data -------------------------------------------------------------------------
   config.dataloader_train = ml_collections.ConfigDict()

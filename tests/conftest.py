@@ -68,3 +68,19 @@ def run_on_fake_cpu_devices(script: str, flag: str, devices: int) -> dict:
   lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-4000:]
   return json.loads(lines[-1][len("RESULT "):])
+
+
+def write_config_checkpoint(workdir: str, config, step: int = 1) -> None:
+  """A training checkpoint of `workdir` holding only the config item (and an empty data item): what the up-front
+  checks of sample, eval and a resumed train read of a checkpoint, without training a model (`config` is resolved
+  here, with `workdir`, as training would)."""
+  import orbax.checkpoint as ocp
+
+  from agibot_jax import preflight
+  from agibot_jax.training import checkpointing
+
+  saved = checkpointing.config_json(preflight.resolve(config, workdir))
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+  with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), options=options,
+                             item_names=("state", "data", "config")) as manager:
+    manager.save(step, args=ocp.args.Composite(config=ocp.args.JsonSave(saved), data=ocp.args.JsonSave({})))

@@ -34,7 +34,8 @@ def converted(tmp_path_factory):
   cfg = dit.DiTConfig.from_config(config.model.net)
   params_io.save_params(str(root / "dit"), tiny.params(cfg, sharding.make_mesh(1, 1, 1)), {"model": "dit"})
   vae_model = vae_lib.WanVAE(vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer))
-  params_io.save_params(str(root / "vae"), tiny_setup.random_vae_params(vae_model, 1), {"model": "vae"})
+  params_io.save_params(str(root / "vae"), tiny_setup.random_vae_params(vae_model, 1),
+                        {"model": params_io.MODEL_VAE})
   return root
 
 
@@ -87,8 +88,12 @@ def test_cli_writes_a_report_that_opens(converted, held_out, tmp_path):
   assert page.images == [sample["image"]] == ["report_synthetic_000.jpg"]
   assert {"val/loss", "edge_f1", "psnr", "synthetic_000"} <= {c.strip() for c in page.cells}
   grid = cv2.imread(str(tmp_path / "eval" / page.images[0]))
-  # Per view 3 rows (generated, ground truth, control) of 48x32 frames resized to 256 wide; 4 frames across.
-  assert grid.shape == (9 * 171, 4 * 256, 3)
+  # Per view 3 rows (generated, ground truth, control) of 48x32 frames resized to 256 wide; 4 frames across; a label
+  # column naming each row's view and video and a header naming each frame (issue 31, item 9).
+  left, top = grid.shape[1] - 4 * 256, grid.shape[0] - 9 * 171
+  assert 40 < left < 300 and 8 < top < 30, grid.shape
+  assert (grid[top:, :left] > 200).any() and (grid[:top, left:] > 200).any()
+  assert "val loss: 100%" in proc.stderr  # the validation stage has its progress bar (issue 31, item 7)
 
 
 def test_bad_inputs_are_named_before_any_model(converted, held_out, tmp_path):
@@ -99,7 +104,7 @@ def test_bad_inputs_are_named_before_any_model(converted, held_out, tmp_path):
   with pytest.raises(ValueError, match="no held-out clips: pass --config.dataloader_val.dataset_dir"):
     eval_cmd.run(config, checkpoint=str(converted / "dit"), out=out)
   config.dataloader_val.dataset_dir = str(tmp_path / "nothing")
-  with pytest.raises(ValueError, match="dataset directory not found"):
+  with pytest.raises(ValueError, match=r"dataloader_val.dataset_dir=.*nothing: not found"):
     eval_cmd.run(config, checkpoint=str(converted / "dit"), out=out)
   with pytest.raises(FileNotFoundError, match="no such directory"):
     eval_cmd.run(config, checkpoint=str(tmp_path / "absent"), out=out)

@@ -55,7 +55,7 @@ def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("converted")
   _, params, _, vae_params = tiny_setup.tiny_models(_config())
   params_io.save_params(str(root / "dit"), params, {"model": "dit"})
-  params_io.save_params(str(root / "vae"), vae_params, {"model": "vae"})
+  params_io.save_params(str(root / "vae"), vae_params, {"model": params_io.MODEL_VAE})
   return root
 
 
@@ -82,19 +82,21 @@ def test_cli_control_videos_without_dataset(converted, control_videos, tmp_path)
   assert "denoise g=3 n=0" in proc.stderr and "2/2" in proc.stderr  # the progress bar over the steps
   # Rows: the sample and the control pixels (no input video); 3 views side by side.
   _assert_video(out, FRAMES, 3 * HW[1], 2 * HW[0])
-  assert (tmp_path / "gen" / "out_12frames.jpg").is_file()
+  assert (tmp_path / "gen" / "out_9frames.jpg").is_file()
 
 
-def test_dataset_sample_with_clean_first_frame(converted, tmp_path):
+def test_dataset_sample_with_clean_first_frame(converted, tmp_path, caplog):
   config = _config()
   config.model.tokenizer.path = str(converted / "vae")
   data = tmp_path / "data"
   ids = synthetic.write_example(str(data), num_samples=2, frames=FRAMES + 2, height=40, width=48)
   config.dataloader_train.dataset.dataset_dir = str(data)
   out = tmp_path / "sample.mp4"
+  caplog.set_level("INFO", logger="agibot_jax")
   summary = sample.run(config, checkpoint=str(converted / "dit"), out=str(out), sample_id=ids[1], guidance=5.0,
                        num_cond_frames=1, num_steps=2)
   assert summary["rows"] == 3 and summary["num_cond_frames"] == 1
+  assert f"wrote {out} (rows: g=5 n=1 w=1, input, edge control" in caplog.text  # issue 31, item 8
   _assert_video(out, FRAMES, 3 * HW[1], 3 * HW[0])
 
 
@@ -107,7 +109,7 @@ def test_bad_inputs_are_named(converted, control_videos, tmp_path):
     sample.run(_config(), checkpoint=str(converted / "dit"), out=out, control_videos=control_videos)
   with pytest.raises(ValueError, match="neither a training workdir"):
     sample.run(_config(), checkpoint=str(tmp_path), out=out)
-  with pytest.raises(ValueError, match="holds a 'vae' checkpoint"):
+  with pytest.raises(ValueError, match="holds a 'wan2.1_vae' model, not 'dit'"):
     sample.run(_config(), checkpoint=str(converted / "vae"), out=out, control_videos=control_videos, prompt="p")
   config = _config()
   config.model.tokenizer.path = str(converted / "vae")
@@ -133,4 +135,4 @@ def test_train_two_steps_then_sample_from_workdir(tmp_path):
     assert f"restored step 2 from {workdir / 'checkpoints'} ({weights} weights)" in proc.stderr
     # Rows: sample, input video, control; the 3·96-px width is under video_out's 2048 cap.
     _assert_video(out, config.dataloader_train.dataset.num_video_frames, 3 * w, 3 * h)
-    assert (tmp_path / name.replace(".mp4", "_12frames.jpg")).is_file()
+    assert (tmp_path / name.replace(".mp4", "_9frames.jpg")).is_file()

@@ -13,13 +13,12 @@ files corrupt mid-stream. Views whose aspect ratio differs from the training res
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 from absl import flags
 
-from agibot_jax import cli, registry
+from agibot_jax import cli, preflight, registry
 from agibot_jax.data import layout, pipeline
 
 
@@ -60,20 +59,28 @@ def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str)
 
 
 def run(config, preview: str | None = None, preview_index: int = 0, full: bool = False) -> int:
-  """Validates `config`'s training dataset (`full`: every frame decoded), prints the summary or the problems;
-  returns the exit status."""
-  settings = pipeline.DataSettings.from_config(config, control_preset="medium")
+  """Validates `config`'s training dataset (`full`: every frame decoded), prints the summary or the problems and
+  the result line; returns the exit status."""
   if full:
-    settings = dataclasses.replace(settings, validate="full")
+    config = config.copy_and_resolve_references()
+    config.dataloader_train.dataset.validate = "full"
+  config = preflight.for_dataset(config)
+  if preview:
+    preflight.check_output(preview, "--preview", ".mp4")
   try:
-    source = pipeline.AgibotMultiviewSource(settings)
+    samples = preflight.prepare_dataset(config)
   except layout.DatasetError as e:
     print(f"INVALID {e}", file=sys.stderr)
+    cli.print_result({"valid": False, "problems": len(e.problems)})
     return EXIT_PROBLEMS
-  print(summary(settings, source.samples))
+  settings = pipeline.DataSettings.from_config(config, control_preset="medium")
+  print(summary(settings, samples))
+  result = {"valid": True, "samples": len(samples)}
   if preview:
-    write_preview(source, preview_index, preview)
+    write_preview(pipeline.AgibotMultiviewSource(settings, samples), preview_index, preview)
     print(f"preview:        {preview}")
+    result["preview"] = os.path.abspath(preview)
+  cli.print_result(result)
   return 0
 
 
@@ -86,5 +93,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("preview", None, "write a side-by-side preview mp4 of one sample here")
   flags.DEFINE_integer("preview_index", 0, "sample index (sorted by id) for --preview")
   flags.DEFINE_bool("full", False, "decode every frame training will read (finds files corrupt mid-stream; slow)")
-  flags.mark_flags_as_required(["config"])
-  cli.run(main)
+  cli.run(main, required=("config",), bad_input=preflight.USER_ERRORS)

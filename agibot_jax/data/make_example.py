@@ -1,15 +1,17 @@
 """Writes a small synthetic 3-view dataset in the exact Agibot layout (agibot_jax/data/synthetic.py).
 
-  python -m agibot_jax.data.make_example DIR [--num_samples 2 --frames 16 --height 96 --width 160 --fps 16]
+  python -m agibot_jax.data.make_example DIR [--num_samples 2 --frames 16 --height 96 --width 144 --fps 16]
       [--appearance control]      # frames determined by their controls (synthetic.py)
+  python -m agibot_jax.data.make_example DIR --frames 93 --height 72 --width 128    # for the full-size configs
 
-The defaults pass `agibot_jax.data.inspect` with the tiny configs (configs/<ct>.py:tiny: 64x96, 9 frames); the
-full-size configs need at least 93 frames per clip (`--frames 93`).
+The defaults pass `agibot_jax.data.inspect` with the tiny configs (configs/<ct>.py:tiny: 64x96, 9 frames; 96x144 is
+their aspect ratio). The full-size configs read 93 frames at 432x768: `--frames 93` and a 16:9 size.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import flags
 
@@ -24,6 +26,7 @@ def main(out_dir: str) -> int:
   ids = synthetic.write_example(out_dir, f.num_samples, f.frames, f.height, f.width, f.fps, f.seed, f.appearance)
   log.info("wrote %d samples x %d views (%d frames, %dx%d, depth+seg controls) to %s", len(ids),
            len(registry.VIEWS), f.frames, f.height, f.width, out_dir)
+  cli.print_result({"dataset_dir": os.path.abspath(out_dir), "samples": ids})
   return 0
 
 
@@ -31,9 +34,9 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_samples", 2, "samples to write")
   flags.DEFINE_integer("frames", 16, "frames per clip (the full-size configs read 93)")
   flags.DEFINE_integer("height", 96, "frame height (even)")
-  flags.DEFINE_integer("width", 160, "frame width (even)")
+  flags.DEFINE_integer("width", 144, "frame width (even)")
   flags.DEFINE_float("fps", 16.0, "frame rate")
   flags.DEFINE_integer("seed", 0, "world seed")
   flags.DEFINE_enum("appearance", "random", list(synthetic.APPEARANCES), "random: shapes look random; control: "
                     "each shape's look follows its class, so the controls determine the frames")
-  cli.run(main, positional=("out_dir",))
+  cli.run(main, positional=("out_dir",), bad_input=(ValueError, OSError))

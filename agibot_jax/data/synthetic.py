@@ -4,7 +4,8 @@ Written by `python -m agibot_jax.data.make_example DIR` and by the embedded demo
 One world of moving shapes is filmed by three cameras looking at different, overlapping windows of it
 (head_color: the wide centre view; hand_left / hand_right: closer views left and right), so the views are
 consistent. Depth is brighter for nearer shapes; seg paints each shape in a fixed class colour.
-The defaults fit configs/*.py:tiny (64x96, 9 frames) and are valid for any resolution after resizing.
+The defaults fit configs/*.py:tiny (64x96, 9 frames; 96x144 has its aspect ratio) and are valid for any resolution
+after resizing.
 
 Appearance (`APPEARANCES`):
   random   every shape draws its colour, depth, size and kind (square or disc): a control map says where the
@@ -102,7 +103,7 @@ def write_sample(out_dir: str, index: int, frames: int = 16, height: int = 96, w
   return sid
 
 
-def write_example(out_dir: str, num_samples: int = 2, frames: int = 16, height: int = 96, width: int = 160,
+def write_example(out_dir: str, num_samples: int = 2, frames: int = 16, height: int = 96, width: int = 144,
                   fps: float = 16.0, seed: int = 0, appearance: str = "random") -> list[str]:
   """Writes the dataset (samples 0..num_samples-1, `write_sample`); returns the sample ids. Sizes must be even
   (H.264 yuv420p)."""

@@ -61,12 +61,17 @@ def demo_layers(embedding_channels: int, min_layers: int = 3, max_hidden: int = 
                    f"≤ {max_hidden} divisible by 8")
 
 
-def demo_text_embedder(embedding_channels: int, *, seed: int = 0) -> OnlineTextEmbedder:
-  """Random small Qwen text path whose FULL_CONCAT width is `embedding_channels` (= layers × hidden)."""
+def demo_text_config(embedding_channels: int) -> QwenTextConfig:
+  """A small Qwen text path whose FULL_CONCAT width is `embedding_channels` (= layers × hidden)."""
   num_layers = demo_layers(embedding_channels)
   hidden = embedding_channels // num_layers
-  cfg = QwenTextConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=num_layers,
-                       num_heads=4, num_kv_heads=2, dtype="float32", param_dtype="float32", attention="xla")
+  return QwenTextConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_layers=num_layers,
+                        num_heads=4, num_kv_heads=2, dtype="float32", param_dtype="float32", attention="xla")
+
+
+def demo_text_embedder(embedding_channels: int, *, seed: int = 0) -> OnlineTextEmbedder:
+  """`demo_text_config`'s text path with random weights (from `seed`) and the demo tokenizer."""
+  cfg = demo_text_config(embedding_channels)
   # One jitted init instead of Flax's op-by-op eager init (seconds saved at every demo start).
   init = jax.jit(lambda key: QwenTextModel(cfg).init(key, jnp.zeros((1, 1), jnp.int32))["params"])
   params = init(jax.random.key(seed))

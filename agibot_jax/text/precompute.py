@@ -3,12 +3,17 @@ r"""Precompute the text embeddings of every caption of a dataset once (see agibo
   python -m agibot_jax.text.precompute --config configs/edge.py \
       --config.dataloader_train.dataset.dataset_dir=DIR --text_encoder CKPT [--tokenizer DIR] \
       [--cache_dir DIR] [--projected --crossattn_proj DIT_CKPT_OR_NPZ] [--batch_size 1]
+  python -m agibot_jax.text.precompute --config configs/edge.py:tiny \
+      --config.dataloader_train.dataset.dataset_dir=DIR --cache_dir DIR/text_cache   # the tiny random encoder
 
-CKPT is a folder written by `python -m convert.text_encoder`; the tokenizer defaults to the Hugging Face folder it
-was converted from. The cache folder defaults to `config.dataloader_train.dataset.text_cache_dir`. The captions are
-those training reads: the dataset is scanned and validated as training does (`agibot_jax.data.layout`), and each
-sample's per-view captions are built by `agibot_jax.registry.view_captions`. Captions already cached are skipped;
-the hand-view captions are the same for every sample and are computed once.
+CKPT is a folder written by `python -m convert.text_encoder` (default: `model.text_encoder.path`, or the
+text_encoder/ of a `checkpoint.load_path` bundle); the tokenizer defaults to the Hugging Face folder it was converted
+from. Without one, a config that allows random weights (the `:tiny` configs) embeds with the same random stand-in
+encoder its training run would build, so every step of the README can be tried without the 7B weights. The cache
+folder defaults to `config.dataloader_train.dataset.text_cache_dir`. The captions are those training reads: the
+dataset is validated as training does (agibot_jax/preflight.py), and each sample's per-view captions are built by
+`agibot_jax.registry.view_captions`. Captions already cached are skipped; the hand-view captions are the same for
+every sample and are computed once.
 
 `--projected` stores the DiT's crossattn_proj applied to each embedding (1024-d, 98x smaller in bf16), in
 `model.precision`. The projection weights are cast to `model.precision` first, as the training state holds them, so
@@ -26,22 +31,20 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from agibot_jax import cli, logs, params_io, registry
+from agibot_jax import assemble, cli, logs, params_io, preflight, registry
 from agibot_jax.data import layout
 from agibot_jax.text.cache import (TextEmbeddingCache, cache_meta, load_crossattn_proj, project_context,
                                    projection_fingerprint)
+from agibot_jax.text.tokenize import NUM_TOKENS
 
 log = logging.getLogger(__name__)
 
 
-def dataset_captions(config) -> list[str]:
-  """Every distinct per-view caption of the config's dataset, in sample then view order."""
-  ds = config.dataloader_train.dataset
-  samples = layout.load_index(ds.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
-                              bool(ds.skip_invalid))
+def dataset_captions(samples: Sequence[layout.Sample], views: Sequence[str]) -> list[str]:
+  """Every distinct per-view caption of validated `samples`, in sample then view order."""
   captions: dict[str, None] = {}
   for sample in samples:
-    captions.update(dict.fromkeys(registry.view_captions(sample.prompt, tuple(ds.views))))
+    captions.update(dict.fromkeys(registry.view_captions(sample.prompt, tuple(views))))
   return list(captions)
 
 
@@ -56,39 +59,60 @@ def precompute(captions: Sequence[str], cache: TextEmbeddingCache, embed: Callab
   return len(todo)
 
 
-def main() -> int:
+def text_embedder(config, text_encoder: str, tokenizer: str | None, *, dtype: str, batch_size: int):
+  """(lazy embed function, cache_meta arguments): the converted encoder at `text_encoder`, or, without one, the random
+  stand-in encoder of a config that allows random weights. The encoder is loaded at the first call only, so a rerun
+  on a complete cache is cheap."""
   from agibot_jax.models.qwen import QwenTextConfig
   from agibot_jax.text.embed import OnlineTextEmbedder
 
-  f = flags.FLAGS
-  config = f.config
-  if not config.dataloader_train.dataset.dataset_dir:
-    raise ValueError("set --config.dataloader_train.dataset.dataset_dir")
-  cache_dir = f.cache_dir or config.dataloader_train.dataset.text_cache_dir
-  if not cache_dir:
-    raise ValueError("set --cache_dir or --config.dataloader_train.dataset.text_cache_dir")
-  encoder_meta = params_io.read_meta(f.text_encoder)
-  tokenizer = f.tokenizer or encoder_meta.get("source")
-  if not tokenizer:
-    raise ValueError(f"{f.text_encoder}: no source folder recorded; pass --tokenizer")
-  captions = dataset_captions(config)
+  if text_encoder:
+    meta = params_io.read_meta(text_encoder)
+    tokenizer = tokenizer or config.model.text_encoder.tokenizer or meta.get("source")
+    if not tokenizer:
+      raise cli.UsageError(f"{text_encoder}: no source folder recorded; pass --tokenizer")
+    encoder = functools.cache(lambda: OnlineTextEmbedder.from_paths(text_encoder, tokenizer, dtype=dtype,
+                                                                     batch_size=batch_size))
+    channels = QwenTextConfig.from_hf(meta["config"]).embedding_channels
+    return (lambda batch: encoder().embed(batch)), {"channels": channels, "text_encoder": os.path.abspath(
+        text_encoder)}
+  if not config.model.allow_random_init:
+    raise cli.UsageError("no text encoder: pass --text_encoder (a python -m convert.text_encoder folder) or set "
+                         "model.text_encoder.path; the random stand-in is for the tiny configs "
+                         "(model.allow_random_init=True)")
+  cfg = assemble.dit_config(config)
+  encoder = functools.cache(lambda: assemble.random_text_embedder(config, cfg))
+  # float32 as the tiny configs compute: training from this cache sees what its online random encoder gives.
+  return (lambda batch: encoder().embed(batch)), {
+      "channels": cfg.crossattn_proj_in_channels, "text_encoder": f"random (seed {config.seed + 2})",
+      "num_tokens": int(cfg.text_tokens_per_view), "dtype": "float32"}
 
-  # The 7B is loaded only when some caption is missing, so re-running on a complete cache is cheap.
-  embedder = functools.cache(lambda: OnlineTextEmbedder.from_paths(
-      f.text_encoder, tokenizer, dtype=f.dtype, batch_size=f.batch_size))
+
+def main() -> int:
+  f = flags.FLAGS
+  cache_dir = f.cache_dir or f.config.dataloader_train.dataset.text_cache_dir
+  if not cache_dir:
+    raise cli.UsageError("set --cache_dir or --config.dataloader_train.dataset.text_cache_dir")
+  if f.projected and not f.crossattn_proj:
+    raise cli.UsageError("--projected needs --crossattn_proj (a converted DiT checkpoint or an .npz)")
+  config, samples = preflight.for_text_cache(f.config, cache_dir=cache_dir, text_encoder=f.text_encoder,
+                                             crossattn_proj=f.crossattn_proj if f.projected else None)
+  captions = dataset_captions(samples, config.dataloader_train.dataset.views)
+  if f.dry_run:
+    cli.print_result({"dry_run": True, "captions": len(captions), "cache_dir": os.path.abspath(cache_dir)})
+    return 0
+  embed, meta = text_embedder(config, f.text_encoder or config.model.text_encoder.path, f.tokenizer,
+                              dtype=f.dtype, batch_size=f.batch_size)
   if f.projected:
-    if not f.crossattn_proj:
-      raise ValueError("--projected needs --crossattn_proj (a converted DiT checkpoint or an .npz)")
     # As the training state holds the frozen base: in model.precision.
     kernel, bias = (np.asarray(a).astype(jnp.dtype(config.model.precision))
                     for a in load_crossattn_proj(f.crossattn_proj))
-    meta = cache_meta("projected", kernel.shape[1], os.path.abspath(f.text_encoder),
-                      projection_fingerprint(kernel, bias), dtype=config.model.precision)
-    embed = lambda batch: np.asarray(project_context(embedder().embed(batch), kernel, bias))
+    meta = cache_meta("projected", kernel.shape[1], meta["text_encoder"], projection_fingerprint(kernel, bias),
+                      num_tokens=meta.get("num_tokens", NUM_TOKENS), dtype=config.model.precision)
+    raw_embed = embed
+    embed = lambda batch: np.asarray(project_context(raw_embed(batch), kernel, bias))
   else:
-    channels = QwenTextConfig.from_hf(encoder_meta["config"]).embedding_channels
-    meta = cache_meta("full_concat", channels, os.path.abspath(f.text_encoder))
-    embed = lambda batch: embedder().embed(batch)
+    meta = cache_meta("full_concat", **meta)
   cache = TextEmbeddingCache(cache_dir, meta)
 
   def progress(batches, **kwargs):
@@ -98,18 +122,21 @@ def main() -> int:
         bar.update(1)
 
   n = precompute(captions, cache, embed, batch_size=f.batch_size, progress=progress)
-  print(f"{len(captions)} distinct captions, {n} computed, {len(captions) - n} already cached -> {cache_dir}")
+  log.info("%d distinct captions, %d computed, %d already cached -> %s", len(captions), n, len(captions) - n,
+           cache_dir)
+  cli.print_result({"captions": len(captions), "computed": n, "cache_dir": os.path.abspath(cache_dir)})
   return 0
 
 
 if __name__ == "__main__":
   cli.define_config_flag()
-  flags.DEFINE_string("text_encoder", None, "converted text encoder (python -m convert.text_encoder)", required=True)
+  cli.define_dry_run_flag()
+  flags.DEFINE_string("text_encoder", None, "converted text encoder (python -m convert.text_encoder); default "
+                      "model.text_encoder.path, or the random stand-in of a tiny config")
   flags.DEFINE_string("tokenizer", None, "local tokenizer folder (default: the encoder's source folder)")
   flags.DEFINE_string("cache_dir", None, "cache folder (default: config.dataloader_train.dataset.text_cache_dir)")
   flags.DEFINE_bool("projected", False, "cache crossattn_proj(embedding) (1024-d) instead of the raw embedding")
   flags.DEFINE_string("crossattn_proj", None, "with --projected: DiT checkpoint or .npz holding the projection")
   flags.DEFINE_integer("batch_size", 1, "captions per forward")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "text encoder compute dtype")
-  flags.mark_flags_as_required(["config"])
-  cli.run(main)
+  cli.run(main, required=("config",), bad_input=preflight.USER_ERRORS)

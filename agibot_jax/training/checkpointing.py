@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from agibot_jax import params_io
 
@@ -95,7 +96,8 @@ def make_manager(workdir: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "config"))
 
 
-def _config_json(config) -> dict:
+def config_json(config) -> dict:
+  """The config as a checkpoint stores it (JSON: tuples become lists)."""
   return json.loads(config.to_json_best_effort())
 
 
@@ -104,7 +106,7 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, con
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(_config_json(config)),
+      config=ocp.args.JsonSave(config_json(config)),
   ), force=True)
 
 
@@ -275,7 +277,7 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 def check_resume_config(saved: dict, config, step: int) -> None:
   """Refuses (ResumeError) a checkpoint written with another model or data layout, naming the keys; warns about any
   other changed setting (the current value is used)."""
-  structural, other = config_changes(saved, _config_json(config))
+  structural, other = config_changes(saved, config_json(config))
   if structural:
     raise ResumeError(f"checkpoint {step} was written for another model or data layout ({'; '.join(structural)}): "
                       "set these back, or train in a new --workdir")
@@ -298,7 +300,8 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
     raise FileNotFoundError(f"{directory}: no complete checkpoint")
   path = os.path.join(directory, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
-  stored = checkpointer.metadata(path).item_metadata.tree
+  # The item's own metadata: the checkpointer's would look for a step's metadata file inside the item and warn.
+  stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree
   branch = "ema" if use_ema else "trainable"
   if not stored.get(branch):
     raise ValueError(f"{directory}: the run kept no EMA (ema.enabled=False); use the regular weights (--no_ema)")
@@ -315,3 +318,15 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
   flat = traverse_util.flatten_dict(out["frozen"])
   flat.update(traverse_util.flatten_dict(out[branch]))
   return step, traverse_util.unflatten_dict(flat)
+
+
+def saved_config(workdir: str) -> tuple[int, dict] | None:
+  """(step, config JSON) of a run's newest complete checkpoint (the one `restore_weights` reads), None without one."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return None
+  with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

@@ -11,6 +11,7 @@ import pytest
 from agibot_jax import registry
 from agibot_jax import video_io as video
 from agibot_jax.data import layout, pipeline, synthetic
+from configs import base
 from tests.conftest import REPO
 
 
@@ -24,12 +25,16 @@ def test_default_dataset_valid_for_all_tiny_configs(tmp_path):
       assert sorted(p.name for p in (tmp_path / folder / view).iterdir()) == ["synthetic_000.mp4",
                                                                                 "synthetic_001.mp4"]
       info = video.probe(str(tmp_path / folder / view / "synthetic_000.mp4"))
-      assert (info.num_frames, info.height, info.width, info.fps) == (16, 96, 160, 16.0)
+      assert (info.num_frames, info.height, info.width, info.fps) == (16, 96, 144, 16.0)
   caption = json.loads((tmp_path / "captions/hand_left/synthetic_001.json").read_text())["caption"]
   assert caption.startswith("A synthetic tabletop scene")
   for control_type in registry.control_types():  # tiny configs need 9 frames
     samples, problems = layout.scan(str(tmp_path), registry.VIEW_NAMES, control_type, 9)
     assert problems == [] and len(samples) == 2
+    # Issue 31, item 4: the tiny configs' aspect ratio, so checking the example warns about no stretched view.
+    tiny_hw = base.get_config(control_type, "tiny").dataloader_train.dataset.resolution_hw
+    assert layout.aspect_mismatches(samples, registry.VIEW_NAMES, tiny_hw) == {}
+  assert json.loads(result.stdout.strip().splitlines()[-1])["samples"] == ["synthetic_000", "synthetic_001"]
 
 
 def test_views_and_controls_are_consistent(synthetic_dir):

@@ -69,7 +69,7 @@ def test_load_rejects_other_checkpoints(tmp_path):
 
 
 def test_text_provider_from_config(encoder_dir, tokenizer_dir, tmp_path):
-  from agibot_jax import assemble
+  from agibot_jax import assemble, preflight
   from agibot_jax.text.cache import TextEmbeddingCache, cache_meta
   from configs import edge
 
@@ -77,7 +77,7 @@ def test_text_provider_from_config(encoder_dir, tokenizer_dir, tmp_path):
   config.model.allow_random_init = False
   config.model.net.crossattn_proj_in_channels = 64  # the test encoder's FULL_CONCAT width
   config.model.text_encoder.num_tokens = config.model.net.text_tokens_per_view = 512
-  provider = lambda c: assemble.build_text_provider(assemble.resolve(c), assemble.dit_config(c))
+  provider = lambda c: assemble.build_text_provider(preflight.resolve(c), assemble.dit_config(c))
   with pytest.raises(ValueError, match="model.text_encoder.path"):
     provider(config)
   config.model.text_encoder.path = encoder_dir

@@ -1,5 +1,6 @@
 """agibot_jax/text/precompute.py: distinct captions, skipping, and the CLI in raw and projected modes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import preflight, registry
 from agibot_jax.data import synthetic
 from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.params_io import save_params
@@ -42,8 +43,13 @@ def _config(dataset):
   return config
 
 
+def _captions(dataset):
+  config = preflight.resolve(_config(dataset))
+  return dataset_captions(preflight.prepare_dataset(config), config.dataloader_train.dataset.views)
+
+
 def test_distinct_captions_and_skip(dataset, tmp_path):
-  captions = dataset_captions(_config(dataset))
+  captions = _captions(dataset)
   views = registry.VIEW_NAMES
   assert captions == [*registry.view_captions(PROMPTS[0], views), registry.view_captions(PROMPTS[1], views)[0],
                       registry.view_captions(PROMPTS[2], views)[0]]
@@ -74,12 +80,12 @@ def test_cli_raw_and_projected(dataset, tokenizer_dir, tmp_path):
   raw = subprocess.run(base + ["--cache_dir", str(tmp_path / "raw")], cwd=REPO, env=env,
                        capture_output=True, text=True)
   assert raw.returncode == 0, raw.stderr
-  assert "5 distinct captions, 5 computed" in raw.stdout
+  assert json.loads(raw.stdout.strip().splitlines()[-1])["computed"] == 5
   proj = subprocess.run(base + ["--cache_dir", str(tmp_path / "proj"), "--projected", "--crossattn_proj",
                                 str(tmp_path / "proj.npz")], cwd=REPO, env=env, capture_output=True, text=True)
   assert proj.returncode == 0, proj.stderr
 
-  captions = dataset_captions(_config(dataset))
+  captions = _captions(dataset)
   want = OnlineTextEmbedder.from_paths(enc, tokenizer_dir, dtype="float32", attention="xla").embed(captions)
   got_raw = TextEmbeddingCache(str(tmp_path / "raw")).embed(captions)
   # The raw cache stores bf16: within bf16 rounding of O(1) standardised values.
@@ -88,3 +94,29 @@ def test_cli_raw_and_projected(dataset, tokenizer_dir, tmp_path):
   proj_cache.check_projection(kernel, bias)
   np.testing.assert_allclose(proj_cache.embed(captions), np.asarray(project_context(want, kernel, bias)),
                              atol=1e-4)
+
+
+def test_tiny_config_precomputes_with_a_random_encoder_and_full_size_asks_for_one():
+  """Issue 31, item 3: without --text_encoder a :tiny config precomputes with a random stand-in encoder (so the
+  README's cache step runs without the 7B weights); a full-size config asks for a converted one. (That its
+  embeddings are those of the training run's own random encoder: the slow test below.)"""
+  from agibot_jax import cli
+  from agibot_jax.text import precompute as precompute_lib
+
+  _, meta = precompute_lib.text_embedder(preflight.resolve(base.get_config("edge", "tiny")), "", None,
+                                         dtype="float32", batch_size=1)
+  assert meta == {"channels": 96, "text_encoder": "random (seed 2)", "num_tokens": 512, "dtype": "float32"}
+  with pytest.raises(cli.UsageError, match="no text encoder: pass --text_encoder"):
+    precompute_lib.text_embedder(preflight.resolve(base.get_config("edge")), "", None, dtype="float32", batch_size=1)
+
+
+@pytest.mark.slow  # compiles the tiny random encoder twice (25 s on a loaded 2-core machine)
+def test_tiny_random_cache_holds_what_the_training_run_embeds_online():
+  from agibot_jax import assemble
+  from agibot_jax.text import precompute as precompute_lib
+
+  config = preflight.resolve(base.get_config("edge", "tiny"))
+  embed, _ = precompute_lib.text_embedder(config, "", None, dtype="float32", batch_size=1)
+  caption = registry.view_captions("a cup", registry.VIEW_NAMES)[:1]
+  online = assemble.random_text_embedder(config, assemble.dit_config(config))
+  np.testing.assert_array_equal(embed(caption), online.embed(caption))

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agibot_jax import assemble
+from agibot_jax import assemble, preflight
 from agibot_jax import train as train_lib
 from agibot_jax.data import layout
 from agibot_jax.training import checkpointing, loop
@@ -238,7 +238,7 @@ def abstract(state: TrainState) -> TrainState:
 def write_checkpoints(workdir: str, config, steps=(1, 2)) -> str:
   with checkpointing.make_manager(workdir, config) as manager:
     for step in steps:
-      checkpointing.save(manager, tiny_state(step), {"position": step}, assemble.resolve(config))
+      checkpointing.save(manager, tiny_state(step), {"position": step}, preflight.resolve(config))
   return checkpointing.checkpoint_dir(workdir)
 
 
@@ -266,7 +266,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
   ckpts = write_checkpoints(str(tmp_path), config)
   corrupt(os.path.join(ckpts, "2"), how)
   with checkpointing.make_manager(str(tmp_path), config) as manager:
-    state, data = checkpointing.restore_latest(manager, abstract(tiny_state(0)), assemble.resolve(config))
+    state, data = checkpointing.restore_latest(manager, abstract(tiny_state(0)), preflight.resolve(config))
   assert int(state.step) == 1 and data == {"position": 1}
   assert_same(state.trainable, tiny_state(1).trainable, "restored step 1")
   warnings = our_warnings(caplog)
@@ -285,7 +285,7 @@ def test_strict_resume_stops_on_a_corrupt_checkpoint(tmp_path):
   corrupt(os.path.join(ckpts, "2"), "deleted_manifest")
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     with pytest.raises(checkpointing.ResumeError, match=r"checkpoint 2: .*/2/state does not restore .*strict_resume"):
-      checkpointing.restore_latest(manager, abstract(tiny_state(0)), assemble.resolve(config), strict=True)
+      checkpointing.restore_latest(manager, abstract(tiny_state(0)), preflight.resolve(config), strict=True)
   assert sorted(os.listdir(ckpts)) == ["1", "2"]
 
 
@@ -296,7 +296,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
     corrupt(os.path.join(ckpts, step), "deleted_state")
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     with pytest.raises(checkpointing.ResumeError, match=r"none of the checkpoints \[2, 1\] restores"):
-      checkpointing.restore_latest(manager, abstract(tiny_state(0)), assemble.resolve(config))
+      checkpointing.restore_latest(manager, abstract(tiny_state(0)), preflight.resolve(config))
 
 
 @pytest.mark.parametrize("key, value, refused", [
@@ -313,7 +313,7 @@ def test_resume_refuses_a_structural_change(tmp_path, key, value, refused):
   set_key(changed, key, value)
   with checkpointing.make_manager(str(tmp_path), changed) as manager:
     with pytest.raises(checkpointing.ResumeError, match="checkpoint 2 was written for another model") as err:
-      checkpointing.restore_latest(manager, abstract(tiny_state(0)), assemble.resolve(changed))
+      checkpointing.restore_latest(manager, abstract(tiny_state(0)), preflight.resolve(changed))
   assert refused in str(err.value)
 
 
@@ -326,7 +326,7 @@ def test_resume_warns_on_optimizer_changes_and_ignores_paths_and_lengths(tmp_pat
                      "model.net.remat_policy": "full"}.items():
     set_key(changed, key, value)
   with checkpointing.make_manager(str(tmp_path), changed) as manager:
-    state, _ = checkpointing.restore_latest(manager, abstract(tiny_state(0)), assemble.resolve(changed))
+    state, _ = checkpointing.restore_latest(manager, abstract(tiny_state(0)), preflight.resolve(changed))
   assert int(state.step) == 2
   warnings = our_warnings(caplog)
   assert len(warnings) == 1, warnings
@@ -356,7 +356,7 @@ def test_failed_async_save_stops_the_loop_at_the_next_step(tmp_path, monkeypatch
 
   config = edge.get_config("tiny")
   manager = checkpointing.make_manager(str(tmp_path), config)
-  saver = checkpointing.Saver(manager, assemble.resolve(config), data_state=lambda: {"position": 0})
+  saver = checkpointing.Saver(manager, preflight.resolve(config), data_state=lambda: {"position": 0})
   write, disk = serialization.async_serialize_from_host, {"full": False}
 
   async def write_unless_full(*args, **kwargs):
@@ -423,13 +423,13 @@ def tiny(dataset_dir: str, **overrides):
 ])
 def test_bad_config_values_are_refused_naming_the_key(tmp_path, no_models, key, value):
   workdir = tmp_path / "run"
-  with pytest.raises(assemble.ConfigError, match=key.replace(".", r"\.") if not key.startswith("mesh") else "mesh"):
+  with pytest.raises(preflight.ConfigError, match=key.replace(".", r"\.") if not key.startswith("mesh") else "mesh"):
     train_lib.train(tiny(str(tmp_path / "data"), **{key: value}), str(workdir))
   assert not workdir.exists(), "nothing is created for a config that cannot run"
 
 
 def test_valid_tiny_config_passes():
-  assemble.check_config(assemble.resolve(edge.get_config("tiny"), "/tmp/x"))
+  preflight.check_config(preflight.resolve(edge.get_config("tiny"), "/tmp/x"))
 
 
 @pytest.mark.parametrize("workdir, why", [
@@ -441,7 +441,7 @@ def test_unwritable_workdir_is_refused_before_any_model(tmp_path, no_models, wor
   if workdir == "file":
     workdir = str(tmp_path / "file")
     open(workdir, "w").close()
-  with pytest.raises(assemble.ConfigError, match=f"^--workdir {workdir}: {why}"):
+  with pytest.raises(preflight.ConfigError, match=f"^--workdir {workdir}: {why}"):
     train_lib.train(tiny(str(tmp_path / "data")), workdir)
 
 
@@ -463,4 +463,4 @@ def test_failure_while_building_leaves_no_run_files(tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   with pytest.raises(RuntimeError, match="out of memory"):
     train_lib.train(tiny(""), str(workdir))
-  assert sorted(os.listdir(workdir)) == [assemble.EXAMPLE_DATA], "no checkpoints/, metrics.jsonl or tensorboard/"
+  assert sorted(os.listdir(workdir)) == [preflight.EXAMPLE_DATA], "no checkpoints/, metrics.jsonl or tensorboard/"

@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from agibot_jax import assemble, sharding
+from agibot_jax import assemble, preflight, sharding
 from agibot_jax import train as train_lib
 from agibot_jax.data import synthetic
 from agibot_jax.models import dit
@@ -147,7 +147,7 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   mesh = sharding.make_mesh(**config.mesh)
   manager = checkpointing.make_manager(resumed, config)
   restored, data_state, shardings = assemble.init_or_restore(
-      assemble.resolve(config), resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config), manager)
+      preflight.resolve(config), resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config), manager)
   manager.close()
   assert data_state == data2
   assert_trees_equal(jax.tree.map(np.asarray, restored), state2, "restored step-2 state")
@@ -186,7 +186,7 @@ def test_low_memory_plan_trains_the_same_and_resumes_across_plans(dataset_dir, t
     np.testing.assert_allclose(got[step]["loss"], want[step]["loss"], rtol=1e-5, err_msg=str(step))
     np.testing.assert_allclose(got[step]["grad_norm"], want[step]["grad_norm"], rtol=1e-5, err_msg=str(step))
 
-  resolved = assemble.resolve(config, low)
+  resolved = preflight.resolve(config, low)
   cfg, mesh = dit.DiTConfig.from_config(resolved.model.net), sharding.make_mesh(**config.mesh)
   manager = checkpointing.make_manager(low, resolved)
   state, _, _ = assemble.init_or_restore(resolved, low, cfg, mesh, optim.make_optimizer(config),
@@ -280,3 +280,32 @@ def test_sigterm_writes_the_current_step_and_exits_143(dataset_dir, tmp_path):
   last = max(loop.read_metrics(workdir))
   assert finalised_steps(checkpointing.checkpoint_dir(workdir)) == [last], out[-3000:]
   assert f"SIGTERM: stopped after step {last}; checkpoint {last} written" in out, out[-3000:]
+
+
+def test_end_of_run_says_whether_it_learned():
+  """Issue 31, item 8: the loss over the first and the last tenth of the logged steps, the validation loss, the
+  skipped non-finite steps; too few steps are said to be too few."""
+  metrics = {s: {"loss": 2.0 - s / 100, "nonfinite": float(s == 7)} for s in range(1, 41)}
+  metrics[20]["val/loss"], metrics[40]["val/loss"] = 0.9, 0.7
+  lines, numbers = train_lib.learning_summary(metrics)
+  assert numbers == {"nonfinite_steps": 1, "loss_first_tenth": pytest.approx(1.975), "loss_last_tenth":
+                     pytest.approx(1.615), "val_loss_first": 0.9, "val_loss_last": 0.7}
+  assert lines == ["loss: 1.975 over the first 4 logged step(s), 1.615 over the last 4 (lower: it learns)",
+                   "validation loss: 0.9 at the first validation, 0.7 at the last", "non-finite steps skipped: 1"]
+  lines, _ = train_lib.learning_summary({1: {"loss": 1.6}, 2: {"loss": 2.5}})
+  assert "only 2 logged step(s): too few to tell" in lines[0]
+
+
+def test_end_of_run_prints_the_outputs_and_the_commands_for_its_checkpoint(tmp_path):
+  """Issue 31, item 8: where the samples, metrics.jsonl and TensorBoard events are, and sample and eval commands
+  that run as printed (the data paths come from the checkpoint; tests/test_readme.py runs these commands)."""
+  workdir = str(tmp_path / "run")
+  argv = ["train.py", "--config", "configs/edge.py:tiny", "--workdir", workdir, "--config.model.net.num_blocks=2"]
+  lines = train_lib.next_steps(argv, edge.get_config("tiny"), workdir)
+  assert f"sample videos (every 4 steps): {workdir}/samples" in lines
+  assert any(f"{workdir}/metrics.jsonl" in l and f"tensorboard --logdir {workdir}/tensorboard" in l for l in lines)
+  sample = next(l for l in lines if l.startswith("next, sample: "))
+  assert sample == ("next, sample: python -m agibot_jax.sample --config configs/edge.py:tiny "
+                    f"--config.model.net.num_blocks=2 --checkpoint {workdir} --out {workdir}/sample.mp4")
+  assert any(l.startswith("next, evaluate: python -m agibot_jax.eval --config configs/edge.py:tiny") and
+             "--config.dataloader_val.dataset_dir=HELD_OUT" in l for l in lines)
