@@ -113,10 +113,6 @@ def define_dry_run_flag() -> None:
                     "checkpoint, the output locations), print the result line and exit without building a model")
 
 
-def dry_run() -> bool:
-  return "dry_run" in flags.FLAGS and flags.FLAGS.dry_run
-
-
 @dataclasses.dataclass(frozen=True)
 class CommandLine:
   """A command line after the positional overrides were rewritten."""
@@ -208,7 +204,7 @@ def _flags_parser(argv: list[str], typed: dict[str, str]) -> list[str]:
   """absl's parser; an error is one line naming the argument as typed."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:  # config_flags raises the latter
     message = _first_line(e)
     for rewritten, original in typed.items():
       message = message.replace(rewritten, original)
@@ -232,7 +228,7 @@ def print_help(positional: Sequence[str]) -> None:
 def print_result(result: dict) -> None:
   """The command's last line on stdout: its result as one JSON object (process 0 of a multi-process run)."""
   jax = sys.modules.get("jax")
-  if jax is None or jax.process_index() == 0:
+  if jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0:
     print(json.dumps(result), flush=True)
 
 

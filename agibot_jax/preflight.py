@@ -13,8 +13,9 @@ command exits with status 2), or a `layout.DatasetError` listing every problem o
   check_weights_given    weights for every model a full-size run builds (random ones: tiny configs only)
   check_workdir, check_output
                          output locations: created, writable, not a file where a folder is needed (or the reverse)
-  find_checkpoint, check_checkpoint_config
-                         `--checkpoint`: exists, what it is, and whether its model is the config's
+  find_checkpoint, check_checkpoint_config, check_resume
+                         `--checkpoint` (or a resumed workdir): exists, what it is, and whether its model is the
+                         config's (training's key lists, `checkpointing.config_changes`)
   prepare_dataset        the dataset (the embedded example written first if needed), validated
 
   for_training      train                 for_sampling    sample, eval          for_latent_cache  cache_latents
@@ -48,16 +49,12 @@ log = logging.getLogger(__name__)
 EXAMPLE_DATA = "example_data"
 DATASET_DIR = "dataloader_train.dataset.dataset_dir"
 BUNDLE_PARTS = {"vae": ("model", "tokenizer", "path"), "text_encoder": ("model", "text_encoder", "path")}
-# Input paths a config can name; absolute after `resolve`. A sampling command takes those it leaves empty from the
-# config of the training run it reads.
-INPUT_PATHS = ("dataloader_train.dataset.dataset_dir", "dataloader_train.dataset.text_cache_dir",
-               "dataloader_train.dataset.latent_cache_dir", "dataloader_val.dataset_dir", "checkpoint.load_path",
-               "model.tokenizer.path", "model.text_encoder.path", "model.text_encoder.tokenizer")
-# What each input path must hold: a folder, a cache folder (its index) and the command that writes one, or a
-# converted model (its agibot_meta.json `model`).
+# The input paths a config can name (absolute after `resolve`) and what each must hold: a folder, a cache folder (its
+# index) and the command that writes one, or a converted model (its agibot_meta.json `model`). A sampling command
+# takes those it leaves empty from the config of the training run it reads.
 _FOLDER, _CACHE, _CONVERTED = "folder", "cache", "converted"
 PATH_KINDS = {
-    "dataloader_train.dataset.dataset_dir": (_FOLDER, None),
+    DATASET_DIR: (_FOLDER, None),
     "dataloader_train.dataset.text_cache_dir": (_CACHE, "python -m agibot_jax.text.precompute"),
     "dataloader_train.dataset.latent_cache_dir": (_CACHE, "python -m agibot_jax.cache_latents"),
     "dataloader_val.dataset_dir": (_FOLDER, None),
@@ -66,6 +63,7 @@ PATH_KINDS = {
     "model.text_encoder.path": (_CONVERTED, params_io.MODEL_TEXT_ENCODER),
     "model.text_encoder.tokenizer": (_FOLDER, None),
 }
+INPUT_PATHS = tuple(PATH_KINDS)
 # Parameters above which a DiT is refused on a machine without a GPU (the tiny configs have 2 M, the 2B 2.4 G).
 CPU_MAX_PARAMS = 2e8
 # The user errors of the commands: reported in one line (a dataset: every problem listed), exit status 2.

@@ -21,8 +21,9 @@ the dataset (file controls). With `--control_videos` (one control video per view
 `--prompt` no dataset is needed; there is then no input video, so no clean first frame: `--num_cond_frames` must be 0.
 
 Writes `--out` (mp4: one row per control weight, then the input video when there is one, then the control pixels;
-views side by side) and the frame strip `<out stem>_<n>frames.jpg` beside it (12 frames, or all of a shorter clip). A progress bar follows the denoising
-steps, which run as one compiled loop (cond/uncond batched, guidance and control weight traced values).
+views side by side) and the frame strip `<out stem>_<n>frames.jpg` beside it (12 frames, or all of a shorter clip).
+A progress bar follows the denoising steps, which run as one compiled loop (cond/uncond batched, guidance and
+control weight traced values). `--dry_run` runs the up-front checks only (agibot_jax/preflight.py).
 """
 
 from __future__ import annotations

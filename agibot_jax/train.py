@@ -10,11 +10,12 @@ r"""Post-training of the Agibot 3-view control DiT.
 Reads top to bottom: the up-front checks (config values, every path it names, the workdir, the newest checkpoint's
 model and the dataset, before any model is built: agibot_jax/preflight.py; `--dry_run` stops after them), mesh,
 models, state (fresh or resumed from the workdir), data, loop (agibot_jax/training/loop.py). At the end it says
-whether the loss went down, where the outputs are, and the `sample` and `eval` commands for the checkpoint. Each run writes
-`<workdir>/checkpoints/<step>` (train state, data iterator position, config JSON), `<workdir>/tensorboard` and
-`<workdir>/metrics.jsonl`, created once everything is built. Rerunning the same command resumes from the newest
-checkpoint that restores. A run that cannot go on (bad config or data, failed save, non-finite steps, SIGTERM or
-SIGINT) ends with one line saying why and a non-zero exit status (README, Reliability).
+whether the loss went down, where the outputs are, and the `sample` and `eval` commands for the checkpoint. Each
+run writes `<workdir>/checkpoints/<step>` (train state, data iterator position, config JSON),
+`<workdir>/tensorboard` and `<workdir>/metrics.jsonl`, created once everything is built. Rerunning the same command
+resumes from the newest checkpoint that restores. A run that cannot go on (bad config or data, failed save,
+non-finite steps, SIGTERM or SIGINT) ends with one line saying why and a non-zero exit status (README, Reliability;
+a user error: exit status 2).
 
 `checkpoint.load_path` is a directory written by `python -m convert.dit` (the DiT alone) or a bundle directory with
 `dit/`, `vae/` and `text_encoder/` sub-directories written by the three converters. The VAE and text encoder may also

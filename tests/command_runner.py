@@ -22,8 +22,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Imported before the forks, so that each command finds them loaded (what the commands import at the top).
 PRELOAD = ("jax", "jax.numpy", "flax.linen", "optax", "orbax.checkpoint", "grain", "cv2", "tensorboardX",
-           "ml_collections", "absl.app", "agibot_jax.assemble", "agibot_jax.preflight", "agibot_jax.evaluation.validation",
-           "agibot_jax.sampling.callback", "agibot_jax.training.loop")
+           "ml_collections", "absl.app", "agibot_jax.assemble", "agibot_jax.preflight",
+           "agibot_jax.evaluation.validation", "agibot_jax.sampling.callback", "agibot_jax.training.loop")
 
 
 @dataclasses.dataclass(frozen=True)

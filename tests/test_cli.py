@@ -48,8 +48,8 @@ def ran(tmp_path_factory):
   tiny = ["--config", "configs/seg.py:tiny"]
   sample = ["agibot_jax.sample", "--config", "configs/edge.py:tiny"]
   lines = {
-      "flags": ["agibot_jax.data.inspect", *tiny, "--config.trainer.max_iter=7", "--config.scheduler.warm_up_steps=(3,)",
-                "--print_config"],
+      "flags": ["agibot_jax.data.inspect", *tiny, "--config.trainer.max_iter=7",
+                "--config.scheduler.warm_up_steps=(3,)", "--print_config"],
       "positional": ["agibot_jax.data.inspect", *tiny, "--", "trainer.max_iter=7", "scheduler.warm_up_steps=[3]",
                      "job.wandb_mode=disabled", "--print_config"],
       "stray": ["agibot_jax.data.inspect", *tiny, "stray", "--print_config"],
@@ -62,7 +62,8 @@ def ran(tmp_path_factory):
       "config_arg_typo": ["agibot_jax.train", "--config", "configs/seg.py:tine", "--workdir", "w"],
       "key_typo": ["agibot_jax.train", *tiny, "--workdir", "w", "trainer.max_itr=5"],
       "value_typo": ["agibot_jax.train", *tiny, "--workdir", "w", "trainer.max_iter=five"],
-      "experiment_tiny": ["agibot_jax.train", "--workdir", "w", "experiment=transfer2_agibot_posttrain_seg_example:tiny"],
+      "experiment_tiny": ["agibot_jax.train", "--workdir", "w",
+                          "experiment=transfer2_agibot_posttrain_seg_example:tiny"],
       "print_config_train": ["agibot_jax.train", *tiny, "--print_config"],
       "print_config_sample": [*sample, "--print_config"],
       "print_config_eval": ["agibot_jax.eval", "--config", "configs/edge.py:tiny", "--print_config"],

@@ -5,6 +5,7 @@ the same checks through the commands, one line on stderr and exit status 2, are 
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -21,7 +22,8 @@ from tests.conftest import write_config_checkpoint
 def tiny(control_type="edge", **overrides):
   config = base.get_config(control_type, "tiny")
   for key, value in overrides.items():
-    preflight._set(config, key, value)  # pylint: disable=protected-access
+    *parents, leaf = key.split(".")
+    setattr(functools.reduce(getattr, parents, config), leaf, value)
   return config
 
 

@@ -7,8 +7,8 @@ The JSON (`agibot_jax.eval`):
    "samples": [{"sample_id", "scores": {metric: value}, "image": file name of its frame grid}]}
 The HTML page shows the same numbers and the grid images (paths relative to the page, so the folder can move).
 A sample's grid (`frame_grid`) has one row per (view, video) (per view: generated, ground truth, control) and a
-column per frame, so the three can be compared frame by frame; each row and column is labelled. Every file is written atomically (a temporary file
-renamed into place).
+column per frame, so the three can be compared frame by frame; each row and column is labelled. Every file is
+written atomically (a temporary file renamed into place).
 """
 
 from __future__ import annotations

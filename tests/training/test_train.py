@@ -147,7 +147,8 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   mesh = sharding.make_mesh(**config.mesh)
   manager = checkpointing.make_manager(resumed, config)
   restored, data_state, shardings = assemble.init_or_restore(
-      preflight.resolve(config), resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config), manager)
+      preflight.resolve(config), resumed, cfg, mesh, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config),
+      manager)
   manager.close()
   assert data_state == data2
   assert_trees_equal(jax.tree.map(np.asarray, restored), state2, "restored step-2 state")
