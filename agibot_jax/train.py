@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from agibot_jax import assemble, cli, flops, preflight
+from agibot_jax import assemble, cli, flops, memory_plans, preflight
 from agibot_jax.data import pipeline
 from agibot_jax.evaluation import scoring, validation
 from agibot_jax.models import dit
@@ -69,8 +69,7 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
   mesh = assemble.make_mesh(config)
   vae_model, vae_params = assemble.build_vae(config, mesh)
   text_provider = assemble.build_text_provider(config, assemble.dit_config(config))
-  if config.model.memory_budget_gib > 0:
-    config = assemble.choose_memory_plan(config, mesh, text_provider.dim)
+  config = memory_plans.choose(config, mesh, text_provider.dim)
   cfg = assemble.dit_config(config)
   model = dit.MultiViewControlDiT(cfg)
 
