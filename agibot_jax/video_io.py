@@ -164,14 +164,30 @@ def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int 
 
   imageio-ffmpeg writes H.264/yuv420p: near-lossless (crf 12) by default, or at imageio's `quality` (0..10).
   OpenCV's pip wheels carry no H.264 encoder (licensing), so its fallback writes MPEG-4 part 2 (`mp4v`).
+  The video is encoded under a temporary name in the same folder and renamed into place, so an interrupted or
+  failed write leaves the previous file or none, never a partial one under `path`.
   """
   frames_THWC = np.ascontiguousarray(frames_THWC, dtype=np.uint8)
-  t, h, w, c = frames_THWC.shape
-  if c != 3:
+  if frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3:
     raise ValueError(f"{path}: expected RGB frames (T, H, W, 3), got {frames_THWC.shape}")
   if backend not in ("auto", "imageio_ffmpeg", "opencv"):
     raise ValueError(f"backend must be auto, imageio_ffmpeg or opencv, got {backend!r}")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.mp4")  # the encoders take the container from the suffix
+  try:
+    used = _encode_mp4(tmp, frames_THWC, fps, quality, backend, shown=path)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return used
+
+
+def _encode_mp4(path: str, frames_THWC: np.ndarray, fps: float, quality: int | None, backend: str, *,
+                shown: str) -> str:
+  """`write_video`'s encoding into `path`; errors name `shown`, the file the user asked for."""
+  _, h, w, _ = frames_THWC.shape
   if backend == "imageio_ffmpeg" or (backend == "auto" and importlib.util.find_spec("imageio_ffmpeg") is not None):
     import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
 
@@ -179,14 +195,18 @@ def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int 
     writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
                                          macro_block_size=1, ffmpeg_log_level="error", **settings)
     writer.send(None)
-    for frame in frames_THWC:
-      writer.send(frame)
-    writer.close()
+    try:
+      for frame in frames_THWC:
+        writer.send(frame)
+    finally:
+      writer.close()  # ffmpeg has exited, and closed the file, when this returns
     return "imageio_ffmpeg"
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
   if not writer.isOpened():
-    raise VideoError(f"{path}: OpenCV cannot open an mp4 writer")
-  for frame in frames_THWC:
-    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  writer.release()
+    raise VideoError(f"{shown}: OpenCV cannot open an mp4 writer")
+  try:
+    for frame in frames_THWC:
+      writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  finally:
+    writer.release()
   return "opencv"

@@ -48,3 +48,28 @@ def test_backend_names():
   assert video.resolve_backend("auto") == "imageio"
   with pytest.raises(ValueError, match="decord"):
     video.resolve_backend("decord")
+
+
+@pytest.mark.parametrize("backend", ["imageio_ffmpeg", "opencv"])
+def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path, monkeypatch, backend):
+  """Issue 33, row 3 (results written atomically): a write that fails after its first frame leaves the previous
+  video under its name, whole, and no temporary file beside it."""
+  path = tmp_path / "out.mp4"
+  video.write_video(str(path), np.full((4, 16, 16, 3), 100, np.uint8), 8.0, backend=backend)
+  before = path.read_bytes()
+
+  encode = video._encode_mp4  # pylint: disable=protected-access
+
+  def interrupted(tmp, frames_THWC, *args, **kwargs):
+    class Frames:  # Ctrl-C after the first frame was encoded
+      shape = frames_THWC.shape
+
+      def __iter__(self):
+        yield frames_THWC[0]
+        raise KeyboardInterrupt
+    return encode(tmp, Frames(), *args, **kwargs)
+
+  monkeypatch.setattr(video, "_encode_mp4", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    video.write_video(str(path), np.zeros((4, 16, 16, 3), np.uint8), 8.0, backend=backend)
+  assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]

@@ -26,6 +26,7 @@ import pathlib
 import cv2
 import numpy as np
 
+from agibot_jax import utils
 from agibot_jax import video_io as video
 
 MAX_VIDEO_WIDTH = 2048
@@ -148,10 +149,12 @@ def shrink_longer_side(image_HWC: np.ndarray, size: int) -> np.ndarray:
 
 
 def write_jpeg(path: str | os.PathLike, image_HWC: np.ndarray) -> None:
-  """Writes a [0, 1] float RGB image as JPEG (quality 75, PIL's default)."""
+  """Writes a [0, 1] float RGB image as JPEG (quality 75, PIL's default), atomically."""
   image = np.clip(np.asarray(image_HWC, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75]):
-    raise RuntimeError(f"{path}: could not write JPEG")
+  ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
+  if not ok:
+    raise RuntimeError(f"{path}: could not encode JPEG")
+  utils.atomic_write(str(path), lambda f: f.write(encoded.tobytes()))
 
 
 def save_sample_outputs(
