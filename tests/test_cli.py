@@ -45,6 +45,7 @@ def ran(tmp_path_factory):
   gone = edge.get_config("tiny")
   gone.dataloader_train.dataset.dataset_dir = str(root / "gone")
   write_config_checkpoint(str(root / "run_of_gone_data"), gone)
+  (root / "no_videos").mkdir()
   tiny = ["--config", "configs/seg.py:tiny"]
   sample = ["agibot_jax.sample", "--config", "configs/edge.py:tiny"]
   lines = {
@@ -79,6 +80,10 @@ def ran(tmp_path_factory):
       "sample_dry_run": [*sample, "--checkpoint", "run", "--out", "o.mp4", "--sample_id", "synthetic_000",
                          "--dry_run"],
       "bad_sample_id": [*sample, "--checkpoint", "run", "--out", "o.mp4", "--sample_id", "synthetic_009"],
+      "sample_bad_dataset": [*sample, "--checkpoint", "run", "--out", "o.mp4",
+                             "--config.dataloader_train.dataset.dataset_dir=no_videos"],
+      "eval_bad_dataset": ["agibot_jax.eval", "--config", "configs/edge.py:tiny", "--checkpoint", "run",
+                           "--config.dataloader_train.dataset.dataset_dir=no_videos"],
   }
   results = command_runner.run_commands(list(lines.values()), cwd=str(root), stop_on_error=False)
   return dict(zip(lines, results)), root
@@ -182,6 +187,15 @@ def test_dataset_problems_of_sample_are_one_line_before_any_model(ran):
   """Issue 31, items 1 and 2: the dataset the checkpoint was trained on, checked up front."""
   _one_line_error(ran[0]["trained_data_gone"], "gone (from the config checkpoint 1 was trained with): not found")
   _one_line_error(ran[0]["bad_sample_id"], "--sample_id 'synthetic_009' is not in")
+
+
+@pytest.mark.parametrize("name", ["sample_bad_dataset", "eval_bad_dataset"])
+def test_a_dataset_error_of_sample_and_eval_is_listed_without_a_traceback(ran, name):
+  """Issue 31, item 2: a DatasetError (here a folder without videos/) ends the command with its problems listed,
+  exit status 2, no traceback."""
+  result = ran[0][name]
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert f"error: dataset {ran[1] / 'no_videos'} has 1 problem(s):" in result.stderr, result.stderr[-3000:]
 
 
 def test_dry_run_checks_and_ends_with_its_json_line(ran):

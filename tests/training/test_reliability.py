@@ -28,6 +28,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -190,7 +191,7 @@ def read_until(proc: subprocess.Popen, line: str) -> None:
 
 def printed(out: str) -> list[str]:
   """The child's own lines, without the progress bar drawn before them."""
-  return [ln.rsplit("step/s]", 1)[-1].strip() for ln in out.splitlines()]
+  return [ln.rsplit("]", 1)[-1].strip() if ln.startswith("train:") else ln.strip() for ln in out.splitlines()]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -434,8 +435,8 @@ def test_valid_tiny_config_passes():
 
 @pytest.mark.parametrize("workdir, why", [
     ("file", "exists and is not a directory"),
-    ("/proc/agibot_jax_run", "not a writable directory"),  # cannot be created, even by root
-    ("/proc", "not a writable directory"),  # exists, no file can be written in it, even by root
+    ("/proc/agibot_jax_run", "not a writable folder"),  # cannot be created, even by root
+    ("/proc", "not a writable folder"),  # exists, no file can be written in it, even by root
 ])
 def test_unwritable_workdir_is_refused_before_any_model(tmp_path, no_models, workdir, why):
   if workdir == "file":
@@ -458,7 +459,7 @@ def test_failure_while_building_leaves_no_run_files(tmp_path, monkeypatch):
     raise RuntimeError("out of memory while loading the DiT")
 
   monkeypatch.setattr(assemble, "build_vae", lambda config, mesh: (None, None))
-  monkeypatch.setattr(assemble, "build_text_provider", lambda config, cfg: None)
+  monkeypatch.setattr(assemble, "build_text_provider", lambda config, cfg: types.SimpleNamespace(dim=96))
   monkeypatch.setattr(assemble, "initial_state", broken)
   workdir = tmp_path / "run"
   with pytest.raises(RuntimeError, match="out of memory"):
