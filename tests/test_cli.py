@@ -83,7 +83,7 @@ def ran(tmp_path_factory):
       "sample_bad_dataset": [*sample, "--checkpoint", "run", "--out", "o.mp4",
                              "--config.dataloader_train.dataset.dataset_dir=no_videos"],
       "eval_bad_dataset": ["agibot_jax.eval", "--config", "configs/edge.py:tiny", "--checkpoint", "run",
-                           "--config.dataloader_train.dataset.dataset_dir=no_videos"],
+                           "--config.dataloader_val.dataset_dir=no_videos"],
   }
   results = command_runner.run_commands(list(lines.values()), cwd=str(root), stop_on_error=False)
   return dict(zip(lines, results)), root
@@ -195,7 +195,8 @@ def test_a_dataset_error_of_sample_and_eval_is_listed_without_a_traceback(ran, n
   exit status 2, no traceback."""
   result = ran[0][name]
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-  assert f"error: dataset {ran[1] / 'no_videos'} has 1 problem(s):" in result.stderr, result.stderr[-3000:]
+  folder = ran[1] / "no_videos"
+  assert f"error: dataset {folder} has 7 problem(s):\n  - {folder}/videos/head_color: folder missing" in result.stderr
 
 
 def test_dry_run_checks_and_ends_with_its_json_line(ran):
