@@ -168,5 +168,5 @@ if __name__ == "__main__":
   flags.DEFINE_float("shift", generate.SHIFT, "time shift of the sampling schedule")
   flags.DEFINE_integer("seed", generate.NOISE_SEED, "NumPy RandomState seed of the starting noise")
   flags.DEFINE_enum("control_preset", "medium", list(controls.PRESETS), "computed controls' strength at inference")
-  flags.DEFINE_string("out", None, "output .mp4 (the 12-frame .jpg strip is written beside it)")
+  flags.DEFINE_string("out", None, "output .mp4 (its frame strip, <stem>_<n>frames.jpg, is written beside it)")
   cli.run(main, required=("config", "checkpoint", "out"), bad_input=preflight.USER_ERRORS)

@@ -76,6 +76,10 @@ def ran(tmp_path_factory):
       "row6_eval_no_checkpoint": ["agibot_jax.eval", "--config", "configs/edge.py:tiny", "--checkpoint", "absent"],
       "row3_unwritable_out": [*sample, "--checkpoint", "run", "--out", "/proc/agibot_jax/o.mp4"],
       "row2_other_model": [*sample, "--checkpoint", "run", "--out", "o.mp4", "--config.model.net.num_blocks=2"],
+      "row3_eval_unwritable_out": ["agibot_jax.eval", "--config", "configs/edge.py:tiny", "--checkpoint", "run",
+                                   "--out", "/proc/agibot_jax/eval.json"],
+      "row2_eval_other_model": ["agibot_jax.eval", "--config", "configs/edge.py:tiny", "--checkpoint", "run",
+                                "--config.model.net.num_blocks=2"],
       "trained_data_gone": [*sample, "--checkpoint", "run_of_gone_data", "--out", "o.mp4"],
       "sample_dry_run": [*sample, "--checkpoint", "run", "--out", "o.mp4", "--sample_id", "synthetic_000",
                          "--dry_run"],
@@ -171,14 +175,16 @@ def test_issue33_row6_missing_checkpoint_one_line_exit_2(ran):
   _one_line_error(ran[0]["row6_eval_no_checkpoint"], "--checkpoint absent: no such file or folder")
 
 
-def test_issue33_row3_unwritable_out_one_line_before_any_work(ran):
-  result = ran[0]["row3_unwritable_out"]
-  _one_line_error(result, "--out /proc/agibot_jax/o.mp4: not a writable folder")
+@pytest.mark.parametrize("name, out", [("row3_unwritable_out", "o.mp4"), ("row3_eval_unwritable_out", "eval.json")])
+def test_issue33_row3_unwritable_out_one_line_before_any_work(ran, name, out):
+  result = ran[0][name]
+  _one_line_error(result, f"--out /proc/agibot_jax/{out}: not a writable folder")
   assert "restored step" not in result.stderr
 
 
-def test_issue33_row2_checkpoint_of_another_model_one_line(ran):
-  result = ran[0]["row2_other_model"]
+@pytest.mark.parametrize("name", ["row2_other_model", "row2_eval_other_model"])
+def test_issue33_row2_checkpoint_of_another_model_one_line(ran, name):
+  result = ran[0][name]
   _one_line_error(result, "step 1 was trained with another model", "model.net.num_blocks: 4 -> 2")
   assert "restored step" not in result.stderr
 

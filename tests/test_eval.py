@@ -106,7 +106,7 @@ def test_bad_inputs_are_named_before_any_model(converted, held_out, tmp_path):
   config.dataloader_val.dataset_dir = str(tmp_path / "nothing")
   with pytest.raises(ValueError, match=r"dataloader_val.dataset_dir=.*nothing: not found"):
     eval_cmd.run(config, checkpoint=str(converted / "dit"), out=out)
-  with pytest.raises(FileNotFoundError, match="no such directory"):
+  with pytest.raises(ValueError, match="--checkpoint .*absent: no such file or folder"):  # a cli.UserError
     eval_cmd.run(config, checkpoint=str(tmp_path / "absent"), out=out)
 
 

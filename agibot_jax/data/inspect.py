@@ -45,7 +45,7 @@ def summary(settings: pipeline.DataSettings, samples: list[layout.Sample]) -> st
 
 def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str) -> None:
   """One sample's views side by side, the video above its control, each row and view labelled (mp4 at `path`, and
-  its 12-frame strip beside it)."""
+  its frame strip beside it: 12 frames, or all of a shorter clip)."""
   from agibot_jax.sampling import generate, video_out
 
   sample = source.load(index, rng=None)

@@ -5,10 +5,10 @@ then the EMA weights, on the current training batch: one sample per (num_cond_fr
 in that nesting order (the reference's; 2 × 1 × 3 = 6 by default), from the same RandomState(1) noise, 35 UniPC
 steps at shift 5, decoded, then the input video and the control pixels as the last two rows. Process 0 writes
 
-  <workdir>/samples/{reg|ema}_ReplicateID0000_Sample_Iter{step:09d}_3views.mp4   and   …_12frames.jpg
+  <workdir>/samples/{reg|ema}_ReplicateID0000_Sample_Iter{step:09d}_3views.mp4   and   …_<n>frames.jpg
 
-and logs the 12-frame strip to TensorBoard (`<workdir>/tensorboard`, tag `samples/{reg|ema}`). Every process
-runs the sampling (the arrays are sharded over all of them).
+and logs the frame strip (12 frames, or all of a shorter clip) to TensorBoard (`<workdir>/tensorboard`, tag
+`samples/{reg|ema}`). Every process runs the sampling (the arrays are sharded over all of them).
 
 With a `score_fn` (the training job passes agibot_jax.evaluation.scoring.row_scorer when
 `every_n_sample.metrics`), process 0 also scores every sample against the input video and control rows and logs
