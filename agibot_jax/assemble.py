@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from agibot_jax import params_io, registry, sharding, video_io
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline, synthetic
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
@@ -121,12 +122,22 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   - no `dataloader_train.dataset.dataset_dir` and a workdir: the embedded example dataset `<workdir>/example_data`;
   - `load_path` (default `checkpoint.load_path`) a bundle (a folder with dit/, and maybe vae/ and text_encoder/):
     `checkpoint.load_path` becomes its dit/, and its vae/ and text_encoder/ fill `model.tokenizer.path` and
-    `model.text_encoder.path` where those are empty.
+    `model.text_encoder.path` where those are empty;
+  - `rig` a preset name, or else the rig's cameras as JSON text (`rig.canonical`), and an empty
+    `dataloader_train.dataset.views` the rig's cameras.
   Paths become absolute, so the config saved with a checkpoint says what the run read.
+  Raises ConfigError when the rig or its views cannot run.
   """
   c = config.copy_and_resolve_references()
   c.unlock()
   ds = c.dataloader_train.dataset
+  try:
+    rig = rig_lib.canonical(c.rig)
+    del c["rig"]  # it may have held a list: the field's type changes
+    c.rig = rig
+    ds.views = rig_lib.of_config(c).names
+  except rig_lib.RigError as e:
+    raise ConfigError(str(e)) from None
   if not ds.dataset_dir and workdir:
     ds.dataset_dir = os.path.join(workdir, EXAMPLE_DATA)
   load = c.checkpoint.load_path if load_path is None else load_path
@@ -156,7 +167,7 @@ def check_config(config) -> None:
 
   Checks the loop and checkpoint periods, the batch and its accumulation, the mesh against the devices, the clip
   shape against the VAE and the DiT (resolution a multiple of 8 x patch size, 4k+1 frames for `state_t` latent
-  frames), and the names of views, control type, backends and modes.
+  frames), the rig and its views, and the names of control type, backends and modes.
   """
   problems = []
 
@@ -187,12 +198,21 @@ def check_config(config) -> None:
   need(ds.validate in ("probe", "full"), "dataloader_train.dataset.validate", "must be probe or full")
   need(ds.video_backend in video_io.BACKENDS, "dataloader_train.dataset.video_backend",
        f"must be one of {video_io.BACKENDS}")
-  for key, check in (("dataloader_train.dataset.control_input_type", registry.control),
-                     ("dataloader_train.dataset.views", registry.check_views)):
-    try:
-      check(get(key))
-    except ValueError as e:
-      problems.append(f"{key}: {e}")
+  try:
+    registry.control(ds.control_input_type)
+  except ValueError as e:
+    problems.append(f"dataloader_train.dataset.control_input_type: {e}")
+  try:
+    rig = rig_lib.of_config(config)
+  except rig_lib.RigError as e:
+    problems.append(str(e))
+  else:
+    rows = config.model.net.n_cameras_emb
+    need(max(rig.view_ids) < rows, "model.net.n_cameras_emb", f"rig {rig.describe()} uses view rows up to "
+         f"{max(rig.view_ids)}: the network needs one embedding row per view row")
+  if "cross_view_attn_map" in config.model.net:
+    problems.append("model.net.cross_view_attn_map: the cross-view neighbours are the rig's (config.rig, each "
+                    "camera's neighbours); remove the key")
   vae = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
   multiple = vae.spatial_factor * int(config.model.net.patch_spatial)
   hw = tuple(ds.resolution_hw)
@@ -238,7 +258,7 @@ def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
       # 1.25x the training resolution (even sides): the loader's resize runs, and the aspect ratio is the training one.
       h, w = (2 * round(x * 1.25 / 2) for x in ds.resolution_hw)
       synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h, width=w,
-                              seed=config.seed)
+                              seed=config.seed, views=rig_lib.of_config(config).names)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
@@ -282,7 +302,10 @@ def _random_ok(config, what: str, key: str) -> None:
 
 
 def dit_config(config) -> dit.DiTConfig:
-  return dit.DiTConfig.from_config(config.model.net)
+  """The DiT of `model.net`, its cross-view neighbours those of the rig's cameras (`config.rig`)."""
+  net = dict(config.model.net)
+  return dit.DiTConfig.from_config(
+      {**net, "cross_view_attn_map": rig_lib.parse(config.rig).cross_view_attn_map(int(net["n_cameras_emb"]))})
 
 
 def build_vae(config, mesh=None):
@@ -427,7 +450,7 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh, global_b
   `batch` is the whole batch, the same on every process).
   """
   ds = config.dataloader_train.dataset
-  num_views = len(ds.views)
+  num_views = len(rig_lib.of_config(config).cameras)
   global_batch = global_batch or len(batch["ai_caption"])
   place = functools.partial(_on_mesh, mesh=mesh, global_batch=global_batch)
   if "latent_video" in batch:  # from the latent cache (agibot_jax.cache_latents)
@@ -557,7 +580,7 @@ def with_overrides(config, overrides: dict) -> ml_collections.FrozenConfigDict:
 def abstract_model_batch(config, cfg: dit.DiTConfig, mesh, text_channels: int) -> dict:
   """The train step's model batch (agibot_jax/training/step.py) as sharded ShapeDtypeStructs of the config's sizes."""
   ds = config.dataloader_train.dataset
-  b, v = int(config.dataloader_train.batch_size), len(ds.views)
+  b, v = int(config.dataloader_train.batch_size), len(rig_lib.of_config(config).cameras)
   h, w = (x // 8 for x in ds.resolution_hw)  # the Wan VAE's spatial factor
   shapes = {
       "x0_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
@@ -655,12 +678,12 @@ def control_video_loader_batch(config, control_videos: list[str], prompt: str) -
   from agibot_jax.data import resize
 
   ds = config.dataloader_train.dataset
-  views = tuple(ds.views)
-  if len(control_videos) != len(views):
-    raise ValueError(f"--control_videos has {len(control_videos)} files; need one per view {views}")
+  rig = rig_lib.of_config(config)
+  if len(control_videos) != len(rig.cameras):
+    raise ValueError(f"--control_videos has {len(control_videos)} files; need one per camera of rig {rig.describe()}")
   t = int(ds.num_video_frames)
   per_view = []
-  for view, path in zip(views, control_videos):
+  for view, path in zip(rig.names, control_videos):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--control_videos: {path} (view {view}) does not exist")
     try:
@@ -672,8 +695,8 @@ def control_video_loader_batch(config, control_videos: list[str], prompt: str) -
   return {
       # (3, V·T, H, W), views major along time, as the loader lays out pixels.
       registry.control(ds.control_input_type).key: np.concatenate(per_view).transpose(3, 0, 1, 2)[None],
-      "ai_caption": [registry.view_captions(prompt, views)],
-      "view_indices": np.repeat(np.array(registry.view_ids(views), np.int64), t)[None],
+      "ai_caption": [rig.captions(prompt)],
+      "view_indices": np.repeat(np.array(rig.view_ids, np.int64), t)[None],
       "padding_mask": np.zeros((1, 1, h, w), np.float32),
   }
 
@@ -684,7 +707,8 @@ def control_only_model_batch(loader_batch, vae_model, vae_params, text_provider,
   ds = config.dataloader_train.dataset
   control_BCTHW = _on_mesh(loader_batch[registry.control(ds.control_input_type).key], mesh, 1)
   control = vae_lib.loader_to_channels_last(control_BCTHW)
-  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model, num_views=len(ds.views)))
+  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model,
+                                     num_views=len(rig_lib.of_config(config).cameras)))
   latent_control = encode(vae_params, control)
   latents = {"latent_video": jnp.zeros_like(latent_control), "latent_control": latent_control}
   return model_batch({**loader_batch, **latents}, None, vae_params, text_provider, config, mesh)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from agibot_jax import assemble, cli, flops, sharding
+from agibot_jax import rig as rig_lib
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
@@ -123,7 +124,7 @@ def main() -> int:
   cfg = assemble.dit_config(config)
   res_h, res_w = config.dataloader_train.dataset.resolution_hw
   latent_hw = (res_h // 8, res_w // 8)
-  num_views, batch = len(config.dataloader_train.dataset.views), config.dataloader_train.batch_size
+  num_views, batch = len(rig_lib.of_config(config).cameras), config.dataloader_train.batch_size
   device = jax.devices()[0]
 
   t0 = time.perf_counter()

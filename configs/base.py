@@ -1,4 +1,4 @@
-"""Shared post-training config of the Agibot 3-view control models.
+"""Shared post-training config of the Agibot 3-view control models (other robots: `rig`).
 
 Values are the reference's `transfer2_agibot_posttrain_<ct>_example` settings after all
 merges (shared/spec/training.md §10). The tree mirrors the reference's override keys, so a
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from agibot_jax import registry
+from agibot_jax import registry, rig
 
 
 def dit_2b() -> ml_collections.ConfigDict:
@@ -35,9 +35,9 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.crossattn_proj_in_channels = 100352
   net.crossattn_emb_channels = 1024
   net.text_tokens_per_view = 512
-  net.n_cameras_emb = len(registry.VIEWS)
-  # view id -> neighbour view ids (registry: head_color=0, hand_left=1, hand_right=2).
-  net.cross_view_attn_map = registry.cross_view_attn_map()
+  # View-embedding rows (a rig's cameras use rows 0..2); the cross-view neighbours come from config.rig
+  # (agibot_jax.assemble.dit_config).
+  net.n_cameras_emb = rig.VIEW_ROWS
   net.state_t = 24
   net.max_img_h = 240
   net.max_img_w = 240
@@ -88,6 +88,9 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.control_type = control_type
   config.seed = 0
+  # The cameras (agibot_jax/rig.py): a preset name, a rig JSON file (e.g. the DST/rig.json of
+  # python -m agibot_jax.data.import_lerobot), or a list of cameras. Any value type, so a config file may assign a list.
+  config.rig = ml_collections.FieldReference(rig.DEFAULT, field_type=object)
 
   config.job = ml_collections.ConfigDict()
   config.job.project = "cosmos_transfer_v2p5"
@@ -103,7 +106,7 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   ds = config.dataloader_train.dataset = ml_collections.ConfigDict()
   ds.dataset_dir = ""
   ds.control_input_type = control_type
-  ds.views = registry.VIEW_NAMES
+  ds.views = ()  # some of the rig's cameras, in this order; empty: all of them
   ds.resolution_hw = (432, 768)
   ds.num_video_frames = 93
   ds.random_start_frame = False

@@ -1,10 +1,12 @@
 """agibot_jax/assemble.py: config resolution, the launch environment, the text provider's checks."""
 
+import json
 import os
 
 import pytest
 
 from agibot_jax import assemble
+from agibot_jax import rig as rig_lib
 from configs import base
 
 
@@ -85,3 +87,62 @@ def test_compiled_step_memory_in_gib():
   assert parts["alias_gib"] > 0 and parts["output_gib"] - parts["alias_gib"] < 1e-3
   assert 0.01 < parts["argument_gib"] < 1 and parts["temp_gib"] > 0
   assert assemble.device_memory_gib(parts) == pytest.approx(parts["argument_gib"] + parts["temp_gib"], abs=1e-3)
+
+
+TWO_CAMERAS = [{"name": "top", "caption_prefix": "The video is captured from a camera above the table."},
+               {"name": "wrist", "caption_prefix": "The video is captured from the wrist camera."}]
+
+
+def test_resolve_records_the_rig_and_its_views(tmp_path):
+  resolved = assemble.resolve(base.get_config("edge", "tiny"))
+  assert resolved.rig == "agibot"
+  assert resolved.dataloader_train.dataset.views == ("head_color", "hand_left", "hand_right")
+  config = base.get_config("edge", "tiny")
+  config.rig = TWO_CAMERAS
+  config.dataloader_train.dataset.views = ("wrist",)
+  resolved = assemble.resolve(config)  # a list of cameras becomes JSON text: a frozen config holds no dicts in lists
+  assert rig_lib.parse(resolved.rig).names == ("top", "wrist") and resolved.dataloader_train.dataset.views == ("wrist",)
+  (tmp_path / "rig.json").write_text(json.dumps(rig_lib.AGIBOT.to_json()))
+  config.rig, config.dataloader_train.dataset.views = str(tmp_path / "rig.json"), ()
+  assert assemble.resolve(config).rig == "agibot"  # the preset's cameras, from a file
+  config.dataloader_train.dataset.views = ("wrist",)
+  with pytest.raises(assemble.ConfigError, match=r"^dataloader_train.dataset.views=\('wrist',\): must be distinct "
+                                                 r"cameras of rig agibot .*not cameras of it: wrist$"):
+    assemble.resolve(config)
+
+
+def test_check_config_names_what_contradicts_the_rig():
+  config = base.get_config("edge", "tiny")
+  config.model.net.n_cameras_emb = 2
+  config.model.net.cross_view_attn_map = ((1,), (0,))
+  with pytest.raises(assemble.ConfigError) as e:
+    assemble.check_config(assemble.resolve(config))
+  assert "model.net.n_cameras_emb=2: rig agibot (head_color=0, hand_left=1, hand_right=2) uses view rows up to 2" in (
+      str(e.value))
+  assert "model.net.cross_view_attn_map: the cross-view neighbours are the rig's" in str(e.value)
+
+
+def test_agibot_rig_builds_todays_network_step_and_resumes_todays_checkpoints():
+  """The agibot rig (the default) gives the network and train step main gave (be348e4: cross_view_attn_map set in
+  configs/base.py, 3 views): with equal batches (tests/data/test_pipeline.py), the losses are bit-identical (and
+  tests/training/test_train.py checks them against values recorded from main, slow run). A checkpoint main wrote
+  resumes; another rig does not."""
+  from agibot_jax.models import dit
+  from agibot_jax.training import checkpointing, step
+
+  config = assemble.resolve(base.get_config("edge", "tiny"))
+  todays = dit.DiTConfig.from_config({**config.model.net, "cross_view_attn_map": ((1, 2), (0, 2), (0, 1))})
+  assert assemble.dit_config(config) == todays
+  assert step.StepConfig.from_config(config).num_views == 3
+  saved = json.loads(config.to_json_best_effort())
+  mains = json.loads(config.to_json_best_effort())
+  del mains["rig"]
+  mains["model"]["net"]["cross_view_attn_map"] = [[1, 2], [0, 2], [0, 1]]
+  structural, other = checkpointing.config_changes(mains, saved)
+  assert structural == [] and [c.split(":")[0] for c in other] == ["model.net.cross_view_attn_map", "rig"]
+  two = base.get_config("edge", "tiny")
+  two.rig = TWO_CAMERAS
+  two = assemble.resolve(two)
+  assert assemble.dit_config(two).cross_view_attn_map == ((1,), (0,), ())
+  structural, _ = checkpointing.config_changes(saved, json.loads(two.to_json_best_effort()))
+  assert [c.split(":")[0] for c in structural] == ["dataloader_train.dataset.views", "rig"]

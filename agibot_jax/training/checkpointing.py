@@ -15,7 +15,7 @@ What goes wrong is said in one line and never silently:
   - a checkpoint that does not restore is named (step, item directory, reason) and moved aside to
     `<step>.corrupt` (Orbax ignores it, and would not save a step older than the newest one it sees), and the
     next older one is tried; `checkpoint.strict_resume` stops instead (ResumeError);
-  - a checkpoint written with another model, control type, views or clip shape is refused, naming the keys;
+  - a checkpoint written with another model, control type, rig, views or clip shape is refused, naming the keys;
     other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared.
 """
 
@@ -43,9 +43,9 @@ CORRUPT_SUFFIX = ".corrupt"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 # Config keys (dotted prefixes) a checkpoint cannot be resumed across: they change the train state's shapes or
-# what the network learns to map from (control type, views, clip shape, VAE).
+# what the network learns to map from (control type, rig and views, clip shape, VAE).
 STRUCTURAL_KEYS = (
-    "control_type", "model.net.", "model.train_base", "model.precision", "model.hint_keys", "model.tokenizer.",
+    "control_type", "rig", "model.net.", "model.train_base", "model.precision", "model.hint_keys", "model.tokenizer.",
     "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type", "dataloader_train.dataset.views",
     "dataloader_train.dataset.resolution_hw", "dataloader_train.dataset.num_video_frames", "ema.enabled",
 )

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from agibot_jax import rig as rig_lib
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import objective
@@ -42,7 +43,7 @@ class StepConfig:
   @classmethod
   def from_config(cls, config) -> "StepConfig":
     return cls(objective.ObjectiveConfig.from_config(config), float(config.optimizer.clip_norm),
-               int(config.trainer.grad_accum_iter), len(config.dataloader_train.dataset.views))
+               int(config.trainer.grad_accum_iter), len(rig_lib.of_config(config).cameras))
 
 
 def network_fn(model: dit.MultiViewControlDiT, params, batch: dict[str, Any],

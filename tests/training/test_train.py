@@ -167,6 +167,33 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   assert_trees_equal(state4_resumed, state4, "step-4 state")
 
 
+@pytest.mark.slow  # ~40 s; the default run compares batches and the built network (test_pipeline, test_assemble)
+def test_agibot_rig_trains_as_main_did(dataset_dir, tmp_path):
+  """Steps 1-2 of the default (agibot) rig: the loss and gradient norm main (be348e4) logged for this run on the
+  2-core CPU test machine, to the bit (the synthetic clips are encoded at test time: another x264 or XLA CPU build may
+  differ in the last digits)."""
+  config = small_config(dataset_dir, **{"trainer.max_iter": 2, "checkpoint.save_iter": 2})
+  train_lib.train(config, str(tmp_path / "run"))
+  metrics = loop.read_metrics(str(tmp_path / "run"))
+  assert {s: (m["loss"], m["grad_norm"]) for s, m in metrics.items()} == {
+      1: (1.6132566928863525, 1.1042495965957642), 2: (1.6038379669189453, 1.3541958332061768)}
+
+
+# ~40 s; the default run has the 1-camera forward (tests/models/test_dit.py::test_one_camera_rig_forward)
+@pytest.mark.slow
+def test_one_camera_rig_trains(tmp_path):
+  data = str(tmp_path / "data")
+  config = small_config(data, **{"trainer.max_iter": 2, "checkpoint.save_iter": 2})
+  config.rig = [{"name": "wrist", "view": 1, "caption_prefix": "The video is captured from the wrist camera."}]
+  h, w = config.dataloader_train.dataset.resolution_hw
+  synthetic.write_example(data, num_samples=2, frames=config.dataloader_train.dataset.num_video_frames, height=h,
+                          width=w, views=("wrist",))
+  result = train_lib.train(config, str(tmp_path / "run"))
+  assert result["step"] == 2 and np.isfinite(result["loss"])
+  _, _, saved = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(str(tmp_path / "run")), "2"))
+  assert saved["dataloader_train"]["dataset"]["views"] == ["wrist"] and '"view":1' in saved["rig"]
+
+
 LOW_MEMORY = {"model.net.remat_policy": "full", "model.net.offload_block_inputs": True, "model.net.mlp_chunks": 3,
               "model.offload_optimizer_state": True}
 
