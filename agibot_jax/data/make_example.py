@@ -26,8 +26,8 @@ def main(out_dir: str) -> int:
   rig = rig_lib.parse(f.rig)
   ids = synthetic.write_example(out_dir, f.num_samples, f.frames, f.height, f.width, f.fps, f.seed, f.appearance,
                                 rig.names)
-  log.info("wrote %d samples x cameras %s of rig %s (%d frames, %dx%d, depth+seg controls) to %s", len(ids),
-           ", ".join(rig.names), rig.name, f.frames, f.height, f.width, out_dir)
+  log.info("wrote %d samples x %d views (rig %s: %s; %d frames, %dx%d, depth+seg controls) to %s", len(ids),
+           len(rig.names), rig.name, ", ".join(rig.names), f.frames, f.height, f.width, out_dir)
   return 0
 
 

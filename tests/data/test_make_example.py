@@ -47,7 +47,7 @@ def _views(seed: int, appearance: str, t: int = 3, h: int = 48, w: int = 80):
   """(rgb, depth, seg) uint8 (V, H, W, 3) of the world of `seed` at time t, every camera."""
   rng = np.random.default_rng([seed, 0])
   shapes = synthetic._world(rng, int(rng.integers(3, 6)), appearance)
-  frames = [synthetic._render(shapes, t, cam, h, w) for cam in synthetic._CAMERAS.values()]
+  frames = [synthetic._render(shapes, t, cam, h, w) for cam in synthetic._CAMERAS]
   return tuple(np.stack(maps) for maps in zip(*frames))
 
 
