@@ -43,7 +43,7 @@ def test_refusals_are_one_line_before_anything_is_read(tmp_path):
   assert not (tmp_path / "dst").exists()
 
 
-@pytest.mark.slow  # ~3-4 min on 2 CPU cores: six command start-ups, a 2-step training run, sampling, evaluation
+@pytest.mark.slow  # ~4-6 min on 2 CPU cores: six command start-ups, a 2-step training run, sampling, evaluation
 def test_two_camera_rig_end_to_end(tmp_path):
   src, dst, workdir = tmp_path / "aloha_cups", tmp_path / "aloha", tmp_path / "run"
   fixtures.write_lerobot(src, "v3.0", [20, 14], ["Put the cup in the bin", "Stack the cups"],
