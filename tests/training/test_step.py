@@ -203,3 +203,40 @@ def test_optimizer_state_in_host_memory_gives_the_same_step():
   kinds = lambda tree: {a.sharding.memory_kind for a in jax.tree.leaves(tree) if a.ndim}
   assert kinds(offloaded.opt_state) == kinds(offloaded.ema) == {"pinned_host"}
   assert kinds(offloaded.trainable) == kinds(plain.opt_state) == {"device"}
+
+
+def test_lora_starts_at_the_base_and_trains_only_its_adapters():
+  """Issue 30: LoRA at rank 4 (B = 0) gives the full control branch's step-0 loss bit for bit (float32); two AdamW
+  steps then move every adapter and the control embedder and before_proj, while the control blocks' kernels and
+  the rest of the base stay bit-identical. The base's zero-initialised projections are made non-zero, as in a
+  released checkpoint, so that every adapter gets a gradient."""
+  config = small_config(**{"optimizer.lr": 1e-2, "scheduler.warm_up_steps": (1,)})
+  lora_config = small_config(**{"optimizer.lr": 1e-2, "scheduler.warm_up_steps": (1,), "model.lora.rank": 4})
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  model = dit.MultiViewControlDiT(cfg)
+  params = jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: p if np.asarray(p).any() else 0.02 * rng.standard_normal(p.shape).astype(p.dtype),
+                        params)
+  tx, ema = optim.make_optimizer(lora_config), ema_lib.PowerEMA.from_config(lora_config)
+  base, state = new_state(params, config, tx, ema, seed=0), new_state(params, lora_config, tx, ema, seed=0)
+  batch = synthetic_batch(cfg, 1)
+
+  grad_fn = jax.jit(jax.value_and_grad(make_loss_fn(model, config), has_aux=True))
+  (base_loss, _), _ = grad_fn(base.trainable, base.frozen, {**batch, "key": step_key(base)})
+  step = jax.jit(make_train_step(model, tx, lora_config, ema))
+  new, metrics = step(state, batch)
+  assert float(metrics["loss"]) == float(base_loss)
+  new, _ = step(new, batch)
+
+  flat = lambda tree: traverse_util.flatten_dict(jax.tree.map(np.asarray, tree))
+  old_t, new_t = flat(state.trainable), flat(new.trainable)
+  assert {p[0] for p in old_t} == {"control_blocks", "control_embedder", "control_before_proj"}
+  assert all(p[-1] in ("lora_a", "lora_b") for p in old_t if p[0] == "control_blocks")
+  assert not any(p[-1] == "lora_b" and a.any() for p, a in old_t.items())
+  unmoved = [p for p in old_t if np.array_equal(old_t[p], new_t[p])]
+  assert not unmoved, unmoved
+  old_f, new_f = flat(state.frozen), flat(new.frozen)
+  assert ("control_blocks", "mlp_layer1", "kernel") in old_f
+  for path, leaf in old_f.items():
+    np.testing.assert_array_equal(new_f[path], leaf, err_msg=str(path))
