@@ -12,9 +12,8 @@ The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scri
                      the networks and their weights (converted checkpoints, or random for the CPU demo)
   make_encoder, model_batch
                      loader batch -> the train step's model batch, on the mesh
-  state_target, init_or_restore, sampling_params
+  state_target, initial_state, init_or_restore, sampling_params
                      train states and their shardings; what sampling restores of a training checkpoint
-  choose_memory_plan the fastest memory plan whose compiled train step fits `model.memory_budget_gib`
   initialize_distributed
                      `jax.distributed.initialize` for multi-process launches
 """
@@ -383,13 +382,17 @@ def _host_array(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh):
-  """DiT params of a `convert.dit` directory, restored directly into their mesh shardings."""
+def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh, dtypes=None):
+  """DiT params of a `convert.dit` directory, restored directly into their mesh shardings; `dtypes`: an optional tree
+  of dtypes (the params' tree) to cast to as they are read, else the model's parameter dtype."""
   meta = params_io.read_meta(path)
   if meta.get("model") != "dit":
     raise ValueError(f"{path} holds a {meta.get('model')!r} checkpoint, not a DiT")
   shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
-  return params_io.restore_params(path, _with_shardings(dit.abstract_params(cfg), shardings))
+  abstract = dit.abstract_params(cfg)
+  if dtypes is not None:
+    abstract = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d), abstract, dtypes)
+  return params_io.restore_params(path, _with_shardings(abstract, shardings))
 
 
 def initial_params(config, cfg: dit.DiTConfig, mesh):
@@ -402,6 +405,39 @@ def initial_params(config, cfg: dit.DiTConfig, mesh):
   _random_ok(config, "DiT", "checkpoint.load_path")
   param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
   return jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(config.seed))
+
+
+def initial_state(config, cfg: dit.DiTConfig, mesh, make, shardings):
+  """A step-0 train state (`make` of `state_target`) from the base weights, built without freeing anything large.
+
+  The converted weights are read in the dtypes the state keeps (trained float32, frozen in `model.precision`) and
+  donated to the state; random weights are drawn inside the jit that makes the state. Reading all weights in
+  float32 first (11.6 GiB for the 2B model) and freeing them after would leave that much free memory in pieces
+  between the state's arrays, while a step allocates its temporaries as one block (memory_plans.py).
+  """
+  path = config.checkpoint.load_path
+  if path:
+    params = restore_dit_params(path, cfg, mesh, dtypes=state_dtypes(config, dit.abstract_params(cfg)))
+    log.info("DiT base loaded from %s", path)
+    return jax.jit(make, donate_argnums=0, out_shardings=shardings)(params)
+  _random_ok(config, "DiT", "checkpoint.load_path")
+  return jax.jit(lambda key: make(dit.init_params(cfg, key)), out_shardings=shardings)(jax.random.key(config.seed))
+
+
+def state_dtypes(config, abstract_params):
+  """The dtype each parameter has in the train state: float32 masters for the trained ones, `model.precision` for
+  the frozen floating ones, except the reference's buffers (kept as stored)."""
+  from agibot_jax.training import optimizer as optim
+
+  trained = optim.trainable_predicate(config)
+  low = precision_dtype(config)
+
+  def one(path, a):
+    keys = tuple(str(getattr(k, "key", k)) for k in path)
+    if trained(keys) or keys[0] in dit.BUFFER_GROUPS or not jnp.issubdtype(a.dtype, jnp.floating):
+      return a.dtype
+    return low
+  return jax.tree_util.tree_map_with_path(one, abstract_params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,8 +534,7 @@ def init_or_restore(config, workdir: str, cfg: dit.DiTConfig, mesh, tx, ema, man
     state, data_state = restored
     log.info("resumed from %s at step %d", checkpointing.checkpoint_dir(workdir), int(state.step))
     return state, data_state, shardings
-  state = jax.jit(make, out_shardings=shardings)(initial_params(config, cfg, mesh))
-  return state, None, shardings
+  return initial_state(config, cfg, mesh, make, shardings), None, shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,105 +569,6 @@ def sampling_params(config, workdir: str | None, cfg: dit.DiTConfig, mesh, *, us
   log.info("restored step %d from %s (%s weights)", step, checkpointing.checkpoint_dir(workdir),
            "EMA" if use_ema else "regular")
   return SamplingWeights(params, workdir, step)
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory plans
-
-# From the fastest to the smallest; each adds to the one before. The losses agree from plan to plan up to rounding
-# (recomputed values are the same computation; MLP slices change the summation order only): BENCHMARKS.md, and
-# tests/models/test_dit.py, tests/training/test_step.py, tests/training/test_train.py on CPU.
-MEMORY_PLANS = (
-    ("as configured", {}),
-    ("full remat", {"model.net.remat_policy": "full"}),
-    ("+ block inputs in host memory", {"model.net.offload_block_inputs": True}),
-    ("+ optimizer state and EMA in host memory", {"model.offload_optimizer_state": True}),
-    ("+ MLP in token slices", {"model.net.mlp_chunks": 8}),  # or the largest divisor of the tokens per view below 8
-)
-
-
-def with_overrides(config, overrides: dict) -> ml_collections.FrozenConfigDict:
-  """`config` (frozen) with dotted keys set."""
-  c = config.as_configdict() if isinstance(config, ml_collections.FrozenConfigDict) else config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    setattr(functools.reduce(getattr, parents, c), leaf, value)
-  return ml_collections.FrozenConfigDict(c)
-
-
-def abstract_model_batch(config, cfg: dit.DiTConfig, mesh, text_channels: int) -> dict:
-  """The train step's model batch (agibot_jax/training/step.py) as sharded ShapeDtypeStructs of the config's sizes."""
-  ds = config.dataloader_train.dataset
-  b, v = int(config.dataloader_train.batch_size), len(ds.views)
-  h, w = (x // 8 for x in ds.resolution_hw)  # the Wan VAE's spatial factor
-  shapes = {
-      "x0_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
-      "control_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
-      "crossattn_emb_BMC": ((b, v * cfg.text_tokens_per_view, text_channels), precision_dtype(config)),
-      "view_indices_BT": ((b, v * cfg.state_t), jnp.int32),
-      "padding_mask_BHW": ((b, *ds.resolution_hw), jnp.float32),
-  }
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
-          for k, (shape, dtype) in shapes.items()}
-
-
-def memory_analysis_gib(compiled) -> dict[str, float]:
-  """XLA's memory analysis of a compiled function, in GiB per part (device memory unless named host_)."""
-  stats = compiled.memory_analysis()
-  fields = ("argument", "output", "alias", "temp", "generated_code", "host_argument", "host_temp")
-  return {f"{f}_gib": getattr(stats, f"{f}_size_in_bytes", 0) / 2**30 for f in fields}
-
-
-def device_memory_gib(parts: dict[str, float]) -> float:
-  """Device memory a compiled function needs at its peak: arguments, outputs that do not reuse a donated argument,
-  and temporaries (`memory_analysis_gib` parts)."""
-  return parts["argument_gib"] + parts["output_gib"] - parts["alias_gib"] + parts["temp_gib"]
-
-
-def compiled_step_memory(config, mesh, text_channels: int) -> dict[str, float]:
-  """`memory_analysis_gib` of the train step of `config`, compiled here for abstract state and batch."""
-  from agibot_jax.training import ema as ema_lib
-  from agibot_jax.training import optimizer as optim
-  from agibot_jax.training.step import make_train_step
-
-  cfg = dit_config(config)
-  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
-  target, state_sh, _ = state_target(config, cfg, mesh, tx, ema)
-  step = jax.jit(make_train_step(dit.MultiViewControlDiT(cfg), tx, config, ema), donate_argnums=(0,),
-                 out_shardings=(state_sh, None))
-  return memory_analysis_gib(step.lower(target, abstract_model_batch(config, cfg, mesh, text_channels)).compile())
-
-
-def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_memory) -> ml_collections.FrozenConfigDict:
-  """The config of the fastest plan of MEMORY_PLANS whose train step needs at most `model.memory_budget_gib` of device
-  memory (`device_memory_gib` of `measure(config, mesh, text_channels)`: XLA's memory analysis of the step, compiled
-  for each plan tried);
-  `config` itself when the budget is 0. Raises ConfigError when even the smallest plan needs more."""
-  budget = float(config.model.memory_budget_gib)
-  if budget <= 0:
-    return config
-  h, w = config.dataloader_train.dataset.resolution_hw
-  patch = 8 * int(config.model.net.patch_spatial)  # pixels per token side
-  tokens_per_view = int(config.model.net.state_t) * (h // patch) * (w // patch)
-  overrides, tried = {}, []
-  for name, changes in MEMORY_PLANS:
-    overrides.update(changes)
-    if "model.net.mlp_chunks" in changes:
-      overrides["model.net.mlp_chunks"] = max(n for n in range(1, changes["model.net.mlp_chunks"] + 1)
-                                              if tokens_per_view % n == 0)
-    candidate = with_overrides(config, overrides)
-    t0 = time.perf_counter()
-    parts = measure(candidate, mesh, text_channels)
-    need = device_memory_gib(parts)
-    log.info("memory plan %r: the compiled step needs %.4g GiB per device (%s; budget %g GiB; compiled in %.0f s)",
-             name, need, ", ".join(f"{k} {v:.2f}" for k, v in parts.items()), budget, time.perf_counter() - t0)
-    tried.append(f"{name}: {need:.4g} GiB")
-    if need <= budget:
-      if overrides:
-        log.info("memory plan %r for model.memory_budget_gib=%g: %s", name, budget,
-                 " ".join(f"{k}={v}" for k, v in overrides.items()))
-      return candidate
-  raise ConfigError(f"model.memory_budget_gib={budget:g}: no memory plan fits ({'; '.join(tried)})")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import os
 import jax
 from absl import flags
 
-from agibot_jax import assemble, cli, flops
+from agibot_jax import assemble, cli, flops, memory_plans
 from agibot_jax.data import layout, pipeline
 from agibot_jax.evaluation import scoring, validation
 from agibot_jax.models import dit
@@ -57,8 +57,7 @@ def train(config, workdir: str) -> dict:
   mesh = assemble.make_mesh(config)
   vae_model, vae_params = assemble.build_vae(config, mesh)
   text_provider = assemble.build_text_provider(config, assemble.dit_config(config))
-  if config.model.memory_budget_gib > 0:
-    config = assemble.choose_memory_plan(config, mesh, text_provider.dim)
+  config = memory_plans.choose(config, mesh, text_provider.dim)
   cfg = assemble.dit_config(config)
   model = dit.MultiViewControlDiT(cfg)
 

@@ -56,6 +56,7 @@ def dit_2b() -> ml_collections.ConfigDict:
   # save_self_and_cross_view_attention | save_attention (README: memory and speed of each).
   net.remat_policy = "save_self_attention"
   net.offload_block_inputs = False  # block inputs to host memory (720p on one 80 GB GPU)
+  net.remat_sublayers = False  # a checkpoint per sub-layer inside each block's: one sub-layer's activations at a time
   net.mlp_chunks = 1  # each block's MLP over this many token slices, one at a time (smaller peak; the first MLP matmul runs once more)
   # Context parallelism: cross-view and text attention per device on its tokens, no reshard (2 H100s: 93% vs 86%).
   net.context_local_attention = True
@@ -143,8 +144,8 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   # Scale of the control branch's hints in the network (the reference's control weight; 0 ignores the control).
   config.model.control_weight = 1.0
   # Memory (README "Memory and speed settings"): Adam moments and EMA in pinned host memory between steps; and the
-  # device memory a step may use: > 0 picks the fastest plan whose compiled step fits (agibot_jax.assemble
-  # MEMORY_PLANS, e.g. 22 for a 24 GB card), 0 runs the settings as written.
+  # device memory pool a step may use, GiB: > 0 picks the fastest plan that fits (agibot_jax/memory_plans.py, e.g.
+  # 22 for a 24 GB card), 0 runs the settings as written.
   config.model.offload_optimizer_state = False
   config.model.memory_budget_gib = 0.0
   # LoRA on the control blocks (agibot_jax/models/lora.py; README "Memory and speed settings"): rank > 0 freezes the

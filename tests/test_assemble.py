@@ -2,10 +2,17 @@
 
 import os
 
+import jax
+import numpy as np
 import pytest
+from flax import traverse_util
 
-from agibot_jax import assemble
-from configs import base
+from agibot_jax import assemble, params_io, sharding
+from agibot_jax.models import dit, lora
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import optimizer as optim
+from configs import base, edge
+from tests.training.lora_setup import random_params
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -42,46 +49,30 @@ def test_resolve_fills_paths_into_a_frozen_copy(tmp_path):
     resolved.seed = 1
 
 
-def test_memory_budget_picks_the_fastest_plan_that_fits():
-  # model.memory_budget_gib (issue 23): the plans are measured in turn and the first that fits is taken; no plan
-  # fitting is a ConfigError that lists what each needs. Scripted needs here; the compiled measure below.
-  config = base.get_config("edge", "tiny")
-  resolved = assemble.resolve(config)
-  assert assemble.choose_memory_plan(resolved, None, 96) is resolved  # budget 0: the settings as written
+def test_lora_state_builds_from_converted_weights_read_in_the_state_dtypes(tmp_path):
+  """Issue 30: `initial_state` reads a converted DiT in the dtypes the LoRA state keeps (the control blocks' kernels
+  frozen in `model.precision`) and builds the state target's shapes and dtypes: the weights as stored (cast), the
+  adapters drawn from the seed (`lora.init_adapters`), B = 0."""
+  config = edge.get_config("tiny")
+  config.model.precision = "bfloat16"
+  config.model.lora.rank = 4
+  config.checkpoint.load_path = str(tmp_path / "dit")
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  params = random_params(cfg)
+  params_io.save_params(config.checkpoint.load_path, params, {"model": "dit"})
+  dtypes = traverse_util.flatten_dict(assemble.state_dtypes(config, dit.abstract_params(cfg)))
+  assert dtypes[("control_blocks", "mlp_layer1", "kernel")] == np.dtype("bfloat16")
+  assert dtypes[("control_embedder", "kernel")] == np.dtype("float32")
 
-  needs = iter([5.0, 3.0, 2.0, 1.5, 1.0])
-  measured = []
-
-  def measure(candidate, mesh, text_channels):
-    measured.append(candidate)
-    return {"argument_gib": next(needs), "output_gib": 1.0, "alias_gib": 1.0, "temp_gib": 0.0}
-
-  config.model.memory_budget_gib = 2.5
-  chosen = assemble.choose_memory_plan(assemble.resolve(config), None, 96, measure=measure)
-  assert len(measured) == 3 and chosen is measured[-1]
-  assert chosen.model.net.remat_policy == "full" and chosen.model.net.offload_block_inputs
-  assert not chosen.model.offload_optimizer_state and chosen.model.net.mlp_chunks == 1
-  assert resolved.model.net.remat_policy == "none"  # the input config is unchanged
-
-  needs = iter([5.0, 3.0, 2.0, 1.5, 1.0])
-  config.model.memory_budget_gib = 0.5
-  with pytest.raises(assemble.ConfigError, match=r"memory_budget_gib=0.5: no memory plan fits \(as configured: 5 "):
-    assemble.choose_memory_plan(assemble.resolve(config), None, 96, measure=measure)
-  smallest = measured[-1]
-  # The tiny clip has 3 x 4 x 6 = 72 tokens per view: 8 slices.
-  assert smallest.model.offload_optimizer_state and smallest.model.net.mlp_chunks == 8
-
-
-@pytest.mark.slow  # ~12 s (a step compile)
-def test_compiled_step_memory_in_gib():
-  from agibot_jax import sharding
-
-  config = base.get_config("edge", "tiny")
-  config.model.net.num_blocks, config.model.net.vace_block_every_n = 2, 2
-  mesh = sharding.make_mesh(**config.mesh)
-  parts = assemble.compiled_step_memory(assemble.resolve(config), mesh, 96)
-  # The state is donated: its outputs reuse its arguments. The arguments are the state (2.5 M parameters in the
-  # float32 masters and bf16/f32 base, Adam moments, EMA) and the batch: well under 1 GiB, well over 10 MiB.
-  assert parts["alias_gib"] > 0 and parts["output_gib"] - parts["alias_gib"] < 1e-3
-  assert 0.01 < parts["argument_gib"] < 1 and parts["temp_gib"] > 0
-  assert assemble.device_memory_gib(parts) == pytest.approx(parts["argument_gib"] + parts["temp_gib"], abs=1e-3)
+  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+  target, shardings, make = assemble.state_target(config, cfg, sharding.make_mesh(1, 1, 1), tx, ema)
+  state = assemble.initial_state(config, cfg, sharding.make_mesh(1, 1, 1), make, shardings)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(lambda a: (a.shape, a.dtype), target)
+  got = traverse_util.flatten_dict(optim.merge_params(state.trainable, state.frozen))
+  want = traverse_util.flatten_dict(params)
+  want.update(traverse_util.flatten_dict(jax.tree.map(np.asarray, lora.init_adapters(
+      params, lora.LoraConfig.from_config(config.model), config.seed))))
+  assert set(got) == set(want)
+  for path, leaf in got.items():
+    np.testing.assert_array_equal(np.asarray(leaf), want[path].astype(leaf.dtype), err_msg=str(path))
+  assert not want[("control_blocks", "mlp_layer1", "lora_b")].any()

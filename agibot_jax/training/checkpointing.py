@@ -62,7 +62,8 @@ IGNORED_KEYS = (
     "dataloader_train.dataset.skip_invalid", "dataloader_train.dataset.validate",
     "dataloader_train.dataset.max_bad_samples", "model.allow_random_init", "model.tokenizer.path",
     "model.text_encoder.path", "model.text_encoder.tokenizer", "model.text_encoder.compute_online",
-    "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs", "model.net.mlp_chunks",
+    "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs",
+    "model.net.remat_sublayers", "model.net.mlp_chunks",
     "model.net.context_local_attention", "model.offload_optimizer_state", "model.memory_budget_gib",
 )
 # Under STRUCTURAL_KEYS but only numerics (compute precision): a change is warned about.

@@ -410,7 +410,7 @@ def no_models(monkeypatch):
   def built(*args, **kwargs):
     raise AssertionError("a model was built before the problem was found")
 
-  for name in ("build_vae", "build_text_provider", "initial_params", "make_mesh"):
+  for name in ("build_vae", "build_text_provider", "initial_params", "initial_state", "make_mesh"):
     monkeypatch.setattr(assemble, name, built)
 
 
@@ -481,7 +481,7 @@ def test_failure_while_building_leaves_no_run_files(tmp_path, monkeypatch):
 
   monkeypatch.setattr(assemble, "build_vae", lambda config, mesh: (None, None))
   monkeypatch.setattr(assemble, "build_text_provider", lambda config, cfg: None)
-  monkeypatch.setattr(assemble, "initial_params", broken)
+  monkeypatch.setattr(assemble, "initial_state", broken)
   workdir = tmp_path / "run"
   with pytest.raises(RuntimeError, match="out of memory"):
     train_lib.train(tiny(""), str(workdir))
