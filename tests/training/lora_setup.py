@@ -1,4 +1,4 @@
-"""A LoRA train state of the tiny DiT without compiling the network: random weights of the right shapes, adapters
+"""A LoRA train state of the tiny DiT without computing anything in JAX: random weights of the right shapes, adapters
 that are not zero, and an EMA that differs from them (for the merge tests of the state, sampling and export)."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ def random_params(cfg: dit.DiTConfig, seed: int = 0) -> dict:
 
 
 def lora_state(config) -> TrainState:
-  """`new_state` of `config` (LoRA on) from random weights, with B ~ 0.1·N(0, 1) and EMA = regular + 0.01."""
+  """A state of `config` (LoRA on) shaped as `new_state` makes it, filled with NumPy draws (B not zero) and an EMA
+  that differs from the regular branch by 0.01: no JAX computation, so nothing to compile."""
   cfg = dit.DiTConfig.from_config(config.model.net)
-  state = new_state(random_params(cfg), config, optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config),
-                    seed=0)
+  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+  abstract = jax.eval_shape(lambda p: new_state(p, config, tx, ema, seed=0), abstract_params(cfg))
   rng = np.random.default_rng(1)
-  trainable = jax.tree_util.tree_map_with_path(
-      lambda path, a: (0.1 * rng.standard_normal(a.shape)).astype(a.dtype) if path[-1].key == "lora_b" else a,
-      state.trainable)
-  return state.replace(trainable=trainable, ema=jax.tree.map(lambda a: a + 0.01, trainable))
+  state = jax.tree.map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(a.dtype)
+                       if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, a.dtype), abstract)
+  return state.replace(ema=jax.tree.map(lambda a: a + 0.01, state.trainable))
