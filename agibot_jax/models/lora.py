@@ -117,4 +117,3 @@ def adapter_axes(kernel_axes: Sequence, name: str) -> tuple:
   the kernel's on the stacked blocks and on A's input or B's output, the rank axis replicated."""
   *blocks, axis_in, axis_out = kernel_axes
   return (*blocks, axis_in, None) if name == A else (*blocks, None, axis_out)
-
