@@ -12,7 +12,7 @@ from agibot_jax.models import dit, lora
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from configs import base, edge
-from tests.training.lora_setup import random_params
+from tests.training.lora_setup import abstract_params, random_params
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -49,21 +49,32 @@ def test_resolve_fills_paths_into_a_frozen_copy(tmp_path):
     resolved.seed = 1
 
 
-def test_lora_state_builds_from_converted_weights_read_in_the_state_dtypes(tmp_path):
-  """Issue 30: `initial_state` reads a converted DiT in the dtypes the LoRA state keeps (the control blocks' kernels
-  frozen in `model.precision`) and builds the state target's shapes and dtypes: the weights as stored (cast), the
-  adapters drawn from the seed (`lora.init_adapters`), B = 0."""
+def lora_config(tmp_path):
   config = edge.get_config("tiny")
   config.model.precision = "bfloat16"
   config.model.lora.rank = 4
   config.checkpoint.load_path = str(tmp_path / "dit")
+  return config
+
+
+def test_lora_state_dtypes_freeze_the_control_kernels_in_the_precision(tmp_path):
+  """Issue 30: with LoRA, `initial_state` reads the control blocks' kernels in `model.precision` (they join the frozen
+  base), the groups still trained in full in float32. The build itself: the slow test below."""
+  config = lora_config(tmp_path)
   cfg = dit.DiTConfig.from_config(config.model.net)
-  params = random_params(cfg)
-  params_io.save_params(config.checkpoint.load_path, params, {"model": "dit"})
-  dtypes = traverse_util.flatten_dict(assemble.state_dtypes(config, dit.abstract_params(cfg)))
+  dtypes = traverse_util.flatten_dict(assemble.state_dtypes(config, abstract_params(cfg)))
   assert dtypes[("control_blocks", "mlp_layer1", "kernel")] == np.dtype("bfloat16")
   assert dtypes[("control_embedder", "kernel")] == np.dtype("float32")
 
+
+@pytest.mark.slow  # compiles the state's init (~8-20 s); the default run checks the dtypes it reads (test above)
+def test_lora_state_builds_from_converted_weights_read_in_the_state_dtypes(tmp_path):
+  """Issue 30: `initial_state` from a converted DiT builds the LoRA state target's shapes and dtypes: the weights as
+  stored (cast), the adapters drawn from the seed (`lora.init_adapters`), B = 0."""
+  config = lora_config(tmp_path)
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  params = random_params(cfg)
+  params_io.save_params(config.checkpoint.load_path, params, {"model": "dit"})
   tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
   target, shardings, make = assemble.state_target(config, cfg, sharding.make_mesh(1, 1, 1), tx, ema)
   state = assemble.initial_state(config, cfg, sharding.make_mesh(1, 1, 1), make, shardings)
