@@ -37,7 +37,7 @@ import numpy as np
 from agibot_jax import params_io, registry, sharding, video_io
 from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline, synthetic
-from agibot_jax.models import dit
+from agibot_jax.models import dit, lora
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.text import provider as text_provider_lib
 from agibot_jax.training import checkpointing
@@ -166,7 +166,7 @@ def check_config(config) -> None:
 
   Checks the loop and checkpoint periods, the batch and its accumulation, the mesh against the devices, the clip
   shape against the VAE and the DiT (resolution a multiple of 8 x patch size, 4k+1 frames for `state_t` latent
-  frames), the rig and its views, and the names of control type, backends and modes.
+  frames), the rig and its views, the names of control type, backends and modes, and `model.lora`.
   """
   problems = []
 
@@ -229,6 +229,12 @@ def check_config(config) -> None:
       sharding.make_mesh(**config.mesh)
     except ValueError as e:
       problems.append(str(e))
+  try:
+    lora_cfg = lora.LoraConfig.from_config(config.model)
+    if lora_cfg.rank and not problems:  # its targets against the control blocks' kernels (an abstract init, ~1 s)
+      lora.adapted_kernels(dit.abstract_params(dit_config(config)), lora_cfg)
+  except ValueError as e:
+    problems.append(str(e))
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
 

@@ -151,6 +151,19 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   # 22 for a 24 GB card), 0 runs the settings as written.
   config.model.offload_optimizer_state = False
   config.model.memory_budget_gib = 0.0
+  # LoRA on the control blocks (agibot_jax/models/lora.py; README "Memory and speed settings"): rank > 0 freezes the
+  # targeted kernels W and trains W + (alpha/rank)·A@B instead (B starts at 0: step 0 is the base). This changes the
+  # training, not only its memory. 0: the whole control branch trains (the reference's post-training).
+  lora = config.model.lora = ml_collections.ConfigDict()
+  lora.rank = 0
+  lora.alpha = 16.0
+  # Kernels of a control block to adapt, as fnmatch patterns on their path inside the block ("self_attn/q_proj",
+  # "mlp_layer1", "adaln_modulation_mlp/lora_down", ...); "*": every kernel. Other block parameters stay frozen.
+  lora.targets = ("*",)
+  # Control-branch groups still trained in full: the control input's patch embedding and the projection into the
+  # branch (4.3M parameters of the 2B's 365M, 69 MB of state) are the branch's entry for a new control signal, and
+  # cost as much as rank-11 adapters. () freezes them too.
+  lora.train_in_full = ("control_embedder", "control_before_proj")
   config.model.tokenizer = ml_collections.ConfigDict()
   config.model.tokenizer.dim = 96
   config.model.tokenizer.z_dim = 16

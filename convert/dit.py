@@ -204,10 +204,10 @@ def convert(src: str, dst: str, cfg, *, ema: bool = True, dtype: str | None = No
 
 
 def _training_checkpoint_params(src_dir: str, ema: bool):
-  """(DiTConfig, full params) from the newest training checkpoint under a workdir or its checkpoints/ dir."""
+  """(DiTConfig, full numpy params) from the newest training checkpoint under a workdir or its checkpoints/ dir."""
   import orbax.checkpoint as ocp
 
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit, lora
   from agibot_jax.training import optimizer as optim
 
   ckpt_dir = os.path.join(src_dir, "checkpoints") if os.path.isdir(os.path.join(src_dir, "checkpoints")) else src_dir
@@ -219,8 +219,10 @@ def _training_checkpoint_params(src_dir: str, ema: bool):
                                                              config=ocp.args.JsonRestore()))
   state = restored.state
   branch = state["ema"] if ema and state.get("ema") is not None else state["trainable"]
-  params = optim.merge_params(jax_free(branch), jax_free(state["frozen"]))
-  return dit.DiTConfig.from_config(restored.config["model"]["net"]), params
+  # LoRA adapters are merged into their kernels: the reference's inference reads plain weights.
+  params = lora.merged(optim.merge_params(jax_free(branch), jax_free(state["frozen"])),
+                       lora.LoraConfig.from_config(restored.config["model"]).scale)
+  return dit.DiTConfig.from_config(restored.config["model"]["net"]), jax_free(params)
 
 
 def jax_free(tree):

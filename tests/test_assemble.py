@@ -3,11 +3,18 @@
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
+from flax import traverse_util
 
-from agibot_jax import assemble
+from agibot_jax import assemble, params_io, sharding
 from agibot_jax import rig as rig_lib
-from configs import base
+from agibot_jax.models import dit, lora
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import optimizer as optim
+from configs import base, edge
+from tests.training.lora_setup import abstract_params, random_params
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -82,7 +89,6 @@ def test_agibot_rig_builds_todays_network_step_and_resumes_todays_checkpoints():
   configs/base.py, 3 views): with equal batches (tests/data/test_pipeline.py), the losses are bit-identical (and
   tests/training/test_train.py checks them against values recorded from main, slow run). A checkpoint main wrote
   resumes; another rig does not."""
-  from agibot_jax.models import dit
   from agibot_jax.training import checkpointing, step
 
   config = assemble.resolve(base.get_config("edge", "tiny"))
@@ -101,3 +107,43 @@ def test_agibot_rig_builds_todays_network_step_and_resumes_todays_checkpoints():
   assert assemble.dit_config(two).cross_view_attn_map == ((1,), (0,), ())
   structural, _ = checkpointing.config_changes(saved, json.loads(two.to_json_best_effort()))
   assert [c.split(":")[0] for c in structural] == ["dataloader_train.dataset.views", "rig"]
+
+
+def lora_config(tmp_path):
+  config = edge.get_config("tiny")
+  config.model.precision = "bfloat16"
+  config.model.lora.rank = 4
+  config.checkpoint.load_path = str(tmp_path / "dit")
+  return config
+
+
+def test_lora_state_dtypes_freeze_the_control_kernels_in_the_precision(tmp_path):
+  """Issue 30: with LoRA, `initial_state` reads the control blocks' kernels in `model.precision` (they join the frozen
+  base), the groups still trained in full in float32. The build itself: the slow test below."""
+  config = lora_config(tmp_path)
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  dtypes = traverse_util.flatten_dict(assemble.state_dtypes(config, abstract_params(cfg)))
+  assert dtypes[("control_blocks", "mlp_layer1", "kernel")] == np.dtype("bfloat16")
+  assert dtypes[("control_embedder", "kernel")] == np.dtype("float32")
+
+
+@pytest.mark.slow  # compiles the state's init (~8-20 s); the default run checks the dtypes it reads (test above)
+def test_lora_state_builds_from_converted_weights_read_in_the_state_dtypes(tmp_path):
+  """Issue 30: `initial_state` from a converted DiT builds the LoRA state target's shapes and dtypes: the weights as
+  stored (cast), the adapters drawn from the seed (`lora.init_adapters`), B = 0."""
+  config = lora_config(tmp_path)
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  params = random_params(cfg)
+  params_io.save_params(config.checkpoint.load_path, params, {"model": "dit"})
+  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+  target, shardings, make = assemble.state_target(config, cfg, sharding.make_mesh(1, 1, 1), tx, ema)
+  state = assemble.initial_state(config, cfg, sharding.make_mesh(1, 1, 1), make, shardings)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(lambda a: (a.shape, a.dtype), target)
+  got = traverse_util.flatten_dict(optim.merge_params(state.trainable, state.frozen))
+  want = traverse_util.flatten_dict(params)
+  want.update(traverse_util.flatten_dict(jax.tree.map(np.asarray, lora.init_adapters(
+      params, lora.LoraConfig.from_config(config.model), config.seed))))
+  assert set(got) == set(want)
+  for path, leaf in got.items():
+    np.testing.assert_array_equal(np.asarray(leaf), want[path].astype(leaf.dtype), err_msg=str(path))
+  assert not want[("control_blocks", "mlp_layer1", "lora_b")].any()

@@ -34,6 +34,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from agibot_jax import params_io
+from agibot_jax.models import lora
 
 from agibot_jax.training.state import TrainState
 
@@ -45,9 +46,10 @@ _TMP_MARK = ".orbax-checkpoint-tmp"
 # Config keys (dotted prefixes) a checkpoint cannot be resumed across: they change the train state's shapes or
 # what the network learns to map from (control type, rig and views, clip shape, VAE).
 STRUCTURAL_KEYS = (
-    "control_type", "rig", "model.net.", "model.train_base", "model.precision", "model.hint_keys", "model.tokenizer.",
-    "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type", "dataloader_train.dataset.views",
-    "dataloader_train.dataset.resolution_hw", "dataloader_train.dataset.num_video_frames", "ema.enabled",
+    "control_type", "rig", "model.net.", "model.train_base", "model.lora.", "model.precision", "model.hint_keys",
+    "model.tokenizer.", "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type",
+    "dataloader_train.dataset.views", "dataloader_train.dataset.resolution_hw",
+    "dataloader_train.dataset.num_video_frames", "ema.enabled",
 )
 # Keys free to change on resume: paths, loop lengths, checkpointing, logging and samples, parallelism, input
 # workers, and the network's memory/kernel settings (same weights, same results). Anything else that changed is
@@ -66,6 +68,8 @@ IGNORED_KEYS = (
 )
 # Under STRUCTURAL_KEYS but only numerics (compute precision): a change is warned about.
 PRECISION_KEYS = ("model.net.dtype", "model.tokenizer.dtype")
+# Keys newer than some checkpoints, and the value their absence means (what the older code did).
+ABSENT_MEANS = {"model.lora.rank": 0}
 
 
 class SaveError(RuntimeError):
@@ -259,9 +263,10 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
   """(structural, other) changes from a checkpoint's config JSON to the current one, each "key: old -> new".
 
-  A key present on one side only (another version of the code) is never structural.
+  A key present on one side only (another version of the code) is never structural, unless ABSENT_MEANS says what
+  its absence means.
   """
-  old, new = _flatten(saved), _flatten(current)
+  old, new = {**ABSENT_MEANS, **_flatten(saved)}, {**ABSENT_MEANS, **_flatten(current)}
   structural, other = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
@@ -288,15 +293,17 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
   """(step, full DiT params) of the newest complete checkpoint of a run, reading only the weights.
 
   The frozen base and either the EMA (`use_ema`) or the regular trainable branch are restored, in their stored
-  dtypes, into `param_shardings` (a sharding per parameter path); the optimizer state is not read.
+  dtypes, into `param_shardings` (a sharding per parameter path; LoRA adapters are placed like their kernel and
+  merged into it with the checkpoint's own `model.lora`); the optimizer state is not read.
   """
   from flax import traverse_util
 
   directory = checkpoint_dir(workdir)
   with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
     step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no complete checkpoint")
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no complete checkpoint")
+    saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   path = os.path.join(directory, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   stored = checkpointer.metadata(path).item_metadata.tree
@@ -304,6 +311,9 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
   if not stored.get(branch):
     raise ValueError(f"{directory}: the run kept no EMA (ema.enabled=False); use the regular weights (--no_ema)")
   by_path = traverse_util.flatten_dict(param_shardings)
+  for key, m in traverse_util.flatten_dict(stored[branch]).items():
+    if key[-1] in (lora.A, lora.B):
+      by_path[key] = _adapter_sharding(by_path[key[:-1] + (lora.KERNEL,)], key[-1], len(m.shape))
   target, restore_args = {}, {}
   for part in ("frozen", branch):
     flat = traverse_util.flatten_dict(stored[part])
@@ -315,4 +325,11 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
                                                                partial_restore=True))
   flat = traverse_util.flatten_dict(out["frozen"])
   flat.update(traverse_util.flatten_dict(out[branch]))
-  return step, traverse_util.unflatten_dict(flat)
+  params = lora.merged(traverse_util.unflatten_dict(flat), lora.LoraConfig.from_config(saved_config["model"]).scale)
+  return step, jax.device_put(params, param_shardings)  # merged kernels placed as the network's
+
+
+def _adapter_sharding(kernel: jax.sharding.NamedSharding, name: str, ndim: int) -> jax.sharding.NamedSharding:
+  """A LoRA adapter's sharding from its kernel's (`lora.adapter_axes`)."""
+  spec = tuple(kernel.spec) + (None,) * (ndim - len(kernel.spec))
+  return jax.sharding.NamedSharding(kernel.mesh, jax.sharding.PartitionSpec(*lora.adapter_axes(spec, name)))

@@ -307,3 +307,36 @@ def test_sigterm_writes_the_current_step_and_exits_143(dataset_dir, tmp_path):
   last = max(loop.read_metrics(workdir))
   assert finalised_steps(checkpointing.checkpoint_dir(workdir)) == [last], out[-3000:]
   assert f"SIGTERM: stopped after step {last}; checkpoint {last} written" in out, out[-3000:]
+
+
+@pytest.mark.slow  # a CLI run and two converter runs; the default run checks the LoRA step (test_step.py) and the merge
+# on export and for sampling (tests/convert/test_dit.py)
+def test_lora_cli_run_trains_and_its_export_round_trips(dataset_dir, tmp_path):
+  """Issue 30: `--config.model.lora.rank=4` trains 2 steps (checkpoints hold the adapters, the control kernels frozen);
+  `convert.dit --export` writes merged kernels under the reference's names, which convert back to exactly the weights
+  sampling restores from the run (EMA)."""
+  from agibot_jax import params_io
+  from tests.convert.reference import run_cli as run_module
+
+  workdir, exported, converted = str(tmp_path / "run"), str(tmp_path / "lora.pt"), str(tmp_path / "converted")
+  net = {k: v for k, v in SMALL.items() if k.startswith("model.net.")}
+  settings = {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, "trainer.max_iter": 2, "model.lora.rank": 4}
+  proc = run_cli(workdir, settings)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  assert sorted(loop.read_metrics(workdir)) == [1, 2]
+  state, _, saved = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(workdir), "2"))
+  assert saved["model"]["lora"]["rank"] == 4
+  assert "kernel" in state["frozen"]["control_blocks"]["mlp_layer1"]
+  assert np.abs(state["ema"]["control_blocks"]["mlp_layer1"]["lora_b"]).max() > 0, "B trained"
+
+  for args in (("--export", workdir, "--dst", exported),
+               ("--src", exported, "--dst", converted, "--config", "configs/edge.py:tiny", *cli_flags(net))):
+    done = run_module("convert.dit", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+  cfg = dit.DiTConfig.from_config(small_config(dataset_dir).model.net)
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(1, 1, 1))
+  _, sampled = checkpointing.restore_weights(workdir, shardings)
+  assert_trees_equal(params_io.to_numpy_tree(params_io.restore_params(converted)), sampled, "exported and converted")
+  merged = np.asarray(sampled["control_blocks"]["mlp_layer1"]["kernel"])
+  assert not np.array_equal(merged, state["frozen"]["control_blocks"]["mlp_layer1"]["kernel"])
