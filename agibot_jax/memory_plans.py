@@ -242,5 +242,7 @@ def choose(config, mesh, text_channels: int, *, compile_fn: Callable = compile_s
     return candidate
   tried = "; ".join(f"{plans[i][0]}: " + (f"{need:.4g} GiB" if need < float("inf") else "out of memory in a trial step")
                     for i, need in sorted(needs.items()))
-  raise NoPlanFits(f"model.memory_budget_gib={budget:g}: no memory plan fits ({tried}); a larger card, several GPUs "
-                   "(mesh.context) or a lower resolution")
+  # LoRA is not a plan: it changes what is trained, so only the user turns it on.
+  lora_hint = "" if config.model.lora.rank else "LoRA (model.lora.rank=16), "
+  raise NoPlanFits(f"model.memory_budget_gib={budget:g}: no memory plan fits ({tried}); {lora_hint}a larger card, "
+                   "several GPUs (mesh.context) or a lower resolution")
