@@ -7,7 +7,8 @@ r"""Imports AgiBot World episodes (raw release or a LeRobot v2.x / v3.0 conversi
 SRC is a raw root (task_info/, observations/<task>/<episode>/ or its tar shards) or a LeRobot root (recognised
 by meta/info.json). DST gets videos/, captions/ (and control_input_depth/) with ids `<task>_<episode>_c<k>`,
 and manifest.json. Rerunning the same command completes an interrupted import. Exit status 0 with a summary,
-2 with a one-line reason when the source, the settings or a codec rule the import out.
+2 with a one-line reason when the source, the settings or a codec rule the import out, or when no clip was imported
+(every episode skipped: the reasons are in manifest.json).
 The data is CC BY-NC-SA 4.0 and gated: this reads the copy you obtained and redistributes nothing.
 """
 
@@ -41,6 +42,11 @@ def main(src: str, dst: str) -> int:
     summary = importer.run(settings_from_flags(src, dst), progress=True)
   except (ValueError, decode.MissingCodecError) as e:
     print(f"REFUSED {e}", file=sys.stderr)
+    return EXIT_REFUSED
+  if summary.clips == 0:
+    first = f"; the first: {summary.skipped[0]}" if summary.skipped else ""
+    print(f"REFUSED nothing imported from {src}: {len(summary.skipped)} item(s) skipped (reasons in "
+          f"{dst}/{importer.MANIFEST}){first}", file=sys.stderr)
     return EXIT_REFUSED
   print(f"imported {summary} -> {dst} (details: {dst}/{importer.MANIFEST})")
   return 0

@@ -7,7 +7,10 @@
 Samples are matched across views by file stem; extensions match in any case (`.MP4`). `scan` checks the whole
 dataset once and returns every problem it finds (each naming the file); `load_index` refuses a dataset with
 problems unless told to drop the bad samples, and warns about views whose aspect ratio is not the training
-resolution's (they are stretched). The reference instead crashes at the first bad sample mid-training (spec §1.6).
+resolution's (they are stretched) and about samples whose prompt (head_color caption) is empty. A control video of
+another aspect ratio than its RGB video is a problem (both are resized to the training resolution, so they would be
+stretched differently and no longer line up) unless `control_stretch` says so is intended; one of another size but
+the same aspect is named in a warning. The reference instead crashes at the first bad sample mid-training (spec §1.6).
 
 Each video is probed (metadata and first frame); `full=True` also decodes every frame training will read, which
 finds files corrupt mid-stream (slow: a full decode of the dataset).
@@ -92,11 +95,21 @@ def _same_fps(a: float, b: float) -> bool:
   return abs(a - b) <= _FPS_RTOL * max(abs(a), abs(b))
 
 
+def _same_aspect(a: video.VideoInfo, b: video.VideoInfo) -> bool:
+  return abs(a.width / a.height - b.width / b.height) <= _ASPECT_RTOL * b.width / b.height
+
+
+def _size(info: video.VideoInfo) -> str:
+  return f"{info.height}x{info.width} (W/H {info.width / info.height:.2f})"
+
+
 def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_needed: int, *, full: bool = False,
-         random_start: bool = False, backend: str = "auto") -> tuple[list[Sample], list[Problem]]:
+         random_start: bool = False, backend: str = "auto",
+         control_stretch: bool = False) -> tuple[list[Sample], list[Problem]]:
   """Checks the whole dataset; returns the valid samples (sorted by id) and every problem found.
 
   full: decode every frame training reads (the first `frames_needed`; all of them with `random_start`) with `backend`.
+  control_stretch: a control video of another aspect ratio than its RGB video is intended (a warning, no problem).
   """
   views = registry.check_views(views)
   control = registry.control(control_type)
@@ -135,7 +148,7 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_nee
       return str(e)
     return None
 
-  samples = []
+  samples, resized = [], []
   with logs.progress(total=len(all_ids), desc="decoding", unit="sample") if full else contextlib.nullcontext() as bar:
     for sid in all_ids:
       sample_problems: list[Problem] = list(duplicates.get(sid, ()))
@@ -196,6 +209,15 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_nee
                 f"{infos[v].path} has {infos[v].num_frames} frames at {infos[v].fps:g} fps"))
           elif msg := decodes(cinfo):
             sample_problems.append(Problem(sid, cp, f"corrupt control video ({msg})"))
+          elif v in infos and (cinfo.height, cinfo.width) != (infos[v].height, infos[v].width):
+            if control_stretch or _same_aspect(cinfo, infos[v]):
+              resized.append(f"{cp} {_size(cinfo)} vs {_size(infos[v])}")
+            else:
+              sample_problems.append(Problem(
+                  sid, cp, f"control video is {_size(cinfo)} but its RGB video {infos[v].path} is "
+                  f"{_size(infos[v])}: resized to the training resolution they would be stretched differently and "
+                  "no longer line up; fix the control video, or set "
+                  "dataloader_train.dataset.allow_control_stretch=True if the stretch is intended"))
 
       problems += sample_problems
       if not sample_problems:
@@ -207,7 +229,14 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_nee
         bar.update(1)
   if not all_ids:
     problems.append(Problem(None, os.path.join(root, "videos", views[0]), "empty dataset: no .mp4 samples found"))
+  if resized:
+    log.warning("%d control video(s) of another size than their RGB video, each resized to the training resolution "
+                "by itself: %s", len(resized), _first_few(resized))
   return samples, problems
+
+
+def _first_few(items: list[str], n: int = 5) -> str:
+  return "; ".join(items[:n]) + (f"; and {len(items) - n} more" if len(items) > n else "")
 
 
 def aspect_mismatches(samples: list[Sample], views: tuple[str, ...],
@@ -224,20 +253,27 @@ def aspect_mismatches(samples: list[Sample], views: tuple[str, ...],
 
 def load_index(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_needed: int,
                skip_invalid: bool = False, *, resolution_hw: tuple[int, int] | None = None, full: bool = False,
-               random_start: bool = False, backend: str = "auto") -> list[Sample]:
-  """Validated sample list (`scan`); with `resolution_hw`, a warning lists the views whose aspect ratio differs.
+               random_start: bool = False, backend: str = "auto", control_stretch: bool = False) -> list[Sample]:
+  """Validated sample list (`scan`); a warning lists the samples whose prompt is empty and, with `resolution_hw`,
+  one the views whose aspect ratio differs.
 
   Raises:
     DatasetError: any problem (listing all of them), or, with `skip_invalid`, no valid sample left.
   """
   samples, problems = scan(dataset_dir, views, control_type, frames_needed, full=full, random_start=random_start,
-                           backend=backend)
+                           backend=backend, control_stretch=control_stretch)
   if problems and not (skip_invalid and samples):
     raise DatasetError(dataset_dir, problems)
   if problems:
     dropped = sorted({p.sample_id for p in problems if p.sample_id is not None})
     log.warning("skip_invalid: dropping %d sample(s) %s of %s:\n%s", len(dropped), dropped, dataset_dir,
                     "\n".join(f"  - {p}" for p in problems))
+  if registry.PROMPT_VIEW in views:
+    empty = [os.path.join(os.path.abspath(dataset_dir), "captions", registry.PROMPT_VIEW, f"{s.sample_id}.json")
+             for s in samples if not s.prompt.strip()]
+    if empty:
+      log.warning("%d sample(s) with an empty prompt (their %s caption, which is the prompt): %s", len(empty),
+                  registry.PROMPT_VIEW, _first_few(empty))
   if resolution_hw is not None:
     mismatched = aspect_mismatches(samples, registry.check_views(views), resolution_hw)
     if mismatched:

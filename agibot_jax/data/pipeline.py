@@ -64,6 +64,7 @@ class DataSettings:
   latent_cache_dir: str = ""
   validate: str = "probe"  # probe | full: start-up check of the videos (layout.scan)
   max_bad_samples: int = 0  # undecodable samples the training iterator may skip
+  allow_control_stretch: bool = False  # a control video of another aspect ratio than its RGB video is intended
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, control_preset: str | None = None) -> DataSettings:
@@ -73,7 +74,7 @@ class DataSettings:
                random_start_frame=bool(ds.random_start_frame), skip_invalid=bool(ds.skip_invalid),
                video_backend=ds.video_backend, control_preset=control_preset,
                latent_cache_dir=ds.get("latent_cache_dir", ""), validate=ds.validate,
-               max_bad_samples=int(ds.max_bad_samples))
+               max_bad_samples=int(ds.max_bad_samples), allow_control_stretch=bool(ds.allow_control_stretch))
 
 
 def validated_samples(settings: DataSettings) -> list[layout.Sample]:
@@ -81,7 +82,7 @@ def validated_samples(settings: DataSettings) -> list[layout.Sample]:
   return layout.load_index(settings.dataset_dir, settings.views, settings.control_type, settings.num_video_frames,
                            settings.skip_invalid, resolution_hw=settings.resolution_hw,
                            full=settings.validate == "full", random_start=settings.random_start_frame,
-                           backend=settings.video_backend)
+                           backend=settings.video_backend, control_stretch=settings.allow_control_stretch)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -38,7 +38,7 @@ def dataset_captions(config) -> list[str]:
   """Every distinct per-view caption of the config's dataset, in sample then view order."""
   ds = config.dataloader_train.dataset
   samples = layout.load_index(ds.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
-                              bool(ds.skip_invalid))
+                              bool(ds.skip_invalid), control_stretch=bool(ds.allow_control_stretch))
   captions: dict[str, None] = {}
   for sample in samples:
     captions.update(dict.fromkeys(registry.view_captions(sample.prompt, tuple(ds.views))))

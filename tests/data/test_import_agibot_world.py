@@ -31,3 +31,17 @@ def test_import_then_refusals(tmp_path):
   rerun = _run(src, dst, "--clip_frames=9")
   assert rerun.returncode == 2 and "other settings (aspect='crop')" in rerun.stderr
   assert _run(src).returncode == 1  # usage: SRC and DST
+
+
+def test_every_episode_skipped_exits_2_in_one_line(monkeypatch, capsys):
+  from agibot_jax.data import import_agibot_world
+  from agibot_jax.data.agibot_world import importer, source
+
+  skip = source.Skip("327", "648642", "/src/observations/327/648642", "9 frames, fewer than --clip_frames=93")
+  monkeypatch.setattr(import_agibot_world, "settings_from_flags", lambda src, dst: None)
+  monkeypatch.setattr(importer, "run", lambda settings, progress: importer.Summary("raw", 0, 0, 0, (skip,)))
+  assert import_agibot_world.main("/src", "/dst") == 2
+  out, err = capsys.readouterr()
+  assert out == "" and err.count("\n") == 1, err
+  assert err.startswith("REFUSED nothing imported from /src: 1 item(s) skipped (reasons in /dst/manifest.json); "
+                        "the first: 327_648642: /src/observations/327/648642: 9 frames"), err

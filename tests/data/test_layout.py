@@ -86,3 +86,14 @@ def test_full_validation_decodes_every_frame_read(synthetic_copy):
   samples, problems = layout.scan(str(synthetic_copy), VIEWS, "edge", 9, full=True)
   assert [s.sample_id for s in samples] == ["synthetic_000"]
   assert len(problems) == 1 and problems[0].path == str(path) and "corrupt video" in problems[0].message
+
+
+def test_empty_prompt_is_warned(synthetic_copy, caplog):
+  """Issue 33 row 11: `{"caption": ""}` for head_color (the prompt) was accepted without a word."""
+  path = synthetic_copy / "captions/head_color/synthetic_001.json"
+  path.write_text('{"caption": " "}')
+  with caplog.at_level(logging.WARNING, logger="agibot_jax"):
+    samples = layout.load_index(str(synthetic_copy), VIEWS, "edge", 9)
+  assert len(samples) == 2
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == [f"1 sample(s) with an empty prompt (their head_color caption, which is the prompt): {path}"]
