@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from agibot_jax import utils
+
 BACKENDS = ("auto", "imageio", "opencv")
 
 
@@ -160,7 +162,8 @@ def opencv_frames(url: str, *, start: int = 0, stop: int | None = None, label: s
 
 def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int | None = None,
                 backend: str = "auto") -> str:
-  """Writes RGB uint8 frames (T, H, W, 3) as mp4; returns the backend used ("imageio_ffmpeg" or "opencv").
+  """Writes RGB uint8 frames (T, H, W, 3) as mp4, atomically (`utils.atomic_path`); returns the backend used
+  ("imageio_ffmpeg" or "opencv").
 
   imageio-ffmpeg writes H.264/yuv420p: near-lossless (crf 12) by default, or at imageio's `quality` (0..10).
   OpenCV's pip wheels carry no H.264 encoder (licensing), so its fallback writes MPEG-4 part 2 (`mp4v`).
@@ -171,22 +174,38 @@ def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int 
     raise ValueError(f"{path}: expected RGB frames (T, H, W, 3), got {frames_THWC.shape}")
   if backend not in ("auto", "imageio_ffmpeg", "opencv"):
     raise ValueError(f"backend must be auto, imageio_ffmpeg or opencv, got {backend!r}")
+  if backend == "auto":
+    backend = "imageio_ffmpeg" if importlib.util.find_spec("imageio_ffmpeg") is not None else "opencv"
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if backend == "imageio_ffmpeg" or (backend == "auto" and importlib.util.find_spec("imageio_ffmpeg") is not None):
-    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+  with utils.atomic_path(path) as tmp:
+    if backend == "imageio_ffmpeg":
+      import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
 
-    settings = dict(output_params=["-crf", "12"]) if quality is None else dict(quality=quality)
-    writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, ffmpeg_log_level="error", **settings)
-    writer.send(None)
-    for frame in frames_THWC:
-      writer.send(frame)
-    writer.close()
-    return "imageio_ffmpeg"
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-  if not writer.isOpened():
-    raise VideoError(f"{path}: OpenCV cannot open an mp4 writer")
-  for frame in frames_THWC:
-    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  writer.release()
-  return "opencv"
+      settings = dict(output_params=["-crf", "12"]) if quality is None else dict(quality=quality)
+      writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                           macro_block_size=1, ffmpeg_log_level="error", **settings)
+      writer.send(None)
+      try:
+        for frame in frames_THWC:
+          writer.send(frame)
+      finally:
+        writer.close()
+    else:
+      writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+      if not writer.isOpened():
+        raise VideoError(f"{path}: OpenCV cannot open an mp4 writer")
+      try:
+        for frame in frames_THWC:
+          writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+      finally:
+        writer.release()
+  return backend
+
+
+def write_image(path: str, image_HWC: np.ndarray, params: tuple[int, ...] = ()) -> None:
+  """Writes a uint8 RGB image atomically, in the format of its extension (.jpg, .png; OpenCV `params`)."""
+  ok, encoded = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(image_HWC, cv2.COLOR_RGB2BGR), list(params))
+  if not ok:
+    raise ValueError(f"{path}: OpenCV cannot encode this image format")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  utils.atomic_write(path, lambda f: f.write(encoded.tobytes()))

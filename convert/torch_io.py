@@ -30,7 +30,7 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from agibot_jax import params_io
+from agibot_jax import params_io, utils
 
 INDEX_FILE = "model.safetensors.index.json"
 DCP_METADATA = ".metadata"
@@ -345,15 +345,10 @@ def save_state_dict(state: Mapping[str, np.ndarray], dst: str, *, prefix: str = 
   """Write a `.pt` (torch.save) or `.safetensors` file atomically."""
   torch = _torch()
   tensors = {prefix + k: numpy_to_tensor(v) for k, v in state.items()}
-  tmp = f"{dst}.tmp{os.getpid()}"
-  try:
+  with utils.atomic_path(dst) as tmp:
     if dst.endswith(".safetensors"):
       from safetensors.torch import save_file
 
       save_file(tensors, tmp)
     else:
       torch.save(tensors, tmp)
-    os.replace(tmp, dst)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

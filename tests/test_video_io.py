@@ -48,3 +48,41 @@ def test_backend_names():
   assert video.resolve_backend("auto") == "imageio"
   with pytest.raises(ValueError, match="decord"):
     video.resolve_backend("decord")
+
+
+
+@pytest.mark.parametrize("backend", ["imageio_ffmpeg", "opencv"])
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch, backend):
+  """Issue 33: an mp4 (sample videos, previews, imported clips) appears under its name only once complete; a writer
+  interrupted after 2 of 5 frames leaves neither a half file nor its temporary."""
+  import cv2
+  import imageio_ffmpeg
+
+  frames, written = np.zeros((5, 16, 16, 3), np.uint8), []
+
+  def third_frame_interrupts(write):
+    def wrapped(frame, *args):
+      if frame is not None:  # imageio-ffmpeg's writer is started with send(None)
+        if len(written) == 2:
+          raise KeyboardInterrupt
+        written.append(frame)
+      return write(frame, *args)
+    return wrapped
+
+  if backend == "imageio_ffmpeg":
+    open_writer = imageio_ffmpeg.write_frames
+
+    class Writer:
+      def __init__(self, *args, **kwargs):
+        writer = open_writer(*args, **kwargs)
+        self.send, self.close = third_frame_interrupts(writer.send), writer.close
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", Writer)
+  else:
+    monkeypatch.setattr(cv2, "cvtColor", third_frame_interrupts(cv2.cvtColor))
+  with pytest.raises(KeyboardInterrupt):
+    video.write_video(str(tmp_path / "out.mp4"), frames, 10.0, backend=backend)
+  assert list(tmp_path.iterdir()) == []
+  monkeypatch.undo()
+  video.write_video(str(tmp_path / "out.mp4"), frames, 10.0, backend=backend)
+  assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
