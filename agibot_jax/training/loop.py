@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from agibot_jax import flops, logs
+from agibot_jax import flops, logs, utils
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,21 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsLog:
   """TensorBoard scalars under `<workdir>/tensorboard` and `<workdir>/metrics.jsonl`, written by process 0.
 
-  metrics.jsonl holds one JSON object per logged step ({"step": n, "loss": ..., ...}), appended across
-  restarts: a run resumed from an earlier checkpoint logs some steps again, and the last line of a step wins.
+  metrics.jsonl holds one JSON object per logged step ({"step": n, "loss": ..., ...}; validation steps add one with
+  the validation metrics), appended across restarts. A run that starts at step `start` (resumed from that
+  checkpoint, or 0) first drops what an abandoned run logged after it: the rows of metrics.jsonl (the file
+  rewritten atomically) and, through TensorBoard's purge step, its events. So every step is logged by one run.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start: int = 0):
     from tensorboardX import SummaryWriter
 
     main = jax.process_index() == 0
-    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if main else None
-    self.jsonl = open(os.path.join(workdir, METRICS_FILE), "a") if main else None
+    path = os.path.join(workdir, METRICS_FILE)
+    if main:
+      drop_rows_after(path, start)
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start + 1) if main else None
+    self.jsonl = open(path, "a") if main else None
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if self.writer is None:
@@ -72,6 +77,18 @@ class MetricsLog:
     if self.writer is not None:
       self.writer.close()
       self.jsonl.close()
+
+
+def drop_rows_after(path: str, step: int) -> None:
+  """Rewrites the metrics file `path` (atomically) without its rows of steps after `step`, if it has any."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  # A line cut short by a kill ends without a newline: dropped with the rest of the abandoned run.
+  kept = [ln for ln in lines if ln.endswith("\n") and json.loads(ln)["step"] <= step]
+  if len(kept) < len(lines):
+    utils.atomic_write(path, lambda f: f.writelines(kept), mode="w")
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
