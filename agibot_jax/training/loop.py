@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -155,6 +156,11 @@ class StopSignals:
 
   The loop finishes the step in flight, writes its checkpoint and raises `Stopped` with `exit_code` 128 + signum
   (143 for SIGTERM, 130 for SIGINT). A second signal exits the process at once, without saving.
+
+  Python runs a signal's handler in the main thread between two bytecodes, so while a step runs in native code
+  (XLA) two signals become one call of the handler. The second is counted instead where each delivery is seen:
+  Python writes every signal's number to the wakeup file descriptor (`signal.set_wakeup_fd`), which a thread
+  reads, exiting the process at the second SIGTERM or SIGINT.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -162,15 +168,32 @@ class StopSignals:
   def __init__(self):
     self.signum: int | None = None
     self._previous: dict[int, Any] = {}
+    self._previous_wakeup_fd = -1
+    self._wakeup_fd = -1
 
   def __enter__(self) -> "StopSignals":
     for signum in self.SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
+    read_fd, self._wakeup_fd = os.pipe()
+    os.set_blocking(self._wakeup_fd, False)
+    self._previous_wakeup_fd = signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
+    threading.Thread(target=self._count_deliveries, args=(read_fd,), name="stop-signals", daemon=True).start()
     return self
 
   def __exit__(self, *exc) -> None:
+    signal.set_wakeup_fd(self._previous_wakeup_fd)
+    os.close(self._wakeup_fd)  # the counting thread reads the end of the pipe and stops
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+
+  def _count_deliveries(self, read_fd: int) -> None:
+    seen = 0
+    with os.fdopen(read_fd, "rb", buffering=0) as deliveries:
+      while data := deliveries.read(64):
+        for signum in data:
+          seen += signum in self.SIGNALS
+          if seen == 2:
+            _exit_at_once(signum)
 
   def requested(self) -> bool:
     """Whether to stop now. Processes of a multi-process run first agree (one small collective, which waits for
@@ -196,12 +219,16 @@ class StopSignals:
   def _handle(self, signum, frame) -> None:
     del frame
     if self.signum is not None:
-      sys.stderr.write(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint\n")
-      sys.stderr.flush()
-      os._exit(128 + signum)  # pylint: disable=protected-access
+      _exit_at_once(signum)
     self.signum = signum
     log.warning("%s: finishing the current step and writing a checkpoint, then stopping (send it again to exit at "
                 "once)", self.name)
+
+
+def _exit_at_once(signum: int) -> None:
+  sys.stderr.write(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint\n")
+  sys.stderr.flush()
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 class NonfiniteWatch:

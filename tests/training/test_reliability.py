@@ -220,6 +220,35 @@ def test_second_signal_exits_at_once():
   assert "SIGINT again: exiting now, without a checkpoint" in out and "save" not in out
 
 
+NATIVE_STEP_CHILD = textwrap.dedent("""
+    import signal, time
+    from agibot_jax.training import loop
+
+    with loop.StopSignals():
+      # As in a step running in XLA: the signals reach another thread and Python's handler waits for the main
+      # thread's next bytecode, here in a minute.
+      signal.pthread_sigmask(signal.SIG_BLOCK, loop.StopSignals.SIGNALS)
+      print("step 1", flush=True)
+      time.sleep(60)
+""")
+
+
+def test_second_signal_during_a_native_step_exits_at_once():
+  """Issue 33 row 13: two SIGTERMs during one step in native code reached the handler as one; the run finished the
+  step and wrote its checkpoint instead of exiting."""
+  proc = subprocess.Popen([sys.executable, "-c", NATIVE_STEP_CHILD], cwd=REPO, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  read_until(proc, "step 1")
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=50)
+  assert time.time() - t0 < 10, "the second signal must not wait for the step"
+  assert proc.returncode == 143, out
+  assert "SIGTERM again: exiting now, without a checkpoint" in out
+
+
 # ----------------------------------------------------------------------------------------------
 # Item 4: resume
 
