@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -31,3 +33,20 @@ def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> No
   """Writes `path` through `write(file)` (`atomic_path`)."""
   with atomic_path(path) as tmp, open(tmp, mode) as f:
     write(f)
+
+
+def end_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+  """Ends this process (a helper of `parent_pid`) within `poll_s` seconds of its parent's end, however it ended.
+
+  A thread polls the parent: once this process is re-parented (kill -9, a crash), it exits. (Linux's
+  PR_SET_PDEATHSIG would fire when the parent *thread* that started this process ends, which for helpers started
+  from a thread pool is not the parent's end.)
+  """
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(poll_s)
+    os._exit(1)  # pylint: disable=protected-access
+
+  if os.getppid() != parent_pid:
+    os._exit(1)  # pylint: disable=protected-access
+  threading.Thread(target=watch, name="end-with-parent", daemon=True).start()

@@ -23,6 +23,7 @@ the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from agibot_jax import registry
+from agibot_jax import registry, utils
 from agibot_jax import video_io as video
 from agibot_jax.data import controls, latent_cache, layout, resize
 
@@ -303,15 +304,17 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                            per_worker_buffer_size=prefetch_buffer_size),
-                              worker_init_fn=_worker_init)
+                              worker_init_fn=functools.partial(_worker_init, parent_pid=os.getpid()))
   return iter(it_ds)
 
 
-def _worker_init(index: int, count: int) -> None:
+def _worker_init(index: int, count: int, *, parent_pid: int) -> None:
   """Ctrl-C reaches the whole process group: the workers leave it to the training process, which writes a
-  checkpoint before it stops them (agibot_jax/training/loop.py)."""
+  checkpoint before it stops them (agibot_jax/training/loop.py). A worker ends with the training process, also
+  when that is killed (`utils.end_with_parent`), instead of holding its memory as an orphan."""
   del index, count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  utils.end_with_parent(parent_pid)
 
 
 def from_config(config: ml_collections.ConfigDict, rows: slice | None = None, num_epochs: int | None = None,
