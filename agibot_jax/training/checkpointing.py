@@ -119,6 +119,7 @@ class Saver:
 
   def __init__(self, manager: ocp.CheckpointManager, config, data_state: Callable[[], Any]):
     self.manager, self.config, self.data_state = manager, config, data_state
+    drop_closed_loop_callbacks()
     self.pending: int | None = None  # the step whose save is in flight or not yet checked
     self.failed = False
 
@@ -183,7 +184,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if steps:
-    _drop_late_restore_callbacks()
+    drop_closed_loop_callbacks()
   for step in steps:
     try:
       return _restore(manager, step, abstract_state, config)
@@ -197,10 +198,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   return None
 
 
-def _drop_late_restore_callbacks() -> None:
-  """When a restore fails, Orbax closes its asyncio loop while TensorStore still completes the other reads; each
-  completion then calls into the closed loop and Python prints a traceback ("Event loop is closed"), hundreds for a
-  train state, drowning the one line that names the failure. Those, and only those, are dropped from the process's
+def drop_closed_loop_callbacks() -> None:
+  """When a restore or a save fails (one read or write of many, e.g. a full disk), Orbax closes the asyncio loop it
+  ran them in while TensorStore still completes the others; each completion then calls into the closed loop
+  (`call_soon_threadsafe`) and Python prints a traceback ("Event loop is closed"), dozens to hundreds for a train
+  state, drowning the one line that names the failure. Those, and only those, are dropped from the process's
   unraisable-exception hook (they arrive any time later, so the filter stays)."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_callbacks", False):

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -412,6 +413,38 @@ def test_failed_async_save_stops_the_loop_at_the_next_step(tmp_path, monkeypatch
   assert steps_run == [1, 2, 3, 4, 5], "stopped right after the step that found the failure, not at the next save"
   assert "the newest complete checkpoint is step 2" in str(err.value)
   assert sorted(os.listdir(checkpointing.checkpoint_dir(str(tmp_path)))) == ["2"], "no tmp dir left behind"
+  saver.close()
+
+
+def test_a_failed_save_prints_no_closed_loop_tracebacks(tmp_path, monkeypatch):
+  """Issue 33 row 8: a full disk during a save printed 25+ `RuntimeError: Event loop is closed` tracebacks before the
+  one line. Their source, reproduced: Orbax awaits TensorStore writes in an asyncio loop that it closes once one write
+  failed; each write completing later calls into the closed loop, and Python reports that as unraisable."""
+  import asyncio
+
+  import tensorstore as ts
+
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  config = edge.get_config("tiny")
+  saver = checkpointing.Saver(checkpointing.make_manager(str(tmp_path), config), assemble.resolve(config),
+                              data_state=dict)
+  promise, write = ts.Promise.new()
+
+  async def await_write():
+    await write
+
+  loop = asyncio.new_event_loop()
+  waiting = loop.create_task(await_write())
+  loop.run_until_complete(asyncio.sleep(0))
+  loop.close()  # the save failed
+  waiting._log_destroy_pending = False  # pylint: disable=protected-access
+  promise.set_result(None)  # a late write completes
+  assert reported == []
+  other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError("another error"), exc_traceback=None,
+                                err_msg=None, object=None)
+  sys.unraisablehook(other)  # still reported
+  assert [str(u.exc_value) for u in reported] == ["another error"]
   saver.close()
 
 
