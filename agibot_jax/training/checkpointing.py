@@ -286,22 +286,90 @@ def check_resume_config(saved: dict, config, step: int) -> None:
     log.warning("resuming checkpoint %d with changed settings (the new values apply): %s", step, "; ".join(other))
 
 
+def _steps(directory: str) -> list[int]:
+  """The complete checkpoints under `directory`, newest first, listed without creating or changing anything."""
+  if not os.path.isdir(directory):
+    return []
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  with ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "config")) as manager:
+    return sorted(manager.all_steps(), reverse=True)
+
+
+def _read_item(directory: str, step: int, name: str, read: Callable[[str], Any]) -> Any:
+  """`read(<directory>/<step>/<name>)`, a failure raised as _Unrestorable naming the item and the reason."""
+  path = os.path.join(directory, str(step), name)
+  try:
+    return read(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _Unrestorable(f"checkpoint {step}: {path} does not restore ({_reason(e)})") from e
+
+
+def _read_config_and_layout(directory: str, step: int) -> tuple[dict, Any]:
+  """(saved config JSON, the state's tree metadata) of checkpoint `step`: small reads that find most damage."""
+  config = _read_item(directory, step, "config", ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore)
+  layout = _read_item(directory, step, "state", lambda path: ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree)
+  return config, layout
+
+
+_skipped_reported: set[str] = set()
+
+
+def _skip(error: _Unrestorable, older: list[int]) -> None:
+  """Names a checkpoint a read-only command skips (once per process), which it leaves where it is."""
+  message = f"{error}; {f'reading checkpoint {older[0]} instead' if older else 'no older checkpoint'} (it stays " \
+            "in place: this command only reads)"
+  if message not in _skipped_reported:
+    _skipped_reported.add(message)
+    log.warning("%s", message)
+
+
+def checkpoint_to_read(workdir: str) -> tuple[int, dict]:
+  """(step, the config saved with it) of the checkpoint a read-only command (sample, eval, convert.dit --export) of
+  a training run reads: the newest whose config and state layout read. Each newer one is named in one warning line
+  and left in place (training moves such a checkpoint aside; these commands only read). `restore_weights` then reads
+  its weights, going on to older checkpoints when its arrays do not read.
+
+  Raises FileNotFoundError when the run has no complete checkpoint, ResumeError when none reads.
+  """
+  directory = checkpoint_dir(workdir)
+  steps = _steps(directory)
+  for i, step in enumerate(steps):
+    try:
+      return step, _read_config_and_layout(directory, step)[0]
+    except _Unrestorable as e:
+      _skip(e, steps[i + 1:])
+  raise _none_reads(directory, steps)
+
+
+def _none_reads(directory: str, steps: list[int]) -> Exception:
+  if not steps:
+    return FileNotFoundError(f"{directory}: no complete checkpoint")
+  return ResumeError(f"{directory}: none of the checkpoints {steps} restores")
+
+
 def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True) -> tuple[int, Any]:
-  """(step, full DiT params) of the newest complete checkpoint of a run, reading only the weights.
+  """(step, full DiT params) of the newest checkpoint of a run whose weights restore, reading only the weights.
 
   The frozen base and either the EMA (`use_ema`) or the regular trainable branch are restored, in their stored
-  dtypes, into `param_shardings` (a sharding per parameter path); the optimizer state is not read.
+  dtypes, into `param_shardings` (a sharding per parameter path); the optimizer state is not read. A checkpoint
+  that does not restore is named in one warning line and the next older one is read; nothing is moved
+  (`checkpoint_to_read`). Raises FileNotFoundError / ResumeError when there is none / none restores.
   """
+  directory = checkpoint_dir(workdir)
+  steps = _steps(directory)
+  drop_closed_loop_callbacks()
+  for i, step in enumerate(steps):
+    try:
+      return step, _read_weights(directory, step, param_shardings, use_ema)
+    except _Unrestorable as e:
+      _skip(e, steps[i + 1:])
+  raise _none_reads(directory, steps)
+
+
+def _read_weights(directory: str, step: int, param_shardings: Any, use_ema: bool) -> Any:
   from flax import traverse_util
 
-  directory = checkpoint_dir(workdir)
-  with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no complete checkpoint")
-  path = os.path.join(directory, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  stored = checkpointer.metadata(path).item_metadata.tree
+  _, stored = _read_config_and_layout(directory, step)
   branch = "ema" if use_ema else "trainable"
   if not stored.get(branch):
     raise ValueError(f"{directory}: the run kept no EMA (ema.enabled=False); use the regular weights (--no_ema)")
@@ -313,8 +381,8 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
         {k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=by_path[k]) for k, m in flat.items()})
     restore_args[part] = traverse_util.unflatten_dict(
         {k: ocp.ArrayRestoreArgs(sharding=by_path[k], dtype=m.dtype) for k, m in flat.items()})
-  out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                               partial_restore=True))
+  args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+  out = _read_item(directory, step, "state", lambda path: ocp.PyTreeCheckpointer().restore(path, args=args))
   flat = traverse_util.flatten_dict(out["frozen"])
   flat.update(traverse_util.flatten_dict(out[branch]))
-  return step, traverse_util.unflatten_dict(flat)
+  return traverse_util.unflatten_dict(flat)

@@ -284,6 +284,9 @@ def corrupt(step_dir: str, how: str) -> None:
       f.write('{"position": ')
   elif how == "deleted_state":
     shutil.rmtree(os.path.join(step_dir, "state"))
+  elif how == "broken_config_json":
+    with open(os.path.join(step_dir, "config", "metadata"), "w") as f:
+      f.write('{"model": ')
 
 
 CORRUPTIONS = {"truncated_ocdbt_file": "state", "deleted_manifest": "state", "broken_data_json": "data",
@@ -307,6 +310,38 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
   assert sorted(os.listdir(ckpts)) == ["1", "2.corrupt"], "the bad one is kept, under a name Orbax ignores"
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     assert manager.all_steps() == [1]
+
+
+@pytest.mark.parametrize("how, item", [("truncated_ocdbt_file", "state"), ("deleted_manifest", "state"),
+                                       ("deleted_state", "state"), ("broken_config_json", "config")])
+def test_read_only_commands_read_the_newest_checkpoint_that_restores_moving_nothing(tmp_path, caplog, how, item):
+  """Issue 33 row 1: sample / eval / convert.dit --export read the newest checkpoint only (585 lines, 32 tracebacks
+  when it was corrupt). Now: the next older one, the skipped one named in one line and left where it is."""
+  config = edge.get_config("tiny")
+  ckpts = write_checkpoints(str(tmp_path), config)
+  corrupt(os.path.join(ckpts, "2"), how)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  step, params = checkpointing.restore_weights(str(tmp_path), {"w": one, "b": one}, use_ema=False)
+  assert step == 1
+  assert_same(params, {"w": tiny_state(1).trainable["w"], "b": tiny_state(1).frozen["b"]}, "the weights of step 1")
+  assert sorted(os.listdir(ckpts)) == ["1", "2"], "a read-only command moves nothing"
+  warnings = our_warnings(caplog)
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert warnings[0].startswith(f"checkpoint 2: {ckpts}/2/{item} does not restore ("), warnings
+  assert warnings[0].endswith("; reading checkpoint 1 instead (it stays in place: this command only reads)")
+  if how != "truncated_ocdbt_file":  # found by the up-front check, which reads no arrays
+    assert checkpointing.checkpoint_to_read(str(tmp_path))[0] == 1
+    assert len(our_warnings(caplog)) == 1, "each skipped checkpoint is named once"
+
+
+def test_read_only_commands_refuse_when_no_checkpoint_restores(tmp_path):
+  config = edge.get_config("tiny")
+  ckpts = write_checkpoints(str(tmp_path), config)
+  for step in ("1", "2"):
+    corrupt(os.path.join(ckpts, step), "deleted_manifest")
+  with pytest.raises(checkpointing.ResumeError, match=r"none of the checkpoints \[2, 1\] restores"):
+    checkpointing.checkpoint_to_read(str(tmp_path))
+  assert sorted(os.listdir(ckpts)) == ["1", "2"]
 
 
 def test_strict_resume_stops_on_a_corrupt_checkpoint(tmp_path):
