@@ -11,12 +11,15 @@ are removed. `checkpoints/` itself appears with the first save.
 
 What goes wrong is said in one line and never silently:
   - a save that fails (disk full) raises SaveError naming the step as soon as it is known (`Saver`), after its
-    unfinished `<step>.orbax-checkpoint-tmp*` directory is removed;
+    unfinished `<step>.orbax-checkpoint-tmp*` directory is removed; Orbax's own reports of the failure (its
+    threads', asyncio's, TensorStore's) are dropped (`quiet_async_failures`);
   - a checkpoint that does not restore is named (step, item directory, reason) and moved aside to
     `<step>.corrupt` (Orbax ignores it, and would not save a step older than the newest one it sees), and the
     next older one is tried; `checkpoint.strict_resume` stops instead (ResumeError);
   - a checkpoint written with another model, control type, views or clip shape is refused, naming the keys;
-    other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared.
+    other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared;
+  - read-only commands (sample, eval, convert.dit --export) read the newest checkpoint that restores in the same
+    way, but move nothing (`checkpoint_to_read`, `restore_weights`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -119,7 +123,7 @@ class Saver:
 
   def __init__(self, manager: ocp.CheckpointManager, config, data_state: Callable[[], Any]):
     self.manager, self.config, self.data_state = manager, config, data_state
-    drop_closed_loop_callbacks()
+    quiet_async_failures()
     self.pending: int | None = None  # the step whose save is in flight or not yet checked
     self.failed = False
 
@@ -184,7 +188,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if steps:
-    drop_closed_loop_callbacks()
+    quiet_async_failures()
   for step in steps:
     try:
       return _restore(manager, step, abstract_state, config)
@@ -198,12 +202,19 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   return None
 
 
-def drop_closed_loop_callbacks() -> None:
-  """When a restore or a save fails (one read or write of many, e.g. a full disk), Orbax closes the asyncio loop it
-  ran them in while TensorStore still completes the others; each completion then calls into the closed loop
-  (`call_soon_threadsafe`) and Python prints a traceback ("Event loop is closed"), dozens to hundreds for a train
-  state, drowning the one line that names the failure. Those, and only those, are dropped from the process's
-  unraisable-exception hook (they arrive any time later, so the filter stays)."""
+_ORBAX_DIR = os.path.dirname(os.path.abspath(ocp.__file__))
+
+
+def quiet_async_failures() -> None:
+  """Keeps a failed asynchronous save or restore (a full disk, a damaged file) to the one line that names it.
+
+  Orbax raises the failure to its caller (Saver.wait, `_restore`, which name it in one line), but on the way its
+  machinery reports it dozens of times, each with a traceback: its threads log it (absl), the asyncio futures of the
+  other writes log "exception was never retrieved", and TensorStore, completing the other reads or writes after
+  Orbax closed its asyncio loop, calls into the closed loop, which Python reports as unraisable ("Event loop is
+  closed"). Those reports, and only those (log records whose exception was raised in Orbax, the closed-loop calls),
+  are dropped from then on (they arrive any time later, so the filters stay).
+  """
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_callbacks", False):
     return
@@ -215,6 +226,16 @@ def drop_closed_loop_callbacks() -> None:
 
   hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_not_raised_in_orbax)
+
+
+def _not_raised_in_orbax(record: logging.LogRecord) -> bool:
+  error = record.exc_info[1] if record.exc_info else None
+  if error is None:
+    return True
+  frames = [record.pathname] + [frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)]
+  return not any(path.startswith(_ORBAX_DIR) for path in frames)
 
 
 def _restore(manager, step: int, abstract_state, config) -> tuple[TrainState, Any]:
@@ -357,7 +378,7 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
   """
   directory = checkpoint_dir(workdir)
   steps = _steps(directory)
-  drop_closed_loop_callbacks()
+  quiet_async_failures()
   for i, step in enumerate(steps):
     try:
       return step, _read_weights(directory, step, param_shardings, use_ema)
