@@ -58,6 +58,10 @@ def probe(path: str) -> VideoInfo:
   """
   if not os.path.isfile(path):
     raise VideoError(f"{path}: file not found")
+  try:  # OpenCV would only say that it cannot open it, after logging a warning
+    open(path, "rb").close()
+  except OSError as e:
+    raise VideoError(f"{path}: cannot read the file ({e.strerror or e})") from e
   cap = cv2.VideoCapture(path)
   try:
     if not cap.isOpened():

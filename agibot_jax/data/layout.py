@@ -70,7 +70,9 @@ def _read_caption(path: str) -> tuple[str | None, str | None]:
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+  except OSError as e:
+    return None, f"caption file cannot be read ({e.strerror or e})"
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
     return None, f"caption file is not valid JSON ({e})"
   if not isinstance(data, dict) or not isinstance(data.get("caption"), str):
     return None, 'caption file has no "caption" string'
@@ -78,11 +80,16 @@ def _read_caption(path: str) -> tuple[str | None, str | None]:
 
 
 def _files(folder: str, ext: str) -> tuple[dict[str, str], list[Problem]]:
-  """({stem: path} of the `ext` files in `folder`, the extension in any case; a problem per stem found twice)."""
+  """({stem: path} of the `ext` files in `folder`, the extension in any case; a problem per stem found twice, or one
+  for the folder when it cannot be read)."""
   if not os.path.isdir(folder):
     return {}, []
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError as e:
+    return {}, [Problem(None, folder, f"folder cannot be read ({e.strerror or e})")]
   by_stem: dict[str, list[str]] = {}
-  for name in sorted(os.listdir(folder)):
+  for name in names:
     stem, dot_ext = os.path.splitext(name)
     if dot_ext.lower() == ext and not name.startswith("."):
       by_stem.setdefault(stem, []).append(os.path.join(folder, name))
@@ -126,9 +133,12 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_nee
   duplicates: dict[str, list[Problem]] = {}
 
   def files(*parts: str, ext: str = ".mp4") -> dict[str, str]:
-    found, twice = _files(os.path.join(root, *parts), ext)
-    for p in twice:
-      duplicates.setdefault(p.sample_id, []).append(p)
+    found, found_problems = _files(os.path.join(root, *parts), ext)
+    for p in found_problems:
+      if p.sample_id is None:
+        problems.append(p)
+      else:
+        duplicates.setdefault(p.sample_id, []).append(p)
     return found
 
   videos = {v: files("videos", v) for v in views}

@@ -1,6 +1,7 @@
 """agibot_jax/data/layout.py: stem matching (any extension case), prompts, skip_invalid, the aspect warning."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -97,3 +98,19 @@ def test_empty_prompt_is_warned(synthetic_copy, caplog):
   assert len(samples) == 2
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert warnings == [f"1 sample(s) with an empty prompt (their head_color caption, which is the prompt): {path}"]
+
+
+def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypatch):
+  """Issue 33 (unreadable files, tried once as a user without the rights): a folder that cannot be listed stopped the
+  check with a PermissionError traceback."""
+  folder = str(synthetic_copy / "captions" / "hand_right")
+  listdir = os.listdir
+
+  def denied(path):
+    if str(path) == folder:
+      raise PermissionError(13, "Permission denied", path)
+    return listdir(path)
+
+  monkeypatch.setattr(os, "listdir", denied)
+  samples, problems = layout.scan(str(synthetic_copy), VIEWS, "edge", 9)
+  assert [str(p) for p in problems] == [f"{folder}: folder cannot be read (Permission denied)"]
