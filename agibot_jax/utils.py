@@ -30,9 +30,14 @@ def atomic_path(path: str) -> Iterator[str]:
 
 
 def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
-  """Writes `path` through `write(file)` (`atomic_path`)."""
-  with atomic_path(path) as tmp, open(tmp, mode) as f:
-    write(f)
+  """Writes `path` through `write(file)` (`atomic_path`). An OSError (a full disk) names `path`."""
+  try:
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+      write(f)
+  except OSError as e:
+    if e.filename is not None:
+      raise
+    raise OSError(e.errno, e.strerror, path) from e
 
 
 def end_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:

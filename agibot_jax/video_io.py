@@ -203,6 +203,14 @@ def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int 
           writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
       finally:
         writer.release()
+    # Neither writer reports a failed encoder (imageio-ffmpeg ignores FFmpeg's exit status): a full disk would leave
+    # an empty or cut file, renamed into place as if complete.
+    try:
+      written = probe(tmp).num_frames
+    except VideoError:
+      written = 0
+    if written != t:
+      raise VideoError(f"{path}: the encoder wrote {written} of {t} frames (a full disk? FFmpeg's message is above)")
   return backend
 
 

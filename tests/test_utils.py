@@ -29,6 +29,20 @@ def test_interrupted_atomic_write_keeps_the_old_file(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["report.json"] and path.read_text() == "new"
 
 
+def test_a_full_disk_names_the_file(tmp_path):
+  """Issue 33 (a full disk, tried once on a small tmpfs): text.precompute and cache_latents ended in tracebacks of
+  `OSError: [Errno 28] No space left on device` naming no file (raised when the file is closed)."""
+  import errno
+
+  def disk_full(f):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with pytest.raises(OSError) as e:
+    utils.atomic_write(str(tmp_path / "entry.npz"), disk_full)
+  assert str(e.value) == f"[Errno 28] No space left on device: '{tmp_path / 'entry.npz'}'"
+  assert list(tmp_path.iterdir()) == []
+
+
 PARENT = textwrap.dedent("""
     import os, subprocess, sys, time
     helper = subprocess.Popen([sys.executable, "-c", "import os, time; from agibot_jax import utils; "

@@ -86,3 +86,19 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch, backend):
   monkeypatch.undo()
   video.write_video(str(tmp_path / "out.mp4"), frames, 10.0, backend=backend)
   assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_an_encoder_that_writes_nothing_is_an_error_not_an_empty_file(tmp_path, monkeypatch):
+  """Issue 33 (a full disk during import_agibot_world, tried once): FFmpeg failed to write ("No space left on
+  device"), imageio-ffmpeg ignores its exit status, and an empty clip was renamed into place as complete."""
+  import imageio_ffmpeg
+
+  def write_nothing(path, *args, **kwargs):
+    open(path, "wb").close()
+    while True:
+      yield
+
+  monkeypatch.setattr(imageio_ffmpeg, "write_frames", write_nothing)
+  with pytest.raises(video.VideoError, match=r"out.mp4: the encoder wrote 0 of 3 frames"):
+    video.write_video(str(tmp_path / "out.mp4"), np.zeros((3, 16, 16, 3), np.uint8), 10.0, backend="imageio_ffmpeg")
+  assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,8 @@ SRC is a raw root (task_info/, observations/<task>/<episode>/ or its tar shards)
 by meta/info.json). DST gets videos/, captions/ (and control_input_depth/) with ids `<task>_<episode>_c<k>`,
 and manifest.json. Rerunning the same command completes an interrupted import. Exit status 0 with a summary,
 2 with a one-line reason when the source, the settings or a codec rule the import out, or when no clip was imported
-(every episode skipped: the reasons are in manifest.json).
+(every episode skipped: the reasons are in manifest.json); 1 with one line when DST cannot be written (a full disk:
+the clips completed are kept, rerun to resume).
 The data is CC BY-NC-SA 4.0 and gated: this reads the copy you obtained and redistributes nothing.
 """
 
@@ -19,10 +20,11 @@ import sys
 
 from absl import flags
 
-from agibot_jax import cli
+from agibot_jax import cli, video_io
 from agibot_jax.data.agibot_world import captions, clips, decode, importer
 
 EXIT_REFUSED = 2
+EXIT_FAILED = 1
 
 
 def settings_from_flags(src: str, dst: str) -> importer.Settings:
@@ -43,6 +45,9 @@ def main(src: str, dst: str) -> int:
   except (ValueError, decode.MissingCodecError) as e:
     print(f"REFUSED {e}", file=sys.stderr)
     return EXIT_REFUSED
+  except (OSError, video_io.VideoError) as e:
+    print(f"FAILED writing {dst}: {e} (the clips completed are kept: rerun to resume)", file=sys.stderr)
+    return EXIT_FAILED
   if summary.clips == 0:
     first = f"; the first: {summary.skipped[0]}" if summary.skipped else ""
     print(f"REFUSED nothing imported from {src}: {len(summary.skipped)} item(s) skipped (reasons in "

@@ -112,4 +112,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch_size", 1, "captions per forward")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "text encoder compute dtype")
   flags.mark_flags_as_required(["config"])
-  cli.run(main)
+  cli.run(main, bad_input=(OSError, ValueError))  # missing inputs, mismatched caches, a full disk: one line

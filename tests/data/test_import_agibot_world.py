@@ -45,3 +45,20 @@ def test_every_episode_skipped_exits_2_in_one_line(monkeypatch, capsys):
   assert out == "" and err.count("\n") == 1, err
   assert err.startswith("REFUSED nothing imported from /src: 1 item(s) skipped (reasons in /dst/manifest.json); "
                         "the first: 327_648642: /src/observations/327/648642: 9 frames"), err
+
+
+def test_a_full_destination_fails_in_one_line(monkeypatch, capsys):
+  """Issue 33 (a full disk, tried once): an OSError traceback after empty clips were left as complete ones
+  (those: tests/test_video_io.py)."""
+  from agibot_jax.data import import_agibot_world
+  from agibot_jax.data.agibot_world import importer
+
+  def disk_full(settings, progress):
+    raise OSError(28, "No space left on device", "/dst/manifest.json")
+
+  monkeypatch.setattr(import_agibot_world, "settings_from_flags", lambda src, dst: None)
+  monkeypatch.setattr(importer, "run", disk_full)
+  assert import_agibot_world.main("/src", "/dst") == 1
+  err = capsys.readouterr().err
+  assert err == ("FAILED writing /dst: [Errno 28] No space left on device: '/dst/manifest.json' (the clips completed "
+                 "are kept: rerun to resume)\n")
