@@ -8,6 +8,13 @@ Both use ffmpeg's H.264 decoder; their YUV→RGB conversions differ by a few lev
 dataset should be decoded with one backend throughout. A file that stops decoding (truncated, or corrupt
 mid-stream: imageio-ffmpeg stops at the first decoder error instead of concealing it) yields fewer frames than
 asked for and raises VideoError; `verify` decodes a file as far as training reads it, without keeping the frames.
+
+FFmpeg is started without imageio-ffmpeg's `preexec_fn=os.setpgrp` (IMAGEIO_FFMPEG_NO_PREVENT_SIGINT, its own
+switch): a `preexec_fn` makes the forked child run Python before it execs FFmpeg, and in a process with other threads
+(Orbax's savers, grain's prefetch) that child can deadlock on a lock another thread held at the fork. The decoding
+then never returns (the training run hangs), and the child, a copy of the training process with its signal handlers,
+ignores SIGTERM and outlives even a `kill -9` of the run. Without it FFmpeg shares the process group, so a terminal's
+Ctrl-C reaches it too; the training loop stops the run with its checkpoint then (agibot_jax/training/loop.py).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 
 from agibot_jax import utils
 
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # read by imageio-ffmpeg at each start of FFmpeg
 BACKENDS = ("auto", "imageio", "opencv")
 
 

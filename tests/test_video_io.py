@@ -102,3 +102,12 @@ def test_an_encoder_that_writes_nothing_is_an_error_not_an_empty_file(tmp_path, 
   with pytest.raises(video.VideoError, match=r"out.mp4: the encoder wrote 0 of 3 frames"):
     video.write_video(str(tmp_path / "out.mp4"), np.zeros((3, 16, 16, 3), np.uint8), 10.0, backend="imageio_ffmpeg")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_ffmpeg_starts_without_running_python_in_the_forked_child():
+  """Issue 33 row 9: imageio-ffmpeg started FFmpeg with preexec_fn=os.setpgrp; in the multithreaded training process
+  the forked child deadlocked before exec (seen on a disk-full run: training hung at a decode, and the child, a copy of
+  it with its SIGTERM handler, stayed alive after the run was killed)."""
+  from imageio_ffmpeg import _utils
+
+  assert _utils._popen_kwargs(prevent_sigint=True)["preexec_fn"] is None  # pylint: disable=protected-access
