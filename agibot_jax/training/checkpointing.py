@@ -24,10 +24,12 @@ What goes wrong is said in one line and never silently:
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import logging
 import os
+import pathlib
 import shutil
 import sys
 import traceback
@@ -203,6 +205,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
 
 
 _ORBAX_DIR = os.path.dirname(os.path.abspath(ocp.__file__))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
 
 
 def quiet_async_failures() -> None:
@@ -212,8 +215,9 @@ def quiet_async_failures() -> None:
   machinery reports it dozens of times, each with a traceback: its threads log it (absl), the asyncio futures of the
   other writes log "exception was never retrieved", and TensorStore, completing the other reads or writes after
   Orbax closed its asyncio loop, calls into the closed loop, which Python reports as unraisable ("Event loop is
-  closed"). Those reports, and only those (log records whose exception was raised in Orbax, the closed-loop calls),
-  are dropped from then on (they arrive any time later, so the filters stay).
+  closed"). Those reports, and only those (log records whose exception was raised in Orbax or, for asyncio's, in a
+  native future: TensorStore's; the closed-loop calls), are dropped from then on (they arrive any time later, so the
+  filters stay).
   """
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_callbacks", False):
@@ -234,8 +238,10 @@ def _not_raised_in_orbax(record: logging.LogRecord) -> bool:
   error = record.exc_info[1] if record.exc_info else None
   if error is None:
     return True
-  frames = [record.pathname] + [frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)]
-  return not any(path.startswith(_ORBAX_DIR) for path in frames)
+  frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)]
+  if record.name == "asyncio" and all(path.startswith(_ASYNCIO_DIR) for path in frames):
+    return False  # a failed native future's task (TensorStore's: this package awaits nothing itself)
+  return not any(path.startswith(_ORBAX_DIR) for path in [record.pathname, *frames])
 
 
 def _restore(manager, step: int, abstract_state, config) -> tuple[TrainState, Any]:
@@ -311,14 +317,13 @@ def _steps(directory: str) -> list[int]:
   """The complete checkpoints under `directory`, newest first, listed without creating or changing anything."""
   if not os.path.isdir(directory):
     return []
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  with ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "config")) as manager:
-    return sorted(manager.all_steps(), reverse=True)
+  return sorted(ocp.utils.checkpoint_steps(directory), reverse=True)
 
 
 def _read_item(directory: str, step: int, name: str, read: Callable[[str], Any]) -> Any:
   """`read(<directory>/<step>/<name>)`, a failure raised as _Unrestorable naming the item and the reason."""
   path = os.path.join(directory, str(step), name)
+  quiet_async_failures()
   try:
     return read(path)
   except Exception as e:  # pylint: disable=broad-except
@@ -328,7 +333,9 @@ def _read_item(directory: str, step: int, name: str, read: Callable[[str], Any])
 def _read_config_and_layout(directory: str, step: int) -> tuple[dict, Any]:
   """(saved config JSON, the state's tree metadata) of checkpoint `step`: small reads that find most damage."""
   config = _read_item(directory, step, "config", ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore)
-  layout = _read_item(directory, step, "state", lambda path: ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree)
+  # The handler's metadata read raises the reason; the Checkpointer's logs it in a warning and returns None.
+  layout = _read_item(directory, step, "state",
+                      lambda path: ocp.PyTreeCheckpointHandler().metadata(pathlib.Path(path)).tree)
   return config, layout
 
 
@@ -378,7 +385,6 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
   """
   directory = checkpoint_dir(workdir)
   steps = _steps(directory)
-  quiet_async_failures()
   for i, step in enumerate(steps):
     try:
       return step, _read_weights(directory, step, param_shardings, use_ema)

@@ -327,6 +327,8 @@ def test_read_only_commands_read_the_newest_checkpoint_that_restores_moving_noth
   assert sorted(os.listdir(ckpts)) == ["1", "2"], "a read-only command moves nothing"
   warnings = our_warnings(caplog)
   assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == warnings, \
+      "Orbax's own lines (a read-only manager, a missing metadata file) are not shown"
   assert warnings[0].startswith(f"checkpoint 2: {ckpts}/2/{item} does not restore ("), warnings
   assert warnings[0].endswith("; reading checkpoint 1 instead (it stays in place: this command only reads)")
   if how != "truncated_ocdbt_file":  # found by the up-front check, which reads no arrays
@@ -503,6 +505,34 @@ def test_a_failed_save_is_reported_in_one_line_only(tmp_path, monkeypatch, caplo
                                 err_msg=None, object=None)
   sys.unraisablehook(other)  # still reported
   assert [str(u.exc_value) for u in reported] == ["another error"]
+
+
+def test_a_failed_tensorstore_read_nobody_retrieves_is_not_reported(monkeypatch, caplog):
+  """Issue 33 rows 1 and 8: after Orbax gave up on a damaged checkpoint, the tasks of its other TensorStore reads
+  that failed too were logged by asyncio ("Task exception was never retrieved", each with a traceback)."""
+  import asyncio
+  import gc
+
+  import tensorstore as ts
+
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  for name in ("absl", "asyncio"):
+    monkeypatch.setattr(logging.getLogger(name), "filters", [])
+  checkpointing.quiet_async_failures()
+
+  async def read_and_give_up():
+    damaged = {"driver": "zarr", "kvstore": {"driver": "file", "path": "/nonexistent/agibot_jax/state"}}
+    read = asyncio.ensure_future(ts.open(damaged, open=True))
+    await asyncio.wait([read])
+
+  asyncio.run(read_and_give_up())
+  gc.collect()
+  assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+  try:
+    raise ValueError("an error of this package's own")
+  except ValueError as e:
+    logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=e)
+  assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == ["Task exception was never retrieved"]
 
 
 # ----------------------------------------------------------------------------------------------
