@@ -131,12 +131,14 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_nee
   problems += [Problem(None, d, "folder missing") for d in folders if not os.path.isdir(d)]
 
   duplicates: dict[str, list[Problem]] = {}
+  unreadable: set[str] = set()  # folders that cannot be listed
 
   def files(*parts: str, ext: str = ".mp4") -> dict[str, str]:
     found, found_problems = _files(os.path.join(root, *parts), ext)
     for p in found_problems:
       if p.sample_id is None:
         problems.append(p)
+        unreadable.add(p.path)
       else:
         duplicates.setdefault(p.sample_id, []).append(p)
     return found
@@ -229,7 +231,8 @@ def scan(dataset_dir: str, views: tuple[str, ...], control_type: str, frames_nee
                   "no longer line up; fix the control video, or set "
                   "dataloader_train.dataset.allow_control_stretch=True if the stretch is intended"))
 
-      problems += sample_problems
+      # A file in a folder that cannot be read is not known to be missing: the folder's problem names it.
+      problems += [p for p in sample_problems if os.path.dirname(p.path) not in unreadable]
       if not sample_problems:
         samples.append(Sample(
             sample_id=sid, videos=tuple(paths), controls=ctrl_paths, prompt=prompt,

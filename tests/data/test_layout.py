@@ -104,7 +104,7 @@ def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypa
   """Issue 33 (unreadable files, tried once as a user without the rights): a folder that cannot be listed stopped the
   check with a PermissionError traceback."""
   folder = str(synthetic_copy / "captions" / "hand_right")
-  listdir = os.listdir
+  listdir, isfile = os.listdir, os.path.isfile
 
   def denied(path):
     if str(path) == folder:
@@ -112,5 +112,7 @@ def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypa
     return listdir(path)
 
   monkeypatch.setattr(os, "listdir", denied)
+  # Nor are its files seen (no search right): not named missing one by one.
+  monkeypatch.setattr(os.path, "isfile", lambda path: os.path.dirname(path) != folder and isfile(path))
   samples, problems = layout.scan(str(synthetic_copy), VIEWS, "edge", 9)
   assert [str(p) for p in problems] == [f"{folder}: folder cannot be read (Permission denied)"]
