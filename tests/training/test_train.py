@@ -292,7 +292,7 @@ def test_sigterm_writes_the_current_step_and_exits_143(dataset_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Fault injection (issue 33)
 
-FAULT_STEPS = 8
+FAULT_STEPS = 10
 FAULT_TRIALS = 3
 
 
@@ -316,6 +316,17 @@ def logged_steps(workdir: str) -> list[int]:
     return []
   with open(path) as f:
     return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+def logged_since(workdir: str, started_ns: int) -> int:
+  """The last step metrics.jsonl holds if a run started at `started_ns` wrote it, else 0: until a resumed run has
+  dropped them, the rows an abandoned run logged after its checkpoint are still there."""
+  path = os.path.join(workdir, loop.METRICS_FILE)
+  try:
+    written_ns = os.stat(path).st_mtime_ns
+  except FileNotFoundError:
+    return 0
+  return max(logged_steps(workdir), default=0) if written_ns > started_ns else 0
 
 
 def children(pid: int) -> list[int]:
@@ -362,9 +373,10 @@ def uninterrupted(dataset_dir, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_at_random_moments_ends_bit_identical(dataset_dir, tmp_path, uninterrupted, signum):
-  """Issue 33: FAULT_TRIALS interruptions (the first while a checkpoint save is in flight, the others a random
-  0-1.5 s after the run's first new step), each followed by the same command, which resumes; the run of
-  FAULT_STEPS steps then finishes with a train state and data position bit-identical to the uninterrupted run's."""
+  """Issue 33: FAULT_TRIALS interruptions (the first while a checkpoint save is in flight, each other one a random
+  0-0.5 s after a random step at least 3 past its checkpoint), each followed by the same command, which
+  resumes; the run of FAULT_STEPS steps then finishes with a train state and data position bit-identical to the
+  uninterrupted run's."""
   rng = random.Random(int(signum))
   workdir = str(tmp_path / "run")
   ckpts, log = checkpointing.checkpoint_dir(workdir), str(tmp_path / "run.log")
@@ -372,19 +384,20 @@ def test_interrupted_at_random_moments_ends_bit_identical(dataset_dir, tmp_path,
   trials = []
   for trial in range(FAULT_TRIALS):
     resumed_from = max(finalised_steps(ckpts), default=0)
+    started_ns = time.time_ns()
     proc = start_cli(workdir, settings, log)
     saving = lambda: glob.glob(os.path.join(ckpts, "*.orbax-checkpoint-tmp*"))
-    new_step = lambda: max(logged_steps(workdir), default=0) > resumed_from
     if trial == 0:
       if not wait_for(saving, proc, log, "checkpoint save"):
         break
       moment = f"during a save (steps logged: {logged_steps(workdir)})"
     else:
-      if not wait_for(new_step, proc, log, "new step"):
+      target = rng.randint(min(resumed_from + 3, FAULT_STEPS - 2), FAULT_STEPS - 2)  # past a save of its own
+      if not wait_for(lambda: logged_since(workdir, started_ns) >= target, proc, log, f"step {target}"):
         break
-      delay = rng.uniform(0, 1.5)
+      delay = rng.uniform(0, 0.5)
       time.sleep(delay)
-      moment = f"{delay:.2f} s after step {resumed_from + 1}"
+      moment = f"{delay:.2f} s after step {target}"
     workers = children(proc.pid)
     proc.send_signal(signum)
     code = proc.wait(timeout=600)
@@ -399,6 +412,7 @@ def test_interrupted_at_random_moments_ends_bit_identical(dataset_dir, tmp_path,
       break
   print("\n".join(["fault injection:", *trials]))
   assert len(trials) == FAULT_TRIALS and "during a save" in trials[0], trials
+  assert finalised_steps(ckpts), f"no interrupted run left a checkpoint to resume from: {trials}"
   proc = start_cli(workdir, settings, log)
   assert proc.wait(timeout=900) == 0, open(log).read()[-3000:]
   state, data = read_checkpoint(os.path.join(ckpts, str(FAULT_STEPS)))[:2]
