@@ -12,9 +12,8 @@ The commands (`train`, `sample`, `bench`, `cache_latents`, `eval`) are thin scri
                      the networks and their weights (converted checkpoints, or random for the CPU demo)
   make_encoder, model_batch
                      loader batch -> the train step's model batch, on the mesh
-  state_target, init_or_restore, sampling_params
+  state_target, initial_state, init_or_restore, sampling_params
                      train states and their shardings; what sampling restores of a training checkpoint
-  choose_memory_plan the fastest memory plan whose compiled train step fits `model.memory_budget_gib`
   initialize_distributed
                      `jax.distributed.initialize` for multi-process launches
 """
@@ -36,8 +35,9 @@ import ml_collections
 import numpy as np
 
 from agibot_jax import params_io, registry, sharding, video_io
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline, synthetic
-from agibot_jax.models import dit
+from agibot_jax.models import dit, lora
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.text import provider as text_provider_lib
 from agibot_jax.training import checkpointing
@@ -121,12 +121,22 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   - no `dataloader_train.dataset.dataset_dir` and a workdir: the embedded example dataset `<workdir>/example_data`;
   - `load_path` (default `checkpoint.load_path`) a bundle (a folder with dit/, and maybe vae/ and text_encoder/):
     `checkpoint.load_path` becomes its dit/, and its vae/ and text_encoder/ fill `model.tokenizer.path` and
-    `model.text_encoder.path` where those are empty.
+    `model.text_encoder.path` where those are empty;
+  - `rig` a preset name, or else the rig's cameras as JSON text (`rig.canonical`), and an empty
+    `dataloader_train.dataset.views` the rig's cameras.
   Paths become absolute, so the config saved with a checkpoint says what the run read.
+  Raises ConfigError when the rig or its views cannot run.
   """
   c = config.copy_and_resolve_references()
   c.unlock()
   ds = c.dataloader_train.dataset
+  try:
+    rig = rig_lib.canonical(c.rig)
+    del c["rig"]  # it may have held a list: the field's type changes
+    c.rig = rig
+    ds.views = rig_lib.of_config(c).names
+  except rig_lib.RigError as e:
+    raise ConfigError(str(e)) from None
   if not ds.dataset_dir and workdir:
     ds.dataset_dir = os.path.join(workdir, EXAMPLE_DATA)
   load = c.checkpoint.load_path if load_path is None else load_path
@@ -156,7 +166,7 @@ def check_config(config) -> None:
 
   Checks the loop and checkpoint periods, the batch and its accumulation, the mesh against the devices, the clip
   shape against the VAE and the DiT (resolution a multiple of 8 x patch size, 4k+1 frames for `state_t` latent
-  frames), and the names of views, control type, backends and modes.
+  frames), the rig and its views, the names of control type, backends and modes, and `model.lora`.
   """
   problems = []
 
@@ -187,12 +197,21 @@ def check_config(config) -> None:
   need(ds.validate in ("probe", "full"), "dataloader_train.dataset.validate", "must be probe or full")
   need(ds.video_backend in video_io.BACKENDS, "dataloader_train.dataset.video_backend",
        f"must be one of {video_io.BACKENDS}")
-  for key, check in (("dataloader_train.dataset.control_input_type", registry.control),
-                     ("dataloader_train.dataset.views", registry.check_views)):
-    try:
-      check(get(key))
-    except ValueError as e:
-      problems.append(f"{key}: {e}")
+  try:
+    registry.control(ds.control_input_type)
+  except ValueError as e:
+    problems.append(f"dataloader_train.dataset.control_input_type: {e}")
+  try:
+    rig = rig_lib.of_config(config)
+  except rig_lib.RigError as e:
+    problems.append(str(e))
+  else:
+    rows = config.model.net.n_cameras_emb
+    need(max(rig.view_ids) < rows, "model.net.n_cameras_emb", f"rig {rig.describe()} uses view rows up to "
+         f"{max(rig.view_ids)}: the network needs one embedding row per view row")
+  if "cross_view_attn_map" in config.model.net:
+    problems.append("model.net.cross_view_attn_map: the cross-view neighbours are the rig's (config.rig, each "
+                    "camera's neighbours); remove the key")
   vae = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
   multiple = vae.spatial_factor * int(config.model.net.patch_spatial)
   hw = tuple(ds.resolution_hw)
@@ -210,6 +229,12 @@ def check_config(config) -> None:
       sharding.make_mesh(**config.mesh)
     except ValueError as e:
       problems.append(str(e))
+  try:
+    lora_cfg = lora.LoraConfig.from_config(config.model)
+    if lora_cfg.rank and not problems:  # its targets against the control blocks' kernels (an abstract init, ~1 s)
+      lora.adapted_kernels(dit.abstract_params(dit_config(config)), lora_cfg)
+  except ValueError as e:
+    problems.append(str(e))
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
 
@@ -238,7 +263,7 @@ def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
       # 1.25x the training resolution (even sides): the loader's resize runs, and the aspect ratio is the training one.
       h, w = (2 * round(x * 1.25 / 2) for x in ds.resolution_hw)
       synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h, width=w,
-                              seed=config.seed)
+                              seed=config.seed, views=rig_lib.of_config(config).names)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
@@ -282,7 +307,10 @@ def _random_ok(config, what: str, key: str) -> None:
 
 
 def dit_config(config) -> dit.DiTConfig:
-  return dit.DiTConfig.from_config(config.model.net)
+  """The DiT of `model.net`, its cross-view neighbours those of the rig's cameras (`config.rig`)."""
+  net = dict(config.model.net)
+  return dit.DiTConfig.from_config(
+      {**net, "cross_view_attn_map": rig_lib.parse(config.rig).cross_view_attn_map(int(net["n_cameras_emb"]))})
 
 
 def build_vae(config, mesh=None):
@@ -377,13 +405,17 @@ def _host_array(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh):
-  """DiT params of a `convert.dit` directory, restored directly into their mesh shardings."""
+def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh, dtypes=None):
+  """DiT params of a `convert.dit` directory, restored directly into their mesh shardings; `dtypes`: an optional tree
+  of dtypes (the params' tree) to cast to as they are read, else the model's parameter dtype."""
   meta = params_io.read_meta(path)
   if meta.get("model") != "dit":
     raise ValueError(f"{path} holds a {meta.get('model')!r} checkpoint, not a DiT")
   shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
-  return params_io.restore_params(path, _with_shardings(dit.abstract_params(cfg), shardings))
+  abstract = dit.abstract_params(cfg)
+  if dtypes is not None:
+    abstract = jax.tree.map(lambda a, d: jax.ShapeDtypeStruct(a.shape, d), abstract, dtypes)
+  return params_io.restore_params(path, _with_shardings(abstract, shardings))
 
 
 def initial_params(config, cfg: dit.DiTConfig, mesh):
@@ -396,6 +428,39 @@ def initial_params(config, cfg: dit.DiTConfig, mesh):
   _random_ok(config, "DiT", "checkpoint.load_path")
   param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
   return jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(config.seed))
+
+
+def initial_state(config, cfg: dit.DiTConfig, mesh, make, shardings):
+  """A step-0 train state (`make` of `state_target`) from the base weights, built without freeing anything large.
+
+  The converted weights are read in the dtypes the state keeps (trained float32, frozen in `model.precision`) and
+  donated to the state; random weights are drawn inside the jit that makes the state. Reading all weights in
+  float32 first (11.6 GiB for the 2B model) and freeing them after would leave that much free memory in pieces
+  between the state's arrays, while a step allocates its temporaries as one block (memory_plans.py).
+  """
+  path = config.checkpoint.load_path
+  if path:
+    params = restore_dit_params(path, cfg, mesh, dtypes=state_dtypes(config, dit.abstract_params(cfg)))
+    log.info("DiT base loaded from %s", path)
+    return jax.jit(make, donate_argnums=0, out_shardings=shardings)(params)
+  _random_ok(config, "DiT", "checkpoint.load_path")
+  return jax.jit(lambda key: make(dit.init_params(cfg, key)), out_shardings=shardings)(jax.random.key(config.seed))
+
+
+def state_dtypes(config, abstract_params):
+  """The dtype each parameter has in the train state: float32 masters for the trained ones, `model.precision` for
+  the frozen floating ones, except the reference's buffers (kept as stored)."""
+  from agibot_jax.training import optimizer as optim
+
+  trained = optim.trainable_predicate(config)
+  low = precision_dtype(config)
+
+  def one(path, a):
+    keys = tuple(str(getattr(k, "key", k)) for k in path)
+    if trained(keys) or keys[0] in dit.BUFFER_GROUPS or not jnp.issubdtype(a.dtype, jnp.floating):
+      return a.dtype
+    return low
+  return jax.tree_util.tree_map_with_path(one, abstract_params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,7 +492,7 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh, global_b
   `batch` is the whole batch, the same on every process).
   """
   ds = config.dataloader_train.dataset
-  num_views = len(ds.views)
+  num_views = len(rig_lib.of_config(config).cameras)
   global_batch = global_batch or len(batch["ai_caption"])
   place = functools.partial(_on_mesh, mesh=mesh, global_batch=global_batch)
   if "latent_video" in batch:  # from the latent cache (agibot_jax.cache_latents)
@@ -492,8 +557,7 @@ def init_or_restore(config, workdir: str, cfg: dit.DiTConfig, mesh, tx, ema, man
     state, data_state = restored
     log.info("resumed from %s at step %d", checkpointing.checkpoint_dir(workdir), int(state.step))
     return state, data_state, shardings
-  state = jax.jit(make, out_shardings=shardings)(initial_params(config, cfg, mesh))
-  return state, None, shardings
+  return initial_state(config, cfg, mesh, make, shardings), None, shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,105 +595,6 @@ def sampling_params(config, workdir: str | None, cfg: dit.DiTConfig, mesh, *, us
 
 
 # ----------------------------------------------------------------------------------------------
-# Memory plans
-
-# From the fastest to the smallest; each adds to the one before. The losses agree from plan to plan up to rounding
-# (recomputed values are the same computation; MLP slices change the summation order only): BENCHMARKS.md, and
-# tests/models/test_dit.py, tests/training/test_step.py, tests/training/test_train.py on CPU.
-MEMORY_PLANS = (
-    ("as configured", {}),
-    ("full remat", {"model.net.remat_policy": "full"}),
-    ("+ block inputs in host memory", {"model.net.offload_block_inputs": True}),
-    ("+ optimizer state and EMA in host memory", {"model.offload_optimizer_state": True}),
-    ("+ MLP in token slices", {"model.net.mlp_chunks": 8}),  # or the largest divisor of the tokens per view below 8
-)
-
-
-def with_overrides(config, overrides: dict) -> ml_collections.FrozenConfigDict:
-  """`config` (frozen) with dotted keys set."""
-  c = config.as_configdict() if isinstance(config, ml_collections.FrozenConfigDict) else config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    setattr(functools.reduce(getattr, parents, c), leaf, value)
-  return ml_collections.FrozenConfigDict(c)
-
-
-def abstract_model_batch(config, cfg: dit.DiTConfig, mesh, text_channels: int) -> dict:
-  """The train step's model batch (agibot_jax/training/step.py) as sharded ShapeDtypeStructs of the config's sizes."""
-  ds = config.dataloader_train.dataset
-  b, v = int(config.dataloader_train.batch_size), len(ds.views)
-  h, w = (x // 8 for x in ds.resolution_hw)  # the Wan VAE's spatial factor
-  shapes = {
-      "x0_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
-      "control_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
-      "crossattn_emb_BMC": ((b, v * cfg.text_tokens_per_view, text_channels), precision_dtype(config)),
-      "view_indices_BT": ((b, v * cfg.state_t), jnp.int32),
-      "padding_mask_BHW": ((b, *ds.resolution_hw), jnp.float32),
-  }
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
-          for k, (shape, dtype) in shapes.items()}
-
-
-def memory_analysis_gib(compiled) -> dict[str, float]:
-  """XLA's memory analysis of a compiled function, in GiB per part (device memory unless named host_)."""
-  stats = compiled.memory_analysis()
-  fields = ("argument", "output", "alias", "temp", "generated_code", "host_argument", "host_temp")
-  return {f"{f}_gib": getattr(stats, f"{f}_size_in_bytes", 0) / 2**30 for f in fields}
-
-
-def device_memory_gib(parts: dict[str, float]) -> float:
-  """Device memory a compiled function needs at its peak: arguments, outputs that do not reuse a donated argument,
-  and temporaries (`memory_analysis_gib` parts)."""
-  return parts["argument_gib"] + parts["output_gib"] - parts["alias_gib"] + parts["temp_gib"]
-
-
-def compiled_step_memory(config, mesh, text_channels: int) -> dict[str, float]:
-  """`memory_analysis_gib` of the train step of `config`, compiled here for abstract state and batch."""
-  from agibot_jax.training import ema as ema_lib
-  from agibot_jax.training import optimizer as optim
-  from agibot_jax.training.step import make_train_step
-
-  cfg = dit_config(config)
-  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
-  target, state_sh, _ = state_target(config, cfg, mesh, tx, ema)
-  step = jax.jit(make_train_step(dit.MultiViewControlDiT(cfg), tx, config, ema), donate_argnums=(0,),
-                 out_shardings=(state_sh, None))
-  return memory_analysis_gib(step.lower(target, abstract_model_batch(config, cfg, mesh, text_channels)).compile())
-
-
-def choose_memory_plan(config, mesh, text_channels: int, measure=compiled_step_memory) -> ml_collections.FrozenConfigDict:
-  """The config of the fastest plan of MEMORY_PLANS whose train step needs at most `model.memory_budget_gib` of device
-  memory (`device_memory_gib` of `measure(config, mesh, text_channels)`: XLA's memory analysis of the step, compiled
-  for each plan tried);
-  `config` itself when the budget is 0. Raises ConfigError when even the smallest plan needs more."""
-  budget = float(config.model.memory_budget_gib)
-  if budget <= 0:
-    return config
-  h, w = config.dataloader_train.dataset.resolution_hw
-  patch = 8 * int(config.model.net.patch_spatial)  # pixels per token side
-  tokens_per_view = int(config.model.net.state_t) * (h // patch) * (w // patch)
-  overrides, tried = {}, []
-  for name, changes in MEMORY_PLANS:
-    overrides.update(changes)
-    if "model.net.mlp_chunks" in changes:
-      overrides["model.net.mlp_chunks"] = max(n for n in range(1, changes["model.net.mlp_chunks"] + 1)
-                                              if tokens_per_view % n == 0)
-    candidate = with_overrides(config, overrides)
-    t0 = time.perf_counter()
-    parts = measure(candidate, mesh, text_channels)
-    need = device_memory_gib(parts)
-    log.info("memory plan %r: the compiled step needs %.4g GiB per device (%s; budget %g GiB; compiled in %.0f s)",
-             name, need, ", ".join(f"{k} {v:.2f}" for k, v in parts.items()), budget, time.perf_counter() - t0)
-    tried.append(f"{name}: {need:.4g} GiB")
-    if need <= budget:
-      if overrides:
-        log.info("memory plan %r for model.memory_budget_gib=%g: %s", name, budget,
-                 " ".join(f"{k}={v}" for k, v in overrides.items()))
-      return candidate
-  raise ConfigError(f"model.memory_budget_gib={budget:g}: no memory plan fits ({'; '.join(tried)})")
-
-
-# ----------------------------------------------------------------------------------------------
 # Sampling inputs
 
 
@@ -655,12 +620,12 @@ def control_video_loader_batch(config, control_videos: list[str], prompt: str) -
   from agibot_jax.data import resize
 
   ds = config.dataloader_train.dataset
-  views = tuple(ds.views)
-  if len(control_videos) != len(views):
-    raise ValueError(f"--control_videos has {len(control_videos)} files; need one per view {views}")
+  rig = rig_lib.of_config(config)
+  if len(control_videos) != len(rig.cameras):
+    raise ValueError(f"--control_videos has {len(control_videos)} files; need one per camera of rig {rig.describe()}")
   t = int(ds.num_video_frames)
   per_view = []
-  for view, path in zip(views, control_videos):
+  for view, path in zip(rig.names, control_videos):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--control_videos: {path} (view {view}) does not exist")
     try:
@@ -672,8 +637,8 @@ def control_video_loader_batch(config, control_videos: list[str], prompt: str) -
   return {
       # (3, V·T, H, W), views major along time, as the loader lays out pixels.
       registry.control(ds.control_input_type).key: np.concatenate(per_view).transpose(3, 0, 1, 2)[None],
-      "ai_caption": [registry.view_captions(prompt, views)],
-      "view_indices": np.repeat(np.array(registry.view_ids(views), np.int64), t)[None],
+      "ai_caption": [rig.captions(prompt)],
+      "view_indices": np.repeat(np.array(rig.view_ids, np.int64), t)[None],
       "padding_mask": np.zeros((1, 1, h, w), np.float32),
   }
 
@@ -684,7 +649,8 @@ def control_only_model_batch(loader_batch, vae_model, vae_params, text_provider,
   ds = config.dataloader_train.dataset
   control_BCTHW = _on_mesh(loader_batch[registry.control(ds.control_input_type).key], mesh, 1)
   control = vae_lib.loader_to_channels_last(control_BCTHW)
-  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model, num_views=len(ds.views)))
+  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model,
+                                     num_views=len(rig_lib.of_config(config).cameras)))
   latent_control = encode(vae_params, control)
   latents = {"latent_video": jnp.zeros_like(latent_control), "latent_control": latent_control}
   return model_batch({**loader_batch, **latents}, None, vae_params, text_provider, config, mesh)

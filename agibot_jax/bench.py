@@ -16,6 +16,7 @@ N largest arrays (shape, dtype, GiB, the jax operation that makes them) to the J
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -26,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from agibot_jax import assemble, cli, flops, sharding
+from agibot_jax import assemble, cli, flops, memory_plans, sharding
+from agibot_jax import rig as rig_lib
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
@@ -115,50 +117,58 @@ def largest_buffers(hlo_text: str, n: int) -> list[dict]:
   return [{**b, "gib": round(b["gib"], 3)} for b in found[:n]]
 
 
+def with_random_weights(config):
+  """`config` with random DiT weights (seed 0) instead of a checkpoint: the benchmark times, it does not train."""
+  return memory_plans.with_overrides(config, {"checkpoint.load_path": "", "model.allow_random_init": True, "seed": 0})
+
+
 def main() -> int:
   config = assemble.resolve(flags.FLAGS.config)
   mesh = assemble.make_mesh(config)
-  if flags.FLAGS.mode == "train":
-    config = assemble.choose_memory_plan(config, mesh, int(config.model.net.crossattn_proj_in_channels))
+  if flags.FLAGS.mode == "train":  # as `agibot_jax.train` does
+    config = memory_plans.choose(config, mesh, int(config.model.net.crossattn_proj_in_channels))
   cfg = assemble.dit_config(config)
   res_h, res_w = config.dataloader_train.dataset.resolution_hw
   latent_hw = (res_h // 8, res_w // 8)
-  num_views, batch = len(config.dataloader_train.dataset.views), config.dataloader_train.batch_size
+  num_views, batch = len(rig_lib.of_config(config).cameras), config.dataloader_train.batch_size
   device = jax.devices()[0]
 
   t0 = time.perf_counter()
-  param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
-  params = jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(0))
-  params = jax.block_until_ready(params)
-  init_s = time.perf_counter() - t0
   on_mesh = lambda tree: jax.tree.map(lambda a: jax.device_put(a, sharding.batch_sharding(mesh, a.shape)), tree)
-  n_params = sum(p.size for p in jax.tree.leaves(params))
   model = dit.MultiViewControlDiT(cfg)
   count = flops.dit_flops(cfg, num_views=num_views, latent_hw=latent_hw, batch=batch,
                           train_base=bool(config.model.train_base))
+  n_params = sum(p.size for p in jax.tree.leaves(dit.abstract_params(cfg)))
 
   if flags.FLAGS.mode == "forward":
+    param_shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
+    params = jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(0))
     inputs = on_mesh(synthetic_inputs(cfg, latent_hw, num_views, batch, jax.random.key(1)))
     fn, args, model_flops = jax.jit(lambda p, kw: model.apply({"params": p}, **kw)), (params, inputs), count.forward
-  else:
+  else:  # the state as training builds it (assemble.initial_state: random weights, seed 0)
     tx = optim.make_optimizer(config)
     ema = ema_lib.PowerEMA.from_config(config)
     _, state_sh, make = assemble.state_target(config, cfg, mesh, tx, ema)
-    state = jax.jit(make, donate_argnums=0, out_shardings=state_sh)(params)
-    del params
+    state = assemble.initial_state(with_random_weights(config), cfg, mesh, make, state_sh)
     model_batch = on_mesh(synthetic_model_batch(cfg, latent_hw, num_views, batch, (res_h, res_w), jax.random.key(1),
                                                 precision_dtype(config)))
     step = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=0, out_shardings=(state_sh, None))
     fn, args, model_flops = step, (state, model_batch), count.train_step
+  jax.block_until_ready(args)
+  init_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
+  pool = (device.memory_stats() or {}).get("bytes_limit")
   report = dict(mode=flags.FLAGS.mode, device=device.device_kind, resolution=[res_h, res_w], remat=cfg.remat_policy,
-                offload_block_inputs=cfg.offload_block_inputs, mlp_chunks=cfg.mlp_chunks,
-                offload_optimizer_state=bool(config.model.offload_optimizer_state), compile_s=round(compile_s, 2))
+                offload_block_inputs=cfg.offload_block_inputs, remat_sublayers=cfg.remat_sublayers,
+                mlp_chunks=cfg.mlp_chunks, offload_optimizer_state=bool(config.model.offload_optimizer_state),
+                lora_rank=int(config.model.lora.rank), memory_budget_gib=float(config.model.memory_budget_gib),
+                pool_gib=None if pool is None else round(pool / 2**30, 2), compile_s=round(compile_s, 2))
   if flags.FLAGS.largest_buffers:
-    report.update(memory_analysis={k: round(v, 3) for k, v in assemble.memory_analysis_gib(compiled).items()},
+    memory = memory_plans.StepMemory.of(compiled)
+    report.update(memory_analysis={f.name: round(getattr(memory, f.name), 3) for f in dataclasses.fields(memory)},
                   largest_buffers=largest_buffers(compiled.as_text(), flags.FLAGS.largest_buffers))
   if flags.FLAGS.compile_only:
     print(json.dumps(report))
@@ -215,4 +225,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("profile", "", "write a jax.profiler trace of 2 steps to this directory")
   flags.DEFINE_bool("compile_only", False, "stop after compiling (with --largest_buffers: inspect a plan that may not fit)")
   flags.DEFINE_integer("largest_buffers", 0, "report XLA's memory analysis and this many of the largest arrays")
-  cli.run(main)
+  cli.run(main, bad_input=(assemble.ConfigError,))

@@ -1,4 +1,5 @@
-r"""Generate a 3-view video with the control DiT from a training run or a converted checkpoint.
+r"""Generate a multiview video (a view per camera of `config.rig`) with the control DiT from a training run or a
+converted checkpoint.
 
   python -m agibot_jax.sample --config configs/edge.py --checkpoint runs/edge \
       --config.dataloader_train.dataset.dataset_dir=DIR --sample_id ID --guidance 3 --num_cond_frames 1 \
@@ -15,7 +16,7 @@ random weights for the tiny config).
 
 Inputs: `--sample_id` picks a sample of the dataset (default: the first; a training run's embedded example dataset
 when no dataset_dir is given); its control map is computed with `--control_preset` (computed controls) or read from
-the dataset (file controls). With `--control_videos` (one control video per view, in the config's view order) and
+the dataset (file controls). With `--control_videos` (one control video per camera, in the rig's order) and
 `--prompt` no dataset is needed; there is then no input video, so no clean first frame: `--num_cond_frames` must be 0.
 
 Writes `--out` (mp4: one row per control weight, then the input video when there is one, then the control pixels;
@@ -34,6 +35,7 @@ import jax
 from absl import flags
 
 from agibot_jax import assemble, cli, registry
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import controls
 from agibot_jax.models import dit
 from agibot_jax.sampling import generate, video_out
@@ -77,6 +79,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   assemble.check_text_projection(text_provider, weights.params)
 
   ds = config.dataloader_train.dataset
+  views = rig_lib.of_config(config).names
   if control_videos:
     loader_batch = assemble.control_video_loader_batch(config, control_videos, prompt)
     batch = assemble.control_only_model_batch(loader_batch, vae_model, vae_params, text_provider, config, mesh)
@@ -85,10 +88,10 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
       raise ValueError("no input: set --config.dataloader_train.dataset.dataset_dir (with --sample_id) or give "
                        "--control_videos and --prompt")
     loader_batch = assemble.dataset_loader_batch(config, sample_id, control_preset)
-    encode = assemble.make_encoder(vae_model, len(ds.views))
+    encode = assemble.make_encoder(vae_model, len(views))
     batch = assemble.model_batch(loader_batch, encode, vae_params, text_provider, config, mesh)
 
-  gen = generate.Generator(dit.MultiViewControlDiT(cfg), vae_model, num_views=len(ds.views), num_steps=num_steps,
+  gen = generate.Generator(dit.MultiViewControlDiT(cfg), vae_model, num_views=len(views), num_steps=num_steps,
                            shift=shift, seed=seed, progress=True)
   t0 = time.perf_counter()
   latents = [jax.block_until_ready(gen.denoise(weights.params, batch, guidance=guidance,
@@ -99,9 +102,9 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   labels = [f"g={guidance:g} n={num_cond_frames} w={w:g}" for w in control_weights]
   t2 = time.perf_counter()
   if "video" in loader_batch:
-    rows.append(generate.pixels_to_rows(loader_batch["video"], len(ds.views)))
+    rows.append(generate.pixels_to_rows(loader_batch["video"], len(views)))
     labels.append("input")
-  rows.append(generate.pixels_to_rows(loader_batch[registry.control(ds.control_input_type).key], len(ds.views)))
+  rows.append(generate.pixels_to_rows(loader_batch[registry.control(ds.control_input_type).key], len(views)))
   labels.append(f"{ds.control_input_type} control")
 
   summary = {"guidance": guidance, "num_cond_frames": num_cond_frames, "num_steps": num_steps,
@@ -111,7 +114,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
     stem = os.path.splitext(os.path.basename(out))[0]
     mp4, jpg = video_out.save_sample_outputs(os.path.dirname(os.path.abspath(out)), stem, rows,
                                              fps=int(config.trainer.callbacks.every_n_sample.fps), row_labels=labels,
-                                             view_names=list(ds.views))
+                                             view_names=list(views))
     summary.update(mp4=str(mp4), jpg=str(jpg))
   return summary
 
@@ -137,7 +140,7 @@ if __name__ == "__main__":
                     "--no_ema: the regular weights")
   flags.DEFINE_bool("no_ema", False, "the regular weights of a training checkpoint (absl's --noema)")
   flags.DEFINE_string("sample_id", None, "dataset sample id (file stem); default: the first sample")
-  flags.DEFINE_list("control_videos", None, "one control video per view (config view order), "
+  flags.DEFINE_list("control_videos", None, "one control video per camera (the rig's order), "
                     "instead of a dataset sample")
   flags.DEFINE_string("prompt", None, "the prompt, with --control_videos")
   flags.DEFINE_float("guidance", 3.0, "classifier-free guidance g: v = v_cond + g·(v_cond − v_uncond)")

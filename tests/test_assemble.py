@@ -1,11 +1,20 @@
 """agibot_jax/assemble.py: config resolution, the launch environment, the text provider's checks."""
 
+import json
 import os
 
+import jax
+import numpy as np
 import pytest
+from flax import traverse_util
 
-from agibot_jax import assemble
-from configs import base
+from agibot_jax import assemble, params_io, sharding
+from agibot_jax import rig as rig_lib
+from agibot_jax.models import dit, lora
+from agibot_jax.training import ema as ema_lib
+from agibot_jax.training import optimizer as optim
+from configs import base, edge
+from tests.training.lora_setup import abstract_params, random_params
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -42,46 +51,99 @@ def test_resolve_fills_paths_into_a_frozen_copy(tmp_path):
     resolved.seed = 1
 
 
-def test_memory_budget_picks_the_fastest_plan_that_fits():
-  # model.memory_budget_gib (issue 23): the plans are measured in turn and the first that fits is taken; no plan
-  # fitting is a ConfigError that lists what each needs. Scripted needs here; the compiled measure below.
+TWO_CAMERAS = [{"name": "top", "caption_prefix": "The video is captured from a camera above the table."},
+               {"name": "wrist", "caption_prefix": "The video is captured from the wrist camera."}]
+
+
+def test_resolve_records_the_rig_and_its_views(tmp_path):
+  resolved = assemble.resolve(base.get_config("edge", "tiny"))
+  assert resolved.rig == "agibot"
+  assert resolved.dataloader_train.dataset.views == ("head_color", "hand_left", "hand_right")
   config = base.get_config("edge", "tiny")
-  resolved = assemble.resolve(config)
-  assert assemble.choose_memory_plan(resolved, None, 96) is resolved  # budget 0: the settings as written
-
-  needs = iter([5.0, 3.0, 2.0, 1.5, 1.0])
-  measured = []
-
-  def measure(candidate, mesh, text_channels):
-    measured.append(candidate)
-    return {"argument_gib": next(needs), "output_gib": 1.0, "alias_gib": 1.0, "temp_gib": 0.0}
-
-  config.model.memory_budget_gib = 2.5
-  chosen = assemble.choose_memory_plan(assemble.resolve(config), None, 96, measure=measure)
-  assert len(measured) == 3 and chosen is measured[-1]
-  assert chosen.model.net.remat_policy == "full" and chosen.model.net.offload_block_inputs
-  assert not chosen.model.offload_optimizer_state and chosen.model.net.mlp_chunks == 1
-  assert resolved.model.net.remat_policy == "none"  # the input config is unchanged
-
-  needs = iter([5.0, 3.0, 2.0, 1.5, 1.0])
-  config.model.memory_budget_gib = 0.5
-  with pytest.raises(assemble.ConfigError, match=r"memory_budget_gib=0.5: no memory plan fits \(as configured: 5 "):
-    assemble.choose_memory_plan(assemble.resolve(config), None, 96, measure=measure)
-  smallest = measured[-1]
-  # The tiny clip has 3 x 4 x 6 = 72 tokens per view: 8 slices.
-  assert smallest.model.offload_optimizer_state and smallest.model.net.mlp_chunks == 8
+  config.rig = TWO_CAMERAS
+  config.dataloader_train.dataset.views = ("wrist",)
+  resolved = assemble.resolve(config)  # a list of cameras becomes JSON text: a frozen config holds no dicts in lists
+  assert rig_lib.parse(resolved.rig).names == ("top", "wrist") and resolved.dataloader_train.dataset.views == ("wrist",)
+  (tmp_path / "rig.json").write_text(json.dumps(rig_lib.AGIBOT.to_json()))
+  config.rig, config.dataloader_train.dataset.views = str(tmp_path / "rig.json"), ()
+  assert assemble.resolve(config).rig == "agibot"  # the preset's cameras, from a file
+  config.dataloader_train.dataset.views = ("wrist",)
+  with pytest.raises(assemble.ConfigError, match=r"^dataloader_train.dataset.views=\('wrist',\): must be distinct "
+                                                 r"cameras of rig agibot .*not cameras of it: wrist$"):
+    assemble.resolve(config)
 
 
-@pytest.mark.slow  # ~12 s (a step compile)
-def test_compiled_step_memory_in_gib():
-  from agibot_jax import sharding
-
+def test_check_config_names_what_contradicts_the_rig():
   config = base.get_config("edge", "tiny")
-  config.model.net.num_blocks, config.model.net.vace_block_every_n = 2, 2
-  mesh = sharding.make_mesh(**config.mesh)
-  parts = assemble.compiled_step_memory(assemble.resolve(config), mesh, 96)
-  # The state is donated: its outputs reuse its arguments. The arguments are the state (2.5 M parameters in the
-  # float32 masters and bf16/f32 base, Adam moments, EMA) and the batch: well under 1 GiB, well over 10 MiB.
-  assert parts["alias_gib"] > 0 and parts["output_gib"] - parts["alias_gib"] < 1e-3
-  assert 0.01 < parts["argument_gib"] < 1 and parts["temp_gib"] > 0
-  assert assemble.device_memory_gib(parts) == pytest.approx(parts["argument_gib"] + parts["temp_gib"], abs=1e-3)
+  config.model.net.n_cameras_emb = 2
+  config.model.net.cross_view_attn_map = ((1,), (0,))
+  with pytest.raises(assemble.ConfigError) as e:
+    assemble.check_config(assemble.resolve(config))
+  assert "model.net.n_cameras_emb=2: rig agibot (head_color=0, hand_left=1, hand_right=2) uses view rows up to 2" in (
+      str(e.value))
+  assert "model.net.cross_view_attn_map: the cross-view neighbours are the rig's" in str(e.value)
+
+
+def test_agibot_rig_builds_todays_network_step_and_resumes_todays_checkpoints():
+  """The agibot rig (the default) gives the network and train step main gave (be348e4: cross_view_attn_map set in
+  configs/base.py, 3 views): with equal batches (tests/data/test_pipeline.py), the losses are bit-identical (and
+  tests/training/test_train.py checks them against values recorded from main, slow run). A checkpoint main wrote
+  resumes; another rig does not."""
+  from agibot_jax.training import checkpointing, step
+
+  config = assemble.resolve(base.get_config("edge", "tiny"))
+  todays = dit.DiTConfig.from_config({**config.model.net, "cross_view_attn_map": ((1, 2), (0, 2), (0, 1))})
+  assert assemble.dit_config(config) == todays
+  assert step.StepConfig.from_config(config).num_views == 3
+  saved = json.loads(config.to_json_best_effort())
+  mains = json.loads(config.to_json_best_effort())
+  del mains["rig"]
+  mains["model"]["net"]["cross_view_attn_map"] = [[1, 2], [0, 2], [0, 1]]
+  structural, other = checkpointing.config_changes(mains, saved)
+  assert structural == [] and [c.split(":")[0] for c in other] == ["model.net.cross_view_attn_map", "rig"]
+  two = base.get_config("edge", "tiny")
+  two.rig = TWO_CAMERAS
+  two = assemble.resolve(two)
+  assert assemble.dit_config(two).cross_view_attn_map == ((1,), (0,), ())
+  structural, _ = checkpointing.config_changes(saved, json.loads(two.to_json_best_effort()))
+  assert [c.split(":")[0] for c in structural] == ["dataloader_train.dataset.views", "rig"]
+
+
+def lora_config(tmp_path):
+  config = edge.get_config("tiny")
+  config.model.precision = "bfloat16"
+  config.model.lora.rank = 4
+  config.checkpoint.load_path = str(tmp_path / "dit")
+  return config
+
+
+def test_lora_state_dtypes_freeze_the_control_kernels_in_the_precision(tmp_path):
+  """Issue 30: with LoRA, `initial_state` reads the control blocks' kernels in `model.precision` (they join the frozen
+  base), the groups still trained in full in float32. The build itself: the slow test below."""
+  config = lora_config(tmp_path)
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  dtypes = traverse_util.flatten_dict(assemble.state_dtypes(config, abstract_params(cfg)))
+  assert dtypes[("control_blocks", "mlp_layer1", "kernel")] == np.dtype("bfloat16")
+  assert dtypes[("control_embedder", "kernel")] == np.dtype("float32")
+
+
+@pytest.mark.slow  # compiles the state's init (~8-20 s); the default run checks the dtypes it reads (test above)
+def test_lora_state_builds_from_converted_weights_read_in_the_state_dtypes(tmp_path):
+  """Issue 30: `initial_state` from a converted DiT builds the LoRA state target's shapes and dtypes: the weights as
+  stored (cast), the adapters drawn from the seed (`lora.init_adapters`), B = 0."""
+  config = lora_config(tmp_path)
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  params = random_params(cfg)
+  params_io.save_params(config.checkpoint.load_path, params, {"model": "dit"})
+  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+  target, shardings, make = assemble.state_target(config, cfg, sharding.make_mesh(1, 1, 1), tx, ema)
+  state = assemble.initial_state(config, cfg, sharding.make_mesh(1, 1, 1), make, shardings)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(lambda a: (a.shape, a.dtype), target)
+  got = traverse_util.flatten_dict(optim.merge_params(state.trainable, state.frozen))
+  want = traverse_util.flatten_dict(params)
+  want.update(traverse_util.flatten_dict(jax.tree.map(np.asarray, lora.init_adapters(
+      params, lora.LoraConfig.from_config(config.model), config.seed))))
+  assert set(got) == set(want)
+  for path, leaf in got.items():
+    np.testing.assert_array_equal(np.asarray(leaf), want[path].astype(leaf.dtype), err_msg=str(path))
+  assert not want[("control_blocks", "mlp_layer1", "lora_b")].any()

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from agibot_jax import registry, sharding
+from agibot_jax import rig, sharding
 from agibot_jax.models import remat
 from agibot_jax.models.attention import dot_product_attention
 
@@ -81,8 +81,8 @@ class DiTConfig:
   crossattn_proj_in_channels: int = 100352
   crossattn_emb_channels: int = 1024
   text_tokens_per_view: int = 512
-  n_cameras_emb: int = len(registry.VIEWS)
-  cross_view_attn_map: tuple[tuple[int, ...], ...] = registry.cross_view_attn_map()
+  n_cameras_emb: int = rig.VIEW_ROWS
+  cross_view_attn_map: tuple[tuple[int, ...], ...] = rig.AGIBOT.cross_view_attn_map()
   state_t: int = 24
   max_img_h: int = 240
   max_img_w: int = 240
@@ -98,6 +98,7 @@ class DiTConfig:
   attention: str = "auto"
   remat_policy: str = "none"
   offload_block_inputs: bool = False
+  remat_sublayers: bool = False
   mlp_chunks: int = 1
   context_local_attention: bool = True
 
@@ -107,6 +108,8 @@ class DiTConfig:
     if self.model_channels % self.num_heads:
       raise ValueError(f"model_channels {self.model_channels} not divisible by num_heads {self.num_heads}")
     remat.policy(self.remat_policy, self.offload_block_inputs)  # rejects unknown names and bad combinations
+    if self.remat_sublayers and self.remat_policy == "none":
+      raise ValueError("remat_sublayers needs a remat_policy other than 'none'")
     if self.mlp_chunks < 1:
       raise ValueError(f"mlp_chunks must be >= 1, got {self.mlp_chunks}")
 
@@ -161,8 +164,8 @@ class DiTConfig:
     if unsupported:
       raise ValueError(f"unsupported reference options {unsupported}; this port implements "
                        f"{ {k: REFERENCE_FIXED_OPTIONS[k] for k in unsupported} }")
-    ids = kwargs.get("camera_to_view_id", {v.name: v.view_id for v in registry.VIEWS.values()})
-    n_cam = int(kwargs.get("n_cameras_emb", len(registry.VIEWS)))
+    ids = kwargs.get("camera_to_view_id", dict(zip(rig.AGIBOT.names, rig.AGIBOT.view_ids)))
+    n_cam = int(kwargs.get("n_cameras_emb", rig.VIEW_ROWS))
     nbr_map = [()] * n_cam
     for cam, nbrs in kwargs.get("cross_view_attn_map_str", {}).items():
       nbr_map[ids[cam]] = tuple(ids[n] for n in nbrs)
@@ -395,9 +398,10 @@ def cross_view_neighbors(cfg: DiTConfig, view_ids_BV: Array) -> tuple[Array, Arr
   Neighbours come from `cross_view_attn_map` by view id; a neighbour missing from the sample gets
   position −1. Positions are sorted descending so that present neighbours form a prefix (the
   reference's order), which lets attention mask missing ones by a key length.
-  Returns (gather positions (B, V, K) int32 with missing ones clamped to 0, present count (B, V)).
+  Returns (gather positions (B, V, K) int32 with missing ones clamped to 0, present count (B, V)); K is at least 1,
+  so a rig whose cameras have no neighbours (one camera) attends to one absent slot, which gives exactly 0.
   """
-  k = max(len(n) for n in cfg.cross_view_attn_map)
+  k = max(1, *(len(n) for n in cfg.cross_view_attn_map))
   table = jnp.array([tuple(n) + (-1,) * (k - len(n)) for n in cfg.cross_view_attn_map], jnp.int32)
   nbr_ids_BVK = table[view_ids_BV]
   match_BVKV = (nbr_ids_BVK[..., None] == view_ids_BV[:, None, None, :]) & (nbr_ids_BVK[..., None] >= 0)
@@ -590,31 +594,42 @@ class Block(nn.Module):
     return sharding.constrain(attend(*heads_sharded(q, k, v), *rest), out_axes)
 
   def block(self, x_BVLD: Array, ctx: BlockContext) -> Array:
-    cfg, d = self.cfg, self.cfg.model_channels
-    b, v, l, _ = x_BVLD.shape
-    t, s = self.frames_per_view, self.tokens_per_frame
-    dtype = jnp.dtype(cfg.dtype)
-    x_BVLD = remat.block_input(x_BVLD.astype(dtype))
+    cfg = self.cfg
+    x_BVLD = remat.block_input(x_BVLD.astype(jnp.dtype(cfg.dtype)))
     x_BVLD = sharding.constrain(x_BVLD, ("activation_batch", "activation_view", "activation_length", "activation_embed"))
+    for sublayer in (Block.self_attention, Block.cross_view_attention, Block.text_attention, Block.mlp):
+      if cfg.remat_sublayers and not self.is_initializing():
+        # CSE prevented: XLA would otherwise merge this recompute into the block's and keep everything again.
+        sublayer = nn.remat(sublayer, policy=remat.sublayer_policy())
+      x_BVLD = sublayer(self, x_BVLD, ctx)
+    return x_BVLD
 
-    def mod_chunks(name, first_view_chunk):
-      m = AdaLNModulation(cfg, name=name)(ctx.emb_BD, ctx.adaln_lora_B3D).astype(dtype)
-      u = ctx.view_mod_BV9D.astype(dtype)
-      return [m[:, None, None, i * d:(i + 1) * d]
-              + u[:, :, None, (first_view_chunk + i) * d:(first_view_chunk + i + 1) * d] for i in range(3)]
+  def modulation(self, name: str, ctx: BlockContext, first_view_chunk: int) -> list[Array]:
+    """[shift, scale, gate] of one adaLN-modulated sub-layer, each (B, V, 1, D): the timestep's + the view's."""
+    cfg, d = self.cfg, self.cfg.model_channels
+    dtype = jnp.dtype(cfg.dtype)
+    m = AdaLNModulation(cfg, name=name)(ctx.emb_BD, ctx.adaln_lora_B3D).astype(dtype)
+    u = ctx.view_mod_BV9D.astype(dtype)
+    return [m[:, None, None, i * d:(i + 1) * d]
+            + u[:, :, None, (first_view_chunk + i) * d:(first_view_chunk + i + 1) * d] for i in range(3)]
 
-    # Self-attention, strictly within each view, with 3D RoPE.
-    shift, scale, gate = mod_chunks("adaln_modulation_self_attn", 0)
+  def self_attention(self, x_BVLD: Array, ctx: BlockContext) -> Array:
+    """Self-attention, strictly within each view, with 3D RoPE."""
+    cfg, (b, v, l, d) = self.cfg, x_BVLD.shape
+    shift, scale, gate = self.modulation("adaln_modulation_self_attn", ctx, 0)
     h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
     sa = AttentionProjections(cfg, d, name="self_attn")
     rope = (ctx.rope_cos_LK, ctx.rope_sin_LK)
     q = sa.queries(h, rope)
     k, val = sa.keys_values(h, rope)
     o = dot_product_attention(*heads_sharded(q, k, val), implementation=cfg.attention, name=remat.SELF_ATTENTION)
-    x_BVLD = x_BVLD + gate * sa.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
+    return x_BVLD + gate * sa.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
-    # Cross-view attention: each token sees its neighbour views' tokens at the same frame. k/v are projected
-    # once per token, then gathered into the per-frame layout (B·V, T, K·S, H, hd).
+  def cross_view_attention(self, x_BVLD: Array, ctx: BlockContext) -> Array:
+    """Each token sees its neighbour views' tokens at the same frame. k/v are projected once per token, then gathered
+    into the per-frame layout (B·V, T, K·S, H, hd)."""
+    cfg, (b, v, l, d) = self.cfg, x_BVLD.shape
+    t, s = self.frames_per_view, self.tokens_per_frame
     y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVLD)
     cv = AttentionProjections(cfg, d, zero_init_output=True, name="cross_view_attn")
     q_NTSHK = cv.queries(y).reshape(b * v, t, s, cfg.num_heads, cfg.head_dim)
@@ -629,21 +644,25 @@ class Block(nn.Module):
                                                           name=remat.CROSS_VIEW_ATTENTION),
                                         (frames, frames, frames, frames[:2]), frames,
                                         q_NTSHK, frames_of(k), frames_of(val), kv_len_NT)
-    x_BVLD = x_BVLD + cv.out(o).reshape(b, v, l, d)
+    return x_BVLD + cv.out(o).reshape(b, v, l, d)
 
-    # Text cross-attention, per view, over that view's 512 tokens (padding tokens attended).
-    shift, scale, gate = mod_chunks("adaln_modulation_cross_attn", 3)
+  def text_attention(self, x_BVLD: Array, ctx: BlockContext) -> Array:
+    """Text cross-attention, per view, over that view's 512 tokens (padding tokens attended)."""
+    cfg, (b, v, l, d) = self.cfg, x_BVLD.shape
+    shift, scale, gate = self.modulation("adaln_modulation_cross_attn", ctx, 3)
     h = modulate(layer_norm(x_BVLD), shift, scale).reshape(b * v, l, d)
     ca = AttentionProjections(cfg, cfg.crossattn_emb_channels, name="cross_attn")
-    k, val = ca.keys_values(ctx.text_ctx_BVMC.reshape(b * v, -1, cfg.crossattn_emb_channels).astype(dtype))
+    k, val = ca.keys_values(ctx.text_ctx_BVMC.reshape(b * v, -1, cfg.crossattn_emb_channels).astype(jnp.dtype(cfg.dtype)))
     tokens, text = ("activation_batch", "activation_length", None, None), ("activation_batch", None, None, None)
     o = self.context_parallel_attention(functools.partial(dot_product_attention, implementation=cfg.attention,
                                                           name=remat.TEXT_ATTENTION),
                                         (tokens, text, text), tokens, ca.queries(h), k, val)
-    x_BVLD = x_BVLD + gate * ca.out(o).reshape(b, v, l, d)
+    return x_BVLD + gate * ca.out(o).reshape(b, v, l, d)
 
-    # GELU MLP.
-    shift, scale, gate = mod_chunks("adaln_modulation_mlp", 6)
+  def mlp(self, x_BVLD: Array, ctx: BlockContext) -> Array:
+    """GELU MLP."""
+    cfg, d = self.cfg, self.cfg.model_channels
+    shift, scale, gate = self.modulation("adaln_modulation_mlp", ctx, 6)
     h = modulate(layer_norm(x_BVLD), shift, scale)
     layer1 = dense(cfg.mlp_hidden, "mlp_layer1", in_dim=d, axes=("embed", "mlp"), cfg=cfg)
     layer2 = dense(d, "mlp_layer2", in_dim=cfg.mlp_hidden, axes=("mlp", "embed"), cfg=cfg)

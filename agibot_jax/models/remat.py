@@ -13,6 +13,11 @@ The scan stacks the block inputs (one (B, V, L, D) tensor per layer) on the devi
 `model.net.offload_block_inputs` moves them to pinned host memory (needed for 720p on one GPU;
 the copies overlap the step only in part, BENCHMARKS.md).
 
+A block's backward first recomputes what its policy did not keep, all of it at once: at 93k tokens every
+activation of one block together is several GiB. `model.net.remat_sublayers` gives each of the block's four
+sub-layers (self-, cross-view, text attention, MLP) a checkpoint of its own inside the block's, so that the
+backward holds one sub-layer's activations at a time (`sublayer_policy`): their linears and norms run once more.
+
 Why the kernel's residuals and not a named output: the cuDNN flash-attention backward needs the
 forward's output and its softmax statistics. Saving only the output leaves the statistics to be
 recomputed, which re-runs the whole attention forward, so nothing is gained. So each DiT attention
@@ -71,6 +76,13 @@ def policy(name: str, offload_block_inputs: bool = False):
         names_which_can_be_saved=saved, names_which_can_be_offloaded=(BLOCK_INPUT,),
         offload_src="device", offload_dst="pinned_host")
   return jax.checkpoint_policies.save_only_these_names(*saved)  # the scan keeps the block inputs on device
+
+
+def sublayer_policy():
+  """The policy of each sub-layer's own checkpoint inside a block's (`model.net.remat_sublayers`): the attention
+  kernels' output and statistics are kept, so the block's backward recomputes a sub-layer's linears and norms but
+  never an attention kernel a third time."""
+  return jax.checkpoint_policies.save_only_these_names(*ATTENTION)
 
 
 def named_residuals(kernel: Callable, name: str, expected: Sequence[jax.ShapeDtypeStruct] | None = None) -> Callable:

@@ -7,8 +7,9 @@ r"""Precompute the text embeddings of every caption of a dataset once (see agibo
 CKPT is a folder written by `python -m convert.text_encoder`; the tokenizer defaults to the Hugging Face folder it
 was converted from. The cache folder defaults to `config.dataloader_train.dataset.text_cache_dir`. The captions are
 those training reads: the dataset is scanned and validated as training does (`agibot_jax.data.layout`), and each
-sample's per-view captions are built by `agibot_jax.registry.view_captions`. Captions already cached are skipped;
-the hand-view captions are the same for every sample and are computed once.
+sample's per-view captions are built by the rig (`agibot_jax.rig.Rig.captions`, `config.rig`). Captions already
+cached are skipped; the captions of the cameras without the prompt are the same for every sample and are computed
+once.
 
 `--projected` stores the DiT's crossattn_proj applied to each embedding (1024-d, 98x smaller in bf16), in
 `model.precision`. The projection weights are cast to `model.precision` first, as the training state holds them, so
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from agibot_jax import cli, logs, params_io, registry
+from agibot_jax import cli, logs, params_io
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout
 from agibot_jax.text.cache import (TextEmbeddingCache, cache_meta, load_crossattn_proj, project_context,
                                    projection_fingerprint)
@@ -37,11 +39,12 @@ log = logging.getLogger(__name__)
 def dataset_captions(config) -> list[str]:
   """Every distinct per-view caption of the config's dataset, in sample then view order."""
   ds = config.dataloader_train.dataset
-  samples = layout.load_index(ds.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
+  rig = rig_lib.of_config(config)
+  samples = layout.load_index(ds.dataset_dir, rig, ds.control_input_type, int(ds.num_video_frames),
                               bool(ds.skip_invalid), control_stretch=bool(ds.allow_control_stretch))
   captions: dict[str, None] = {}
   for sample in samples:
-    captions.update(dict.fromkeys(registry.view_captions(sample.prompt, tuple(ds.views))))
+    captions.update(dict.fromkeys(rig.captions(sample.prompt)))
   return list(captions)
 
 

@@ -16,7 +16,7 @@ What goes wrong is said in one line and never silently:
   - a checkpoint that does not restore is named (step, item directory, reason) and moved aside to
     `<step>.corrupt` (Orbax ignores it, and would not save a step older than the newest one it sees), and the
     next older one is tried; `checkpoint.strict_resume` stops instead (ResumeError);
-  - a checkpoint written with another model, control type, views or clip shape is refused, naming the keys;
+  - a checkpoint written with another model, control type, rig, views or clip shape is refused, naming the keys;
     other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared;
   - read-only commands (sample, eval, convert.dit --export) read the newest checkpoint that restores in the same
     way, but move nothing (`checkpoint_to_read`, `restore_weights`).
@@ -40,6 +40,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from agibot_jax import params_io
+from agibot_jax.models import lora
 
 from agibot_jax.training.state import TrainState
 
@@ -49,11 +50,12 @@ CORRUPT_SUFFIX = ".corrupt"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 # Config keys (dotted prefixes) a checkpoint cannot be resumed across: they change the train state's shapes or
-# what the network learns to map from (control type, views, clip shape, VAE).
+# what the network learns to map from (control type, rig and views, clip shape, VAE).
 STRUCTURAL_KEYS = (
-    "control_type", "model.net.", "model.train_base", "model.precision", "model.hint_keys", "model.tokenizer.",
-    "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type", "dataloader_train.dataset.views",
-    "dataloader_train.dataset.resolution_hw", "dataloader_train.dataset.num_video_frames", "ema.enabled",
+    "control_type", "rig", "model.net.", "model.train_base", "model.lora.", "model.precision", "model.hint_keys",
+    "model.tokenizer.", "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type",
+    "dataloader_train.dataset.views", "dataloader_train.dataset.resolution_hw",
+    "dataloader_train.dataset.num_video_frames", "ema.enabled",
 )
 # Keys free to change on resume: paths, loop lengths, checkpointing, logging and samples, parallelism, input
 # workers, and the network's memory/kernel settings (same weights, same results). Anything else that changed is
@@ -67,11 +69,14 @@ IGNORED_KEYS = (
     "dataloader_train.dataset.max_bad_samples", "dataloader_train.dataset.allow_control_stretch",
     "model.allow_random_init", "model.tokenizer.path",
     "model.text_encoder.path", "model.text_encoder.tokenizer", "model.text_encoder.compute_online",
-    "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs", "model.net.mlp_chunks",
+    "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs",
+    "model.net.remat_sublayers", "model.net.mlp_chunks",
     "model.net.context_local_attention", "model.offload_optimizer_state", "model.memory_budget_gib",
 )
 # Under STRUCTURAL_KEYS but only numerics (compute precision): a change is warned about.
 PRECISION_KEYS = ("model.net.dtype", "model.tokenizer.dtype")
+# Keys newer than some checkpoints, and the value their absence means (what the older code did).
+ABSENT_MEANS = {"model.lora.rank": 0}
 
 
 class SaveError(RuntimeError):
@@ -288,9 +293,10 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
   """(structural, other) changes from a checkpoint's config JSON to the current one, each "key: old -> new".
 
-  A key present on one side only (another version of the code) is never structural.
+  A key present on one side only (another version of the code) is never structural, unless ABSENT_MEANS says what
+  its absence means.
   """
-  old, new = _flatten(saved), _flatten(current)
+  old, new = {**ABSENT_MEANS, **_flatten(saved)}, {**ABSENT_MEANS, **_flatten(current)}
   structural, other = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
@@ -379,9 +385,10 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
   """(step, full DiT params) of the newest checkpoint of a run whose weights restore, reading only the weights.
 
   The frozen base and either the EMA (`use_ema`) or the regular trainable branch are restored, in their stored
-  dtypes, into `param_shardings` (a sharding per parameter path); the optimizer state is not read. A checkpoint
-  that does not restore is named in one warning line and the next older one is read; nothing is moved
-  (`checkpoint_to_read`). Raises FileNotFoundError / ResumeError when there is none / none restores.
+  dtypes, into `param_shardings` (a sharding per parameter path; LoRA adapters are placed like their kernel and
+  merged into it with the checkpoint's own `model.lora`); the optimizer state is not read. A checkpoint that does
+  not restore is named in one warning line and the next older one is read; nothing is moved (`checkpoint_to_read`).
+  Raises FileNotFoundError / ResumeError when there is none / none restores.
   """
   directory = checkpoint_dir(workdir)
   steps = _steps(directory)
@@ -396,11 +403,14 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
 def _read_weights(directory: str, step: int, param_shardings: Any, use_ema: bool) -> Any:
   from flax import traverse_util
 
-  _, stored = _read_config_and_layout(directory, step)
+  saved_config, stored = _read_config_and_layout(directory, step)
   branch = "ema" if use_ema else "trainable"
   if not stored.get(branch):
     raise ValueError(f"{directory}: the run kept no EMA (ema.enabled=False); use the regular weights (--no_ema)")
   by_path = traverse_util.flatten_dict(param_shardings)
+  for key, m in traverse_util.flatten_dict(stored[branch]).items():
+    if key[-1] in (lora.A, lora.B):
+      by_path[key] = _adapter_sharding(by_path[key[:-1] + (lora.KERNEL,)], key[-1], len(m.shape))
   target, restore_args = {}, {}
   for part in ("frozen", branch):
     flat = traverse_util.flatten_dict(stored[part])
@@ -412,4 +422,11 @@ def _read_weights(directory: str, step: int, param_shardings: Any, use_ema: bool
   out = _read_item(directory, step, "state", lambda path: ocp.PyTreeCheckpointer().restore(path, args=args))
   flat = traverse_util.flatten_dict(out["frozen"])
   flat.update(traverse_util.flatten_dict(out[branch]))
-  return traverse_util.unflatten_dict(flat)
+  params = lora.merged(traverse_util.unflatten_dict(flat), lora.LoraConfig.from_config(saved_config["model"]).scale)
+  return jax.device_put(params, param_shardings)  # merged kernels placed as the network's
+
+
+def _adapter_sharding(kernel: jax.sharding.NamedSharding, name: str, ndim: int) -> jax.sharding.NamedSharding:
+  """A LoRA adapter's sharding from its kernel's (`lora.adapter_axes`)."""
+  spec = tuple(kernel.spec) + (None,) * (ndim - len(kernel.spec))
+  return jax.sharding.NamedSharding(kernel.mesh, jax.sharding.PartitionSpec(*lora.adapter_axes(spec, name)))

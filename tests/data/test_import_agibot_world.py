@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 from tests.data.agibot_world import conftest
 
@@ -38,9 +39,8 @@ def test_every_episode_skipped_exits_2_in_one_line(monkeypatch, capsys):
   from agibot_jax.data.agibot_world import importer, source
 
   skip = source.Skip("327", "648642", "/src/observations/327/648642", "9 frames, fewer than --clip_frames=93")
-  monkeypatch.setattr(import_agibot_world, "settings_from_flags", lambda src, dst: None)
   monkeypatch.setattr(importer, "run", lambda settings, progress: importer.Summary("raw", 0, 0, 0, (skip,)))
-  assert import_agibot_world.main("/src", "/dst") == 2
+  assert import_agibot_world.run_import(types.SimpleNamespace(src="/src", dst="/dst")) == 2
   out, err = capsys.readouterr()
   assert out == "" and err.count("\n") == 1, err
   assert err.startswith("REFUSED nothing imported from /src: 1 item(s) skipped (reasons in /dst/manifest.json); "
@@ -56,9 +56,8 @@ def test_a_full_destination_fails_in_one_line(monkeypatch, capsys):
   def disk_full(settings, progress):
     raise OSError(28, "No space left on device", "/dst/manifest.json")
 
-  monkeypatch.setattr(import_agibot_world, "settings_from_flags", lambda src, dst: None)
   monkeypatch.setattr(importer, "run", disk_full)
-  assert import_agibot_world.main("/src", "/dst") == 1
+  assert import_agibot_world.run_import(types.SimpleNamespace(src="/src", dst="/dst")) == 1
   err = capsys.readouterr().err
   assert err == ("FAILED writing /dst: [Errno 28] No space left on device: '/dst/manifest.json' (the clips completed "
                  "are kept: rerun to resume)\n")

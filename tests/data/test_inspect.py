@@ -46,6 +46,25 @@ def test_valid_dataset_exit_0_with_summary(capsys, synthetic_dir, control_type):
   assert "resolution HxW: 64x96" in text and "fps:            16" in text
 
 
+def test_summary_and_problems_name_the_rig(capsys, synthetic_dir):
+  code, text = _inspect(capsys, "seg", synthetic_dir, views=("hand_right", "head_color"))
+  assert code == 0, text
+  assert "rig:            agibot (hand_right=2, head_color=0) (camera=view row)" in text
+  assert "not read:       hand_left (camera folders of the dataset the run does not read)" in text
+  code = inspect.run(tiny_config("seg", synthetic_dir, views=("hand_middle",)))
+  err = capsys.readouterr().err
+  assert code == inspect.EXIT_PROBLEMS and err.count("\n") == 1
+  assert err.startswith("INVALID dataloader_train.dataset.views=('hand_middle',): must be distinct cameras of rig "
+                        "agibot")
+  config = tiny_config("seg", synthetic_dir)
+  config.rig = [{"name": "wrist", "caption_prefix": "From the wrist."}]
+  code = inspect.run(config)
+  text = capsys.readouterr().err
+  _assert_problem(code, text, synthetic_dir / "videos" / "wrist",
+                  "folder missing (camera wrist of rig custom); the dataset has camera folder(s) hand_left, "
+                  "hand_right, head_color, which rig custom (wrist=0) lacks")
+
+
 def test_cli_subprocess_exit_codes_and_preview(synthetic_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   base_cmd = [sys.executable, "-m", "agibot_jax.data.inspect", "--config", "configs/seg.py:tiny"]

@@ -109,6 +109,29 @@ def test_backward_reruns_no_saved_attention():
   assert _attention_matmuls(cfg, remat.policy("save_attention")) == without_remat
 
 
+def test_sublayer_checkpoints_keep_what_the_block_saves_and_rerun_no_attention():
+  # model.net.remat_sublayers: each sub-layer's own checkpoint keeps the attention kernels' residuals, so the block's
+  # backward still reads only what its policy names, and no attention kernel runs a third time.
+  # (What a sub-layer's checkpoint hands out carries no name: "output of remat2".)
+  for name in ("full", "save_self_attention"):
+    whole = _block_saves(_tiny_cfg(remat_policy=name), remat.policy(name))
+    per_sublayer = _block_saves(_tiny_cfg(remat_policy=name, remat_sublayers=True), remat.policy(name))
+    assert per_sublayer["from the argument x"] == 1 and per_sublayer.total() == whole.total(), (whole, per_sublayer)
+  cfg = _tiny_cfg(remat_policy="full", remat_sublayers=True)
+  assert _attention_matmuls(cfg, remat.policy("full")) == _attention_matmuls(_tiny_cfg(), remat.policy("full"))
+
+
+def test_sublayer_checkpoints_hold_one_sublayer_at_a_time():
+  # What a block's backward reads once its forward has been recomputed (the block without an outer checkpoint): with a
+  # checkpoint per sub-layer, only the inputs of the four sub-layers and the attention kernels' residuals; the rest
+  # of a sub-layer is recomputed just before its own backward. Without them, every intermediate of the block.
+  whole = _block_saves(_tiny_cfg(remat_policy="full"), None)
+  per_sublayer = _block_saves(_tiny_cfg(remat_policy="full", remat_sublayers=True), None)
+  sublayer_inputs = per_sublayer.pop("block_input") + per_sublayer.pop("output of add")
+  assert sublayer_inputs == 4 and set(per_sublayer) == set(remat.ATTENTION), per_sublayer
+  assert whole.total() > 3 * (sublayer_inputs + per_sublayer.total()), whole
+
+
 def test_saved_kernel_runs_once():
   # exp keeps its output for its backward, as cuDNN does: the output that the next op reads is the saved one.
   def grad_jaxpr(policy):
@@ -183,16 +206,16 @@ def no_remat(tiny):
 # ~35 s for the no-remat reference and ~15 s per policy on 2 CPU cores; the default run checks what each policy saves
 # (test_block_saves_its_input_and_its_policys_attention_only), the slow run that the gradients stay the same.
 @pytest.mark.slow
-@pytest.mark.parametrize("name,offload,mlp_chunks", [
-    ("full", False, 1),
-    ("save_self_and_cross_view_attention", False, 1),
-    ("save_attention", True, 1),
-    ("full", True, 3)])  # the smallest memory plan's network: MLP in 3 token slices (summation order only changes)
-def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, mlp_chunks):
+@pytest.mark.parametrize("name,offload,sublayers,mlp_chunks", [
+    ("full", False, False, 1),
+    ("save_self_and_cross_view_attention", False, False, 1),
+    ("save_attention", True, False, 1),
+    ("full", True, True, 3)])  # the smallest memory plan's network: MLP in 3 token slices (summation order only changes)
+def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, sublayers, mlp_chunks):
   cfg, params, inputs = tiny
   want_loss, want_grads = no_remat
-  loss, grads = _loss_and_grads(
-      dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload, mlp_chunks=mlp_chunks), params, inputs)
+  loss, grads = _loss_and_grads(dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload,
+                                                    remat_sublayers=sublayers, mlp_chunks=mlp_chunks), params, inputs)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
@@ -210,6 +233,8 @@ def test_unexpected_residuals_fail_loudly():
 
 
 def test_unknown_names_rejected():
+  with pytest.raises(ValueError, match="remat_sublayers needs a remat_policy"):
+    _tiny_cfg(remat_policy="none", remat_sublayers=True)
   with pytest.raises(ValueError, match="save_everything"):
     remat.policy("save_everything")
   with pytest.raises(ValueError, match="offload_block_inputs"):

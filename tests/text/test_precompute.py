@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import rig
 from agibot_jax.data import synthetic
 from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.params_io import save_params
@@ -44,9 +44,8 @@ def _config(dataset):
 
 def test_distinct_captions_and_skip(dataset, tmp_path):
   captions = dataset_captions(_config(dataset))
-  views = registry.VIEW_NAMES
-  assert captions == [*registry.view_captions(PROMPTS[0], views), registry.view_captions(PROMPTS[1], views)[0],
-                      registry.view_captions(PROMPTS[2], views)[0]]
+  assert captions == [*rig.AGIBOT.captions(PROMPTS[0]), rig.AGIBOT.captions(PROMPTS[1])[0],
+                      rig.AGIBOT.captions(PROMPTS[2])[0]]
   calls = []
 
   def embed(batch):

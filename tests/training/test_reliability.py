@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import logging
 import os
 import shutil
@@ -372,6 +373,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
                                                              "depth"),
     ("dataloader_train.dataset.views", ("head_color", "hand_left"), "dataloader_train.dataset.views"),
     ("dataloader_train.dataset.resolution_hw", (32, 48), "dataloader_train.dataset.resolution_hw"),
+    ("model.lora.rank", 4, "model.lora.rank: 0 -> 4"),
 ])
 def test_resume_refuses_a_structural_change(tmp_path, key, value, refused):
   config = edge.get_config("tiny")
@@ -400,6 +402,18 @@ def test_resume_warns_on_optimizer_changes_and_ignores_paths_and_lengths(tmp_pat
   assert "optimizer.lr: 0.0001 -> 0.0003" in warnings[0] and "scheduler.warm_up_steps: [2] -> [10]" in warnings[0]
   for ignored in ("max_iter", "save_iter", "dataset_dir", "remat_policy"):
     assert ignored not in warnings[0]
+
+
+def test_a_checkpoint_from_before_lora_reads_as_rank_0():
+  """A checkpoint's config without `model.lora` (older code) was a full-branch run: LoRA on is refused, naming the
+  key, instead of failing on the state's shapes (which would move the checkpoint aside as corrupt)."""
+  saved = json.loads(edge.get_config("tiny").to_json_best_effort())
+  del saved["model"]["lora"]
+  changed = edge.get_config("tiny")
+  changed.model.lora.rank = 16
+  structural, _ = checkpointing.config_changes(saved, json.loads(changed.to_json_best_effort()))
+  assert structural == ["model.lora.rank: 0 -> 16"]
+  assert checkpointing.config_changes(saved, json.loads(edge.get_config("tiny").to_json_best_effort()))[0] == []
 
 
 def our_warnings(caplog) -> list[str]:
@@ -545,7 +559,7 @@ def no_models(monkeypatch):
   def built(*args, **kwargs):
     raise AssertionError("a model was built before the problem was found")
 
-  for name in ("build_vae", "build_text_provider", "initial_params", "make_mesh"):
+  for name in ("build_vae", "build_text_provider", "initial_params", "initial_state", "make_mesh"):
     monkeypatch.setattr(assemble, name, built)
 
 
@@ -569,6 +583,8 @@ def tiny(dataset_dir: str, **overrides):
     ("dataloader_train.dataset.num_video_frames", 10),
     ("dataloader_train.dataset.validate", "everything"),
     ("optimizer.lr", float("nan")),
+    ("model.lora.rank", -1),
+    ("model.lora.alpha", 0.0),
 ])
 def test_bad_config_values_are_refused_naming_the_key(tmp_path, no_models, key, value):
   workdir = tmp_path / "run"
@@ -579,6 +595,12 @@ def test_bad_config_values_are_refused_naming_the_key(tmp_path, no_models, key, 
 
 def test_valid_tiny_config_passes():
   assemble.check_config(assemble.resolve(edge.get_config("tiny"), "/tmp/x"))
+
+
+def test_lora_targets_are_checked_against_the_control_blocks_kernels(tmp_path, no_models):
+  config = tiny(str(tmp_path / "data"), **{"model.lora.rank": 4, "model.lora.targets": ("self_attn/*", "mlp")})
+  with pytest.raises(assemble.ConfigError, match=r"model\.lora\.targets: 'mlp' matches no kernel of control_blocks"):
+    train_lib.train(config, str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("workdir, why", [
@@ -608,7 +630,7 @@ def test_failure_while_building_leaves_no_run_files(tmp_path, monkeypatch):
 
   monkeypatch.setattr(assemble, "build_vae", lambda config, mesh: (None, None))
   monkeypatch.setattr(assemble, "build_text_provider", lambda config, cfg: None)
-  monkeypatch.setattr(assemble, "initial_params", broken)
+  monkeypatch.setattr(assemble, "initial_state", broken)
   workdir = tmp_path / "run"
   with pytest.raises(RuntimeError, match="out of memory"):
     train_lib.train(tiny(""), str(workdir))

@@ -174,6 +174,33 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   assert_trees_equal(state4_resumed, state4, "step-4 state")
 
 
+@pytest.mark.slow  # ~40 s; the default run compares batches and the built network (test_pipeline, test_assemble)
+def test_agibot_rig_trains_as_main_did(dataset_dir, tmp_path):
+  """Steps 1-2 of the default (agibot) rig: the loss and gradient norm main (be348e4) logged for this run, to the bit
+  (recorded on the 2-core CPU test machine under the test session's XLA flags, tests/conftest.py; the synthetic clips
+  are encoded at test time, so another x264 or XLA CPU build may differ in the last digits)."""
+  config = small_config(dataset_dir, **{"trainer.max_iter": 2, "checkpoint.save_iter": 2})
+  train_lib.train(config, str(tmp_path / "run"))
+  metrics = loop.read_metrics(str(tmp_path / "run"))
+  assert {s: (m["loss"], m["grad_norm"]) for s, m in metrics.items()} == {
+      1: (1.6132546663284302, 1.1042498350143433), 2: (1.6038382053375244, 1.3541957139968872)}
+
+
+# ~40 s; the default run has the 1-camera forward (tests/models/test_dit.py::test_one_camera_rig_forward)
+@pytest.mark.slow
+def test_one_camera_rig_trains(tmp_path):
+  data = str(tmp_path / "data")
+  config = small_config(data, **{"trainer.max_iter": 2, "checkpoint.save_iter": 2})
+  config.rig = [{"name": "wrist", "view": 1, "caption_prefix": "The video is captured from the wrist camera."}]
+  h, w = config.dataloader_train.dataset.resolution_hw
+  synthetic.write_example(data, num_samples=2, frames=config.dataloader_train.dataset.num_video_frames, height=h,
+                          width=w, views=("wrist",))
+  result = train_lib.train(config, str(tmp_path / "run"))
+  assert result["step"] == 2 and np.isfinite(result["loss"])
+  _, _, saved = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(str(tmp_path / "run")), "2"))
+  assert saved["dataloader_train"]["dataset"]["views"] == ["wrist"] and '"view":1' in saved["rig"]
+
+
 LOW_MEMORY = {"model.net.remat_policy": "full", "model.net.offload_block_inputs": True, "model.net.mlp_chunks": 3,
               "model.offload_optimizer_state": True}
 
@@ -419,3 +446,36 @@ def test_interrupted_at_random_moments_ends_bit_identical(dataset_dir, tmp_path,
   assert_trees_equal(state, uninterrupted[0], "final train state after the interruptions vs uninterrupted")
   assert data == uninterrupted[1], "data iterator position"
   assert logged_steps(workdir) == list(range(1, FAULT_STEPS + 1)), "one metrics.jsonl row per step"
+
+
+@pytest.mark.slow  # a CLI run and two converter runs; the default run checks the LoRA step (test_step.py) and the merge
+# on export and for sampling (tests/convert/test_dit.py)
+def test_lora_cli_run_trains_and_its_export_round_trips(dataset_dir, tmp_path):
+  """Issue 30: `--config.model.lora.rank=4` trains 2 steps (checkpoints hold the adapters, the control kernels frozen);
+  `convert.dit --export` writes merged kernels under the reference's names, which convert back to exactly the weights
+  sampling restores from the run (EMA)."""
+  from agibot_jax import params_io
+  from tests.convert.reference import run_cli as run_module
+
+  workdir, exported, converted = str(tmp_path / "run"), str(tmp_path / "lora.pt"), str(tmp_path / "converted")
+  net = {k: v for k, v in SMALL.items() if k.startswith("model.net.")}
+  settings = {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, "trainer.max_iter": 2, "model.lora.rank": 4}
+  proc = run_cli(workdir, settings)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  assert sorted(loop.read_metrics(workdir)) == [1, 2]
+  state, _, saved = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(workdir), "2"))
+  assert saved["model"]["lora"]["rank"] == 4
+  assert "kernel" in state["frozen"]["control_blocks"]["mlp_layer1"]
+  assert np.abs(state["ema"]["control_blocks"]["mlp_layer1"]["lora_b"]).max() > 0, "B trained"
+
+  for args in (("--export", workdir, "--dst", exported),
+               ("--src", exported, "--dst", converted, "--config", "configs/edge.py:tiny", *cli_flags(net))):
+    done = run_module("convert.dit", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+  cfg = dit.DiTConfig.from_config(small_config(dataset_dir).model.net)
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(1, 1, 1))
+  _, sampled = checkpointing.restore_weights(workdir, shardings)
+  assert_trees_equal(params_io.to_numpy_tree(params_io.restore_params(converted)), sampled, "exported and converted")
+  merged = np.asarray(sampled["control_blocks"]["mlp_layer1"]["kernel"])
+  assert not np.array_equal(merged, state["frozen"]["control_blocks"]["mlp_layer1"]["kernel"])
