@@ -101,6 +101,21 @@ def _files(folder: str, ext: str) -> tuple[dict[str, str], list[Problem]]:
   return {stem: paths[0] for stem, paths in by_stem.items()}, twice
 
 
+def _unlistable(folder: str) -> str | None:
+  """Why an existing `folder` cannot be listed (None: it can, or does not exist)."""
+  try:
+    os.listdir(folder)
+  except FileNotFoundError:
+    return None
+  except OSError as e:
+    return e.strerror or str(e)
+  return None
+
+
+def _under(path: str, folders) -> bool:
+  return any(path.startswith(folder + os.sep) for folder in folders)
+
+
 def _same_fps(a: float, b: float) -> bool:
   return abs(a - b) <= _FPS_RTOL * max(abs(a), abs(b))
 
@@ -116,8 +131,10 @@ def _size(info: video.VideoInfo) -> str:
 def camera_folders(dataset_dir: str, rig: rig_lib.Rig) -> tuple[list[str], list[str]]:
   """(the rig's cameras without a videos/ folder, the videos/ folders that are no camera of the rig)."""
   videos = os.path.join(dataset_dir, "videos")
-  found = sorted(d for d in os.listdir(videos) if os.path.isdir(os.path.join(videos, d))
-                 and not d.startswith(".")) if os.path.isdir(videos) else []
+  try:
+    found = sorted(d for d in os.listdir(videos) if os.path.isdir(os.path.join(videos, d)) and not d.startswith("."))
+  except OSError:  # absent, or cannot be read (`scan` names it)
+    found = []
   return [v for v in rig.names if v not in found], [d for d in found if d not in rig.names]
 
 
@@ -146,16 +163,19 @@ def scan(dataset_dir: str, rig: rig_lib.Rig, control_type: str, frames_needed: i
   if not os.path.isdir(root):
     return [], [Problem(None, root, "dataset directory not found")]
   ctrl_root = os.path.join(root, control.key) if control.from_files else None
+  tops = [os.path.join(root, "videos"), os.path.join(root, "captions")] + ([ctrl_root] if ctrl_root else [])
+  blocked = {top: why for top in tops if (why := _unlistable(top))}
+  problems += [Problem(None, top, f"folder cannot be read ({why})") for top, why in blocked.items()]
+  unreadable = set(blocked)  # folders that cannot be listed: what they hold is not known missing
   missing, extra = camera_folders(root, rig)
   hint = _other_cameras_hint(root, rig, extra) if missing else ""
   for v in views:
     folders = [os.path.join(root, "videos", v), os.path.join(root, "captions", v)]
     folders += [os.path.join(ctrl_root, v)] if ctrl_root else []
     problems += [Problem(None, d, f"folder missing (camera {v} of rig {rig.name}){hint}")
-                 for d in folders if not os.path.isdir(d)]
+                 for d in folders if os.path.dirname(d) not in unreadable and not os.path.isdir(d)]
 
   duplicates: dict[str, list[Problem]] = {}
-  unreadable: set[str] = set()  # folders that cannot be listed
 
   def files(*parts: str, ext: str = ".mp4") -> dict[str, str]:
     found, found_problems = _files(os.path.join(root, *parts), ext)
@@ -256,7 +276,7 @@ def scan(dataset_dir: str, rig: rig_lib.Rig, control_type: str, frames_needed: i
                   "dataloader_train.dataset.allow_control_stretch=True if the stretch is intended"))
 
       # A file in a folder that cannot be read is not known to be missing: the folder's problem names it.
-      problems += [p for p in sample_problems if os.path.dirname(p.path) not in unreadable]
+      problems += [p for p in sample_problems if not _under(p.path, unreadable)]
       if not sample_problems:
         samples.append(Sample(
             sample_id=sid, videos=tuple(paths), controls=ctrl_paths, prompt=prompt,
@@ -264,7 +284,7 @@ def scan(dataset_dir: str, rig: rig_lib.Rig, control_type: str, frames_needed: i
             original_hw=tuple((infos[v].height, infos[v].width) for v in views)))
       if bar is not None:
         bar.update(1)
-  if not all_ids:
+  if not all_ids and not _under(os.path.join(root, "videos", views[0], ""), unreadable):
     problems.append(Problem(None, os.path.join(root, "videos", views[0]), "empty dataset: no .mp4 samples found"))
   if resized:
     log.warning("%d control video(s) of another size than their RGB video, each resized to the training resolution "

@@ -99,11 +99,12 @@ def test_empty_prompt_is_warned(synthetic_copy, caplog):
   assert warnings == [f"1 sample(s) with an empty prompt (their head_color caption, which is the prompt): {path}"]
 
 
-def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypatch):
+@pytest.mark.parametrize("name", ["captions/hand_right", "videos"])
+def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypatch, name):
   """Issue 33 (unreadable files, tried once as a user without the rights): a folder that cannot be listed stopped the
-  check with a PermissionError traceback."""
-  folder = str(synthetic_copy / "captions" / "hand_right")
-  listdir, isfile = os.listdir, os.path.isfile
+  check with a PermissionError traceback (videos/: in the camera-folder listing)."""
+  folder = str(synthetic_copy / name)
+  listdir, isfile, isdir = os.listdir, os.path.isfile, os.path.isdir
 
   def denied(path):
     if str(path) == folder:
@@ -111,8 +112,10 @@ def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypa
     return listdir(path)
 
   monkeypatch.setattr(os, "listdir", denied)
-  # Nor are its files seen (no search right): not named missing one by one.
-  monkeypatch.setattr(os.path, "isfile", lambda path: os.path.dirname(path) != folder and isfile(path))
+  # Nor is what it holds seen (no search right): not named missing one by one.
+  inside = lambda path: str(path).startswith(folder + os.sep)
+  monkeypatch.setattr(os.path, "isfile", lambda path: not inside(path) and isfile(path))
+  monkeypatch.setattr(os.path, "isdir", lambda path: not inside(path) and isdir(path))
   samples, problems = layout.scan(str(synthetic_copy), rig.AGIBOT, "edge", 9)
   assert [str(p) for p in problems] == [f"{folder}: folder cannot be read (Permission denied)"]
 
