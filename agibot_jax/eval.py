@@ -31,7 +31,7 @@ import os
 import jax
 from absl import flags
 
-from agibot_jax import assemble, cli, registry
+from agibot_jax import assemble, cli, registry, video_io
 from agibot_jax import rig as rig_lib
 from agibot_jax.evaluation import report as report_lib
 from agibot_jax.evaluation import scoring, validation
@@ -105,7 +105,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, num_samples:
     image = f"{os.path.basename(stem)}_{sample_id}.jpg"
     if jax.process_index() == 0:
       grid = report_lib.frame_grid([scoring.to_uint8(x[0]) for x in (generated, truth, control)])
-      report_lib.write_image(os.path.join(os.path.dirname(stem), image), grid)
+      video_io.write_image(os.path.join(os.path.dirname(stem), image), grid)
     log.info("%s: %s", sample_id, " ".join(f"{k}={v:.4g}" for k, v in scores.items() if "/" not in k))
     scored.append({"sample_id": sample_id, "scores": scores, "image": image})
 

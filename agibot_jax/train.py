@@ -99,7 +99,7 @@ def train(config, workdir: str) -> dict:
   start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
   announce(config, start, max_iter)
   saver = checkpointing.Saver(manager, config, data_iter.get_state)
-  metrics_log = loop.MetricsLog(workdir)
+  metrics_log = loop.MetricsLog(workdir, start)
   try:
     with loop.StopSignals() as stop:
       state, last_metrics = loop.train_loop(

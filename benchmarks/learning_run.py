@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from agibot_jax import assemble, flops, logs, rig
+from agibot_jax import assemble, flops, logs, rig, video_io
 from agibot_jax.data import pipeline, synthetic
 from agibot_jax.evaluation import report, scoring, validation
 from agibot_jax.models import dit
@@ -295,8 +295,8 @@ def main(_) -> None:
               cv2.cvtColor(draw_curves({"val loss (regular)": curves["val"], "val loss (EMA)": curves["val_ema"]}),
                            cv2.COLOR_RGB2BGR))
   order = ("untrained", "trained EMA", "ground truth", "control")
-  report.write_image(os.path.join(f.out_dir, "samples.jpg"),
-                     report.frame_grid([scoring.to_uint8(videos[name][0]) for name in order]))
+  video_io.write_image(os.path.join(f.out_dir, "samples.jpg"),
+                       report.frame_grid([scoring.to_uint8(videos[name][0]) for name in order]))
   summary = {
       "date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
       "devices": jax.device_count(),

@@ -235,6 +235,9 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   # Samples that fail to decode during training are replaced by the next sample and counted; the run stops
   # when more than this many were skipped.
   ds.max_bad_samples = 100
+  # A control video of another aspect ratio than its RGB video is refused (resized to resolution_hw, the two would
+  # be stretched differently and no longer line up); True: the stretch is intended.
+  ds.allow_control_stretch = False
   # Steps with a non-finite loss or gradient are skipped (no update); this many in a row stop the run.
   config.trainer.max_nonfinite_steps = 20
   # A newest checkpoint that does not restore stops the run (True) instead of being moved aside for the next

@@ -204,25 +204,23 @@ def convert(src: str, dst: str, cfg, *, ema: bool = True, dtype: str | None = No
 
 
 def _training_checkpoint_params(src_dir: str, ema: bool):
-  """(DiTConfig, full numpy params) from the newest training checkpoint under a workdir or its checkpoints/ dir."""
-  import orbax.checkpoint as ocp
+  """(DiTConfig, full params) of the newest checkpoint of a training run (its workdir or checkpoints/ dir) whose
+  weights restore (`checkpointing.restore_weights`: a newer one that does not is named and left in place)."""
+  import jax
 
-  from agibot_jax.models import dit, lora
-  from agibot_jax.training import optimizer as optim
+  from agibot_jax import assemble, sharding
+  from agibot_jax.models import dit
+  from agibot_jax.training import checkpointing
 
-  ckpt_dir = os.path.join(src_dir, "checkpoints") if os.path.isdir(os.path.join(src_dir, "checkpoints")) else src_dir
-  with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data", "config")) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{src_dir}: no converted DiT (agibot_meta.json) and no training checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                             config=ocp.args.JsonRestore()))
-  state = restored.state
-  branch = state["ema"] if ema and state.get("ema") is not None else state["trainable"]
-  # LoRA adapters are merged into their kernels: the reference's inference reads plain weights.
-  params = lora.merged(optim.merge_params(jax_free(branch), jax_free(state["frozen"])),
-                       lora.LoraConfig.from_config(restored.config["model"]).scale)
-  return dit.DiTConfig.from_config(restored.config["model"]["net"]), jax_free(params)
+  workdir = assemble.training_workdir(src_dir)
+  if workdir is None:
+    raise FileNotFoundError(f"{src_dir}: no converted DiT (agibot_meta.json) and no training checkpoint")
+  _, saved = checkpointing.checkpoint_to_read(workdir)
+  cfg = dit.DiTConfig.from_config(saved["model"]["net"])
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(devices=jax.devices()[:1]))
+  step, params = checkpointing.restore_weights(workdir, shardings, use_ema=ema)
+  log.info("exporting the %s weights of checkpoint %d of %s", "EMA" if ema else "regular", step, workdir)
+  return cfg, jax_free(params)
 
 
 def jax_free(tree):

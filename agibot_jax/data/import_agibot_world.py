@@ -7,7 +7,9 @@ r"""Imports AgiBot World episodes (raw release or a LeRobot v2.x / v3.0 conversi
 SRC is a raw root (task_info/, observations/<task>/<episode>/ or its tar shards) or a LeRobot root (recognised
 by meta/info.json). DST gets videos/, captions/ (and control_input_depth/) of the agibot rig's three cameras with ids
 `<task>_<episode>_c<k>`, manifest.json and rig.json. Rerunning the same command completes an interrupted import. Exit
-status 0 with a summary, 2 with a one-line reason when the source, the settings or a codec rule the import out.
+status 0 with a summary, 2 with a one-line reason when the source, the settings or a codec rule the import out, or
+when no clip was imported (every episode skipped: the reasons are in manifest.json); 1 with one line when DST cannot
+be written (a full disk: the clips completed are kept, rerun to resume).
 Other robots' LeRobot datasets: `python -m agibot_jax.data.import_lerobot`.
 The data is CC BY-NC-SA 4.0 and gated: this reads the copy you obtained and redistributes nothing.
 """
@@ -19,10 +21,11 @@ import sys
 
 from absl import flags
 
-from agibot_jax import cli
+from agibot_jax import cli, video_io
 from agibot_jax.data.agibot_world import captions, clips, decode, importer
 
 EXIT_REFUSED = 2
+EXIT_FAILED = 1
 
 
 def define_clip_flags() -> None:
@@ -51,7 +54,8 @@ def settings_from_flags(src: str, dst: str, **source_settings) -> importer.Setti
 
 
 def run_import(settings: importer.Settings) -> int:
-  """Imports; prints the summary (exit status 0) or the one-line reason it was refused (2)."""
+  """Imports; prints the summary (exit status 0), the one-line reason it was refused or imported nothing (2), or why
+  DST could not be written (1)."""
   # OpenCV's FFmpeg logs every probe of an AV1 file as a failed hardware decode; probing decodes nothing.
   # Read once, at the first video OpenCV opens.
   os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -59,6 +63,14 @@ def run_import(settings: importer.Settings) -> int:
     summary = importer.run(settings, progress=True)
   except (ValueError, decode.MissingCodecError) as e:
     print(f"REFUSED {e}", file=sys.stderr)
+    return EXIT_REFUSED
+  except (OSError, video_io.VideoError) as e:
+    print(f"FAILED writing {settings.dst}: {e} (the clips completed are kept: rerun to resume)", file=sys.stderr)
+    return EXIT_FAILED
+  if summary.clips == 0:
+    first = f"; the first: {summary.skipped[0]}" if summary.skipped else ""
+    print(f"REFUSED nothing imported from {settings.src}: {len(summary.skipped)} item(s) skipped (reasons in "
+          f"{settings.dst}/{importer.MANIFEST}){first}", file=sys.stderr)
     return EXIT_REFUSED
   print(f"imported {summary} -> {settings.dst} (details: {settings.dst}/{importer.MANIFEST})")
   return 0

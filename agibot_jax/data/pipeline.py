@@ -23,6 +23,7 @@ the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from agibot_jax import registry
+from agibot_jax import registry, utils
 from agibot_jax import rig as rig_lib
 from agibot_jax import video_io as video
 from agibot_jax.data import controls, latent_cache, layout, resize
@@ -65,6 +66,7 @@ class DataSettings:
   latent_cache_dir: str = ""
   validate: str = "probe"  # probe | full: start-up check of the videos (layout.scan)
   max_bad_samples: int = 0  # undecodable samples the training iterator may skip
+  allow_control_stretch: bool = False  # a control video of another aspect ratio than its RGB video is intended
 
   @property
   def views(self) -> tuple[str, ...]:
@@ -78,7 +80,7 @@ class DataSettings:
                random_start_frame=bool(ds.random_start_frame), skip_invalid=bool(ds.skip_invalid),
                video_backend=ds.video_backend, control_preset=control_preset,
                latent_cache_dir=ds.get("latent_cache_dir", ""), validate=ds.validate,
-               max_bad_samples=int(ds.max_bad_samples))
+               max_bad_samples=int(ds.max_bad_samples), allow_control_stretch=bool(ds.allow_control_stretch))
 
 
 def validated_samples(settings: DataSettings) -> list[layout.Sample]:
@@ -86,7 +88,7 @@ def validated_samples(settings: DataSettings) -> list[layout.Sample]:
   return layout.load_index(settings.dataset_dir, settings.rig, settings.control_type, settings.num_video_frames,
                            settings.skip_invalid, resolution_hw=settings.resolution_hw,
                            full=settings.validate == "full", random_start=settings.random_start_frame,
-                           backend=settings.video_backend)
+                           backend=settings.video_backend, control_stretch=settings.allow_control_stretch)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -307,15 +309,17 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                            per_worker_buffer_size=prefetch_buffer_size),
-                              worker_init_fn=_worker_init)
+                              worker_init_fn=functools.partial(_worker_init, parent_pid=os.getpid()))
   return iter(it_ds)
 
 
-def _worker_init(index: int, count: int) -> None:
+def _worker_init(index: int, count: int, *, parent_pid: int) -> None:
   """Ctrl-C reaches the whole process group: the workers leave it to the training process, which writes a
-  checkpoint before it stops them (agibot_jax/training/loop.py)."""
+  checkpoint before it stops them (agibot_jax/training/loop.py). A worker ends with the training process, also
+  when that is killed (`utils.end_with_parent`), instead of holding its memory as an orphan."""
   del index, count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  utils.end_with_parent(parent_pid)
 
 
 def from_config(config: ml_collections.ConfigDict, rows: slice | None = None, num_epochs: int | None = None,

@@ -16,30 +16,15 @@ from __future__ import annotations
 import html
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from agibot_jax import utils
+
 GRID_FRAMES = 4  # columns of a sample's frame grid: frames evenly spaced over the clip
 GRID_CELL_WIDTH = 256  # pixels of one frame in the grid
-
-
-def write_atomic(path: str, data: str | bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder, so no reader sees half a file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not mkstemp's owner-only ones.
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRAMES,
@@ -56,14 +41,6 @@ def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRA
   rows = [np.concatenate([cv2.resize(video[v, t], cell_hw[::-1], interpolation=interpolation) for t in frames], 1)
           for v in range(num_views) for video in videos_VTHWC]
   return np.concatenate(rows, 0)
-
-
-def write_image(path: str, image_HWC: np.ndarray) -> None:
-  """Writes a uint8 RGB image (format from the extension: .png, .jpg) atomically."""
-  ok, encoded = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(image_HWC, cv2.COLOR_RGB2BGR))
-  if not ok:
-    raise ValueError(f"{path}: OpenCV cannot encode this image format")
-  write_atomic(path, encoded.tobytes())
 
 
 def _table(values: Mapping[str, float], header: str) -> str:
@@ -94,6 +71,7 @@ def to_html(report: Mapping) -> str:
 def write_report(json_path: str, report: Mapping) -> str:
   """Writes the JSON at `json_path` and the HTML page beside it (same stem, .html); returns the HTML path."""
   html_path = os.path.splitext(json_path)[0] + ".html"
-  write_atomic(json_path, json.dumps(report, indent=2) + "\n")
-  write_atomic(html_path, to_html(report))
+  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+  utils.atomic_write(json_path, lambda f: f.write(json.dumps(report, indent=2) + "\n"), mode="w")
+  utils.atomic_write(html_path, lambda f: f.write(to_html(report)), mode="w")
   return html_path

@@ -78,7 +78,8 @@ def split_samples(config, train_samples: Sequence[layout.Sample], *,
   train_samples = list(train_samples)
   if val.dataset_dir:
     held_out = layout.load_index(val.dataset_dir, rig_lib.of_config(config), ds.control_input_type,
-                                 int(ds.num_video_frames), bool(ds.skip_invalid))
+                                 int(ds.num_video_frames), bool(ds.skip_invalid),
+                                 control_stretch=bool(ds.allow_control_stretch))
     if os.path.abspath(val.dataset_dir) == os.path.abspath(ds.dataset_dir or ""):
       log.warning("dataloader_val.dataset_dir is the training dataset: the validation samples are trained on")
   elif val.held_out_fraction > 0:

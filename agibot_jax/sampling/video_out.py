@@ -151,8 +151,7 @@ def write_jpeg(path: str | os.PathLike, image_HWC: np.ndarray, *, size: int = ST
   """Resizes a [0, 1] float RGB image (longer side → size) and writes it as JPEG (quality 75, PIL's default)."""
   image = _resize_longer_side(np.ascontiguousarray(image_HWC, np.float32), size)
   image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75]):
-    raise RuntimeError(f"{path}: could not write JPEG")
+  video.write_image(str(path), image, (cv2.IMWRITE_JPEG_QUALITY, 75))
 
 
 def save_sample_outputs(
@@ -167,7 +166,8 @@ def save_sample_outputs(
     row_labels: list[str] | None = None,
     view_names: list[str] | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `<file_base>.mp4` and `<file_base>_12frames.jpg` under out_dir.
+  """Writes `<file_base>.mp4` and `<file_base>_12frames.jpg` under out_dir, each atomically (a temporary name, then
+  renamed): an interrupted command leaves no half file under either name.
 
   Args:
     rows: decoded clips in [-1, 1], each (B, V, T, H, W, 3) or (V, T, H, W, 3), all the same shape.

@@ -41,7 +41,7 @@ def dataset_captions(config) -> list[str]:
   ds = config.dataloader_train.dataset
   rig = rig_lib.of_config(config)
   samples = layout.load_index(ds.dataset_dir, rig, ds.control_input_type, int(ds.num_video_frames),
-                              bool(ds.skip_invalid))
+                              bool(ds.skip_invalid), control_stretch=bool(ds.allow_control_stretch))
   captions: dict[str, None] = {}
   for sample in samples:
     captions.update(dict.fromkeys(rig.captions(sample.prompt)))
@@ -115,4 +115,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch_size", 1, "captions per forward")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "text encoder compute dtype")
   flags.mark_flags_as_required(["config"])
-  cli.run(main)
+  cli.run(main, bad_input=(OSError, ValueError))  # missing inputs, mismatched caches, a full disk: one line

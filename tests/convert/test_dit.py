@@ -1,6 +1,8 @@
 """DiT conversion: 2B key coverage on the abstract model, streaming = plain conversion bit for bit, round trip,
 rejections, sources, the CLI."""
 
+import os
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -231,6 +233,9 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
   state = state.replace(ema=jax.tree.map(lambda e: e + 1.0, state.ema))  # make EMA and live weights differ
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     checkpointing.save(manager, state, {}, config)
+    checkpointing.save(manager, state.replace(step=state.step + 5), {}, config)
+  # Issue 33 row 1: the newest checkpoint does not restore: the older one is exported, and nothing is moved.
+  os.remove(tmp_path / "checkpoints" / "5" / "state" / "manifest.ocdbt")
   for use_ema, branch in ((True, state.ema), (False, state.trainable)):
     out = tmp_path / f"export_{use_ema}.pt"
     convert_dit.export(str(tmp_path), str(out), ema=use_ema)
@@ -239,6 +244,7 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
     np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.control_blocks.1.after_proj.weight"]), want)
     np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.blocks.2.mlp.layer1.weight"]),
                                   np.asarray(params["blocks"]["mlp_layer1"]["kernel"][2]).T)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "5"]
 
 
 def test_export_and_sampling_of_a_lora_run_merge_the_adapters(tmp_path, torch_mod):

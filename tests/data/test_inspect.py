@@ -148,6 +148,31 @@ def test_control_differs_from_rgb(capsys, synthetic_copy, mismatch):
   _assert_problem(*_inspect(capsys, "depth", synthetic_copy), path, "control video has")
 
 
+def _write_hw(path, height, width):
+  frames = np.random.default_rng(0).integers(0, 256, (FRAMES, height, width, 3), dtype=np.uint8)
+  video.write_video(str(path), frames, 16.0)
+
+
+def test_control_of_another_aspect_is_refused_unless_intended(capsys, caplog, synthetic_copy):
+  """Issue 33 row 5: resized to the training resolution, a 48x64 control and its 48x80 video no longer line up."""
+  path = synthetic_copy / "control_input_depth/hand_left/synthetic_001.mp4"
+  _write_hw(path, 48, 64)
+  _assert_problem(*_inspect(capsys, "depth", synthetic_copy), path,
+                  "control video is 48x64 (W/H 1.33) but its RGB video")
+  code, text = _inspect(capsys, "depth", synthetic_copy, allow_control_stretch=True)
+  assert code == 0, text
+  assert f"{path} 48x64 (W/H 1.33) vs 48x80 (W/H 1.67)" in caplog.text
+
+
+def test_control_of_another_size_same_aspect_is_named(capsys, caplog, synthetic_copy):
+  path = synthetic_copy / "control_input_seg/head_color/synthetic_000.mp4"
+  _write_hw(path, 24, 40)
+  code, text = _inspect(capsys, "seg", synthetic_copy)
+  assert code == 0, text
+  assert (f"1 control video(s) of another size than their RGB video, each resized to the training resolution by "
+          f"itself: {path} 24x40 (W/H 1.67) vs 48x80 (W/H 1.67)") in caplog.text
+
+
 def test_empty_dataset(capsys, tmp_path):
   for view in ("head_color", "hand_left", "hand_right"):
     (tmp_path / "videos" / view).mkdir(parents=True)

@@ -1,6 +1,7 @@
 """agibot_jax/data/layout.py: stem matching (any extension case), prompts, skip_invalid, the aspect warning."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -85,6 +86,38 @@ def test_full_validation_decodes_every_frame_read(synthetic_copy):
   samples, problems = layout.scan(str(synthetic_copy), rig.AGIBOT, "edge", 9, full=True)
   assert [s.sample_id for s in samples] == ["synthetic_000"]
   assert len(problems) == 1 and problems[0].path == str(path) and "corrupt video" in problems[0].message
+
+
+def test_empty_prompt_is_warned(synthetic_copy, caplog):
+  """Issue 33 row 11: `{"caption": ""}` for head_color (the prompt) was accepted without a word."""
+  path = synthetic_copy / "captions/head_color/synthetic_001.json"
+  path.write_text('{"caption": " "}')
+  with caplog.at_level(logging.WARNING, logger="agibot_jax"):
+    samples = layout.load_index(str(synthetic_copy), rig.AGIBOT, "edge", 9)
+  assert len(samples) == 2
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == [f"1 sample(s) with an empty prompt (their head_color caption, which is the prompt): {path}"]
+
+
+@pytest.mark.parametrize("name", ["captions/hand_right", "videos"])
+def test_unreadable_folder_is_a_problem_not_a_traceback(synthetic_copy, monkeypatch, name):
+  """Issue 33 (unreadable files, tried once as a user without the rights): a folder that cannot be listed stopped the
+  check with a PermissionError traceback (videos/: in the camera-folder listing)."""
+  folder = str(synthetic_copy / name)
+  listdir, isfile, isdir = os.listdir, os.path.isfile, os.path.isdir
+
+  def denied(path):
+    if str(path) == folder:
+      raise PermissionError(13, "Permission denied", path)
+    return listdir(path)
+
+  monkeypatch.setattr(os, "listdir", denied)
+  # Nor is what it holds seen (no search right): not named missing one by one.
+  inside = lambda path: str(path).startswith(folder + os.sep)
+  monkeypatch.setattr(os.path, "isfile", lambda path: not inside(path) and isfile(path))
+  monkeypatch.setattr(os.path, "isdir", lambda path: not inside(path) and isdir(path))
+  samples, problems = layout.scan(str(synthetic_copy), rig.AGIBOT, "edge", 9)
+  assert [str(p) for p in problems] == [f"{folder}: folder cannot be read (Permission denied)"]
 
 
 def test_camera_folders_of_another_rig_are_named(synthetic_copy, caplog):

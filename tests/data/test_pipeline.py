@@ -257,3 +257,16 @@ def test_full_size_decode_matches_torch_resize(data_dir):
   ref = torch.round(ref).to(torch.uint8).permute(1, 0, 2, 3).numpy()
   diff = np.abs(s["video"][:, 186:].astype(np.int32) - ref)
   assert diff.max() <= 1 and np.mean(diff > 0) <= 1e-3
+
+
+def test_workers_end_with_the_training_process(monkeypatch):
+  """Issue 33 row 9: each worker watches the process that started it (the mechanism: tests/test_utils.py)."""
+  import signal
+
+  from agibot_jax import utils
+
+  watched = []
+  monkeypatch.setattr(utils, "end_with_parent", watched.append)
+  monkeypatch.setattr(signal, "signal", lambda *args: None)
+  pipeline._worker_init(0, 2, parent_pid=4242)
+  assert watched == [4242]

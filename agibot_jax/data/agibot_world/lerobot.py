@@ -164,8 +164,12 @@ def _read_parquet_rows(pattern: str) -> list[dict]:
     try:
       rows += _pq().read_table(path).to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-      raise ValueError(f"{path}: unreadable parquet ({e})") from None
+      raise ValueError(f"{path}: unreadable parquet ({_one_line(e)})") from None
   return rows
+
+
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
 
 
 def _task_indices(info: Info) -> dict[str, int]:
@@ -179,7 +183,9 @@ def _task_indices(info: Info) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=8)
 def _frame_texts(path: str) -> dict[int, list[tuple[int, str, str]]]:
-  """Episode -> [(frame_index, action_text, init_scene_text)] of one data parquet ({} without the columns)."""
+  """Episode -> [(frame_index, action_text, init_scene_text)] of one data parquet ({} without the columns).
+
+  Raises source.Unusable when the file does not read: its episodes are skipped, the others imported."""
   if not os.path.isfile(path):
     return {}
   try:
@@ -189,7 +195,7 @@ def _frame_texts(path: str) -> dict[int, list[tuple[int, str, str]]]:
     columns = [c for c in ("episode_index", "frame_index", "action_text", "init_scene_text") if c in names]
     rows = _pq().read_table(path, columns=columns).to_pylist()
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: unreadable parquet ({e})") from None
+    raise source.Unusable(path, f"unreadable parquet ({_one_line(e)})") from None
   by_episode: dict[int, list[tuple[int, str, str]]] = {}
   for r in rows:
     by_episode.setdefault(int(r["episode_index"]), []).append(

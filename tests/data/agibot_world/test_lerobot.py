@@ -73,6 +73,24 @@ def test_v30_timestamps_disagreeing_with_length_skip(tmp_path):
       ("d_1", "observation.images.top_head spans 14 frames by its from/to timestamps but the episode's length is 16")]
 
 
+def test_a_damaged_episode_parquet_skips_that_episode(tmp_path, roots):
+  """Issue 33 (damaged parquet files, tried once): one damaged episode file refused the whole import, its message
+  over two lines; now that episode is skipped with the reason in one line."""
+  import shutil
+
+  root = tmp_path / "a4l_task_327"
+  shutil.copytree(roots[0], root)
+  data = root / "data" / "chunk-000" / "episode_000001.parquet"
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 3:len(raw) // 3 + 64] = bytes(64)
+  data.write_bytes(bytes(raw))
+  lerobot._frame_texts.cache_clear()  # pylint: disable=protected-access
+  episodes, skips = lerobot.discover(str(root))
+  assert [e.episode for e in episodes] == ["0"]
+  assert [(s.key, s.path) for s in skips] == [("a4l_task_327_1", str(data))]
+  assert skips[0].reason.startswith("unreadable parquet (") and "\n" not in skips[0].reason
+
+
 def test_camera_map_makes_or_follows_a_rig():
   pairs = [("observation.images.cam_high", "head"), ("observation.images.cam_left_wrist", "left_wrist")]
   made, keys = lerobot.camera_map(pairs, name="aloha")
