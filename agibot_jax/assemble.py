@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agibot_jax import params_io, registry, sharding
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
@@ -141,7 +142,10 @@ def _random_ok(config, what: str, key: str, use: str = "") -> None:
 
 
 def dit_config(config) -> dit.DiTConfig:
-  return dit.DiTConfig.from_config(config.model.net)
+  """The DiT of `model.net`, its cross-view neighbours those of the rig's cameras (`config.rig`)."""
+  net = dict(config.model.net)
+  return dit.DiTConfig.from_config(
+      {**net, "cross_view_attn_map": rig_lib.parse(config.rig).cross_view_attn_map(int(net["n_cameras_emb"]))})
 
 
 def build_vae(config, mesh=None):
@@ -332,7 +336,7 @@ def model_batch(batch, encode, vae_params, text_provider, config, mesh, global_b
   `batch` is the whole batch, the same on every process).
   """
   ds = config.dataloader_train.dataset
-  num_views = len(ds.views)
+  num_views = len(rig_lib.of_config(config).cameras)
   global_batch = global_batch or len(batch["ai_caption"])
   place = functools.partial(_on_mesh, mesh=mesh, global_batch=global_batch)
   if "latent_video" in batch:  # from the latent cache (agibot_jax.cache_latents)
@@ -443,10 +447,10 @@ def control_video_loader_batch(config, control_videos: list[str], prompt: str) -
   from agibot_jax.data import resize
 
   ds = config.dataloader_train.dataset
-  views = tuple(ds.views)
+  rig = rig_lib.of_config(config)
   t = int(ds.num_video_frames)
   per_view = []
-  for view, path in zip(views, control_videos):
+  for view, path in zip(rig.names, control_videos):
     try:
       frames = video_io.read_frames(path, 0, t, ds.video_backend)
     except video_io.VideoError as e:
@@ -456,8 +460,8 @@ def control_video_loader_batch(config, control_videos: list[str], prompt: str) -
   return {
       # (3, V·T, H, W), views major along time, as the loader lays out pixels.
       registry.control(ds.control_input_type).key: np.concatenate(per_view).transpose(3, 0, 1, 2)[None],
-      "ai_caption": [registry.view_captions(prompt, views)],
-      "view_indices": np.repeat(np.array(registry.view_ids(views), np.int64), t)[None],
+      "ai_caption": [rig.captions(prompt)],
+      "view_indices": np.repeat(np.array(rig.view_ids, np.int64), t)[None],
       "padding_mask": np.zeros((1, 1, h, w), np.float32),
   }
 
@@ -468,7 +472,8 @@ def control_only_model_batch(loader_batch, vae_model, vae_params, text_provider,
   ds = config.dataloader_train.dataset
   control_BCTHW = _on_mesh(loader_batch[registry.control(ds.control_input_type).key], mesh, 1)
   control = vae_lib.loader_to_channels_last(control_BCTHW)
-  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model, num_views=len(ds.views)))
+  encode = jax.jit(functools.partial(vae_lib.encode_multiview, vae_model,
+                                     num_views=len(rig_lib.of_config(config).cameras)))
   latent_control = encode(vae_params, control)
   latents = {"latent_video": jnp.zeros_like(latent_control), "latent_control": latent_control}
   return model_batch({**loader_batch, **latents}, None, vae_params, text_provider, config, mesh)

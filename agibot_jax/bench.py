@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from agibot_jax import assemble, cli, flops, memory_plans, preflight, sharding
+from agibot_jax import rig as rig_lib
 from agibot_jax.models import dit
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
@@ -129,7 +130,7 @@ def main() -> int:
   cfg = assemble.dit_config(config)
   res_h, res_w = config.dataloader_train.dataset.resolution_hw
   latent_hw = (res_h // 8, res_w // 8)
-  num_views, batch = len(config.dataloader_train.dataset.views), config.dataloader_train.batch_size
+  num_views, batch = len(rig_lib.of_config(config).cameras), config.dataloader_train.batch_size
   device = jax.devices()[0]
 
   t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def main() -> int:
   report = dict(mode=flags.FLAGS.mode, device=device.device_kind, resolution=[res_h, res_w], remat=cfg.remat_policy,
                 offload_block_inputs=cfg.offload_block_inputs, remat_sublayers=cfg.remat_sublayers,
                 mlp_chunks=cfg.mlp_chunks, offload_optimizer_state=bool(config.model.offload_optimizer_state),
-                memory_budget_gib=float(config.model.memory_budget_gib),
+                lora_rank=int(config.model.lora.rank), memory_budget_gib=float(config.model.memory_budget_gib),
                 pool_gib=None if pool is None else round(pool / 2**30, 2), compile_s=round(compile_s, 2))
   if flags.FLAGS.largest_buffers:
     memory = memory_plans.StepMemory.of(compiled)

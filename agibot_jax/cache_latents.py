@@ -122,4 +122,5 @@ if __name__ == "__main__":
   flags.DEFINE_enum("dtype", "float32", list(latent_cache.DTYPES), "stored latent dtype (read back as float32)")
   flags.DEFINE_enum("control_preset", None, list(controls.PRESETS),
                     "randomised controls (edge/vis): cache this inference preset instead of the epoch-0 training draw")
-  cli.run(main, required=("config", "workdir"), bad_input=preflight.USER_ERRORS)
+  # missing inputs, mismatched caches, a full disk: one line
+  cli.run(main, required=("config", "workdir"), bad_input=(*preflight.USER_ERRORS, OSError, ValueError))

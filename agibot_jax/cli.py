@@ -122,16 +122,18 @@ class CommandLine:
   typed: dict[str, str] = dataclasses.field(default_factory=dict)  # rewritten argument -> as typed
 
 
-def rewrite_overrides(argv: Sequence[str]) -> CommandLine:
+def rewrite_overrides(argv: Sequence[str], takes_value: Callable[[str], bool] = lambda name: False) -> CommandLine:
   """Positional `key=value` -> `--config.key=value`; the reference's `--` separator is dropped.
 
-  Arguments that are not overrides stay in place (the command's positional arguments, or strays `run` reports).
+  Arguments that are not overrides stay in place (the command's positional arguments, the value of a flag given as
+  `--flag value` where `takes_value(flag)`, e.g. `--cameras key=view`, or strays `run` reports).
   """
   out, notes, experiment, typed = [argv[0]], [], None, {}
-  for arg in argv[1:]:
+  for previous, arg in zip(argv, argv[1:]):
     if arg == "--":
       continue
-    match = None if arg.startswith("-") else _OVERRIDE.match(arg)
+    flag_value = previous.startswith("-") and "=" not in previous and takes_value(previous.lstrip("-"))
+    match = None if arg.startswith("-") or flag_value else _OVERRIDE.match(arg)
     if match is None:
       out.append(arg)
       continue
@@ -268,7 +270,7 @@ def run(main: Callable[..., int | None], *, positional: Sequence[str] = (), requ
     print_help(positional)
     sys.exit(0)
   try:
-    line = rewrite_overrides(sys.argv)
+    line = rewrite_overrides(sys.argv, lambda name: name in flags.FLAGS and not flags.FLAGS[name].boolean)
     if "config" in flags.FLAGS:
       check_command_line(line)
   except UserError as e:

@@ -31,7 +31,8 @@ import os
 import jax
 from absl import flags
 
-from agibot_jax import assemble, cli, preflight, registry
+from agibot_jax import assemble, cli, preflight, registry, video_io
+from agibot_jax import rig as rig_lib
 from agibot_jax.evaluation import report as report_lib
 from agibot_jax.evaluation import scoring, validation
 from agibot_jax.models import dit
@@ -75,7 +76,8 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, num_samples:
   text_provider = assemble.build_text_provider(config, cfg)
   assemble.check_text_projection(text_provider, weights.params)
   ds = config.dataloader_train.dataset
-  encode = assemble.make_encoder(vae_model, len(ds.views), mesh)
+  views = rig_lib.of_config(config).names
+  encode = assemble.make_encoder(vae_model, len(views), mesh)
   prepare = functools.partial(assemble.model_batch, encode=encode, vae_params=vae_params, text_provider=text_provider,
                               config=config, mesh=mesh)
 
@@ -85,7 +87,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, num_samples:
   val_metrics = validator(weights.params, validation.WEIGHTS.get(tag, "val"), progress=True)
   log.info("validation: %s", " ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k.count("/") == 1))
 
-  gen = generate.Generator(model, vae_model, num_views=len(ds.views), num_steps=num_steps, shift=shift, seed=seed,
+  gen = generate.Generator(model, vae_model, num_views=len(views), num_steps=num_steps, shift=shift, seed=seed,
                            progress=True)
   preset = config.dataloader_val.control_preset
   control_key = registry.control(ds.control_input_type).key
@@ -95,16 +97,16 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, num_samples:
     loader_batch = validator.loader_batch(i)
     generated = gen.generate(weights.params, vae_params, prepare(loader_batch), guidance=guidance,
                              num_cond_frames=num_cond_frames, control_weight=control_weight)
-    truth = generate.pixels_to_rows(loader_batch["video"], len(ds.views))
-    control = generate.pixels_to_rows(loader_batch[control_key], len(ds.views))
+    truth = generate.pixels_to_rows(loader_batch["video"], len(views))
+    control = generate.pixels_to_rows(loader_batch[control_key], len(views))
     scores = scoring.score_rows(ds.control_input_type, generated, control, truth, num_cond_frames=num_cond_frames,
-                                preset=preset, views=tuple(ds.views))[0]
+                                preset=preset, views=views)[0]
     sample_id = loader_batch["__key__"][0]
     image = f"{os.path.basename(stem)}_{sample_id}.jpg"
     if jax.process_index() == 0:
       grid = report_lib.frame_grid([scoring.to_uint8(x[0]) for x in (generated, truth, control)],
-                                   view_names=list(ds.views))
-      report_lib.write_image(os.path.join(os.path.dirname(stem), image), grid)
+                                   view_names=list(views))
+      video_io.write_image(os.path.join(os.path.dirname(stem), image), grid)
     log.info("%s: %s", sample_id, " ".join(f"{k}={v:.4g}" for k, v in scores.items() if "/" not in k))
     scored.append({"sample_id": sample_id, "scores": scores, "image": image})
 

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from agibot_jax import assemble, cli, sharding
+from agibot_jax import rig as rig_lib
 from agibot_jax.models import dit
 from agibot_jax.training.state import precision_dtype
 
@@ -101,7 +102,7 @@ def ladder(config) -> list[tuple[str, ml_collections.FrozenConfigDict, dict]]:
 def model_batch_shapes(config, cfg: dit.DiTConfig, text_channels: int) -> dict[str, tuple[tuple[int, ...], object]]:
   """name -> (shape, dtype) of the train step's model batch (agibot_jax/training/step.py) at the config's sizes."""
   ds = config.dataloader_train.dataset
-  b, v = int(config.dataloader_train.batch_size), len(ds.views)
+  b, v = int(config.dataloader_train.batch_size), len(rig_lib.of_config(config).cameras)
   h, w = (x // 8 for x in ds.resolution_hw)  # the Wan VAE's spatial factor
   return {
       "x0_BTHWC": ((b, v * cfg.state_t, h, w, cfg.in_channels), jnp.float32),
@@ -241,5 +242,7 @@ def choose(config, mesh, text_channels: int, *, compile_fn: Callable = compile_s
     return candidate
   tried = "; ".join(f"{plans[i][0]}: " + (f"{need:.4g} GiB" if need < float("inf") else "out of memory in a trial step")
                     for i, need in sorted(needs.items()))
-  raise NoPlanFits(f"model.memory_budget_gib={budget:g}: no memory plan fits ({tried}); a larger card, several GPUs "
-                   "(mesh.context) or a lower resolution")
+  # LoRA is not a plan: it changes what is trained, so only the user turns it on.
+  lora_hint = "" if config.model.lora.rank else "LoRA (model.lora.rank=16), "
+  raise NoPlanFits(f"model.memory_budget_gib={budget:g}: no memory plan fits ({tried}); {lora_hint}a larger card, "
+                   "several GPUs (mesh.context) or a lower resolution")

@@ -36,10 +36,11 @@ import ml_collections
 import numpy as np
 
 from agibot_jax import params_io, registry, sharding, video_io
+from agibot_jax import rig as rig_lib
 from agibot_jax.array_cache import INDEX_FILE, CacheMismatchError
 from agibot_jax.cli import ConfigError, UserError
 from agibot_jax.data import latent_cache, layout, pipeline, synthetic
-from agibot_jax.models import dit
+from agibot_jax.models import dit, lora
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.training import checkpointing
 from configs import base as base_config
@@ -98,8 +99,11 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, lo
   - no `dataloader_train.dataset.dataset_dir` and a workdir: the embedded example dataset `<workdir>/example_data`;
   - `load_path` (default `checkpoint.load_path`) a bundle (a folder with dit/, and maybe vae/ and text_encoder/):
     `checkpoint.load_path` becomes its dit/, and its vae/ and text_encoder/ fill `model.tokenizer.path` and
-    `model.text_encoder.path` where those are empty.
+    `model.text_encoder.path` where those are empty;
+  - `rig` a preset name, or else the rig's cameras as JSON text (`rig.canonical`), and an empty
+    `dataloader_train.dataset.views` the rig's cameras.
   Paths become absolute, so the config saved with a checkpoint says what the run read.
+  Raises ConfigError when the rig or its views cannot run.
   """
   c = config.copy_and_resolve_references()
   c.unlock()
@@ -116,6 +120,13 @@ def resolve(config: ml_collections.ConfigDict, workdir: str | None = None, *, lo
       log.info("from the training run's config (pass --config.KEY=VALUE for others): %s",
                " ".join(f"{key}={_get(c, key)}" for key in taken))
   ds = c.dataloader_train.dataset
+  try:
+    rig = rig_lib.canonical(c.rig)
+    del c["rig"]  # it may have held a list: the field's type changes
+    c.rig = rig
+    ds.views = rig_lib.of_config(c).names
+  except rig_lib.RigError as e:
+    raise ConfigError(str(e)) from None
   if not ds.dataset_dir and workdir:
     ds.dataset_dir = os.path.join(workdir, EXAMPLE_DATA)
   load = c.checkpoint.load_path if load_path is None else load_path
@@ -144,7 +155,7 @@ def check_config(config) -> None:
 
   Checks the loop and checkpoint periods, the batch and its accumulation, the mesh against the devices, the clip
   shape against the VAE and the DiT (resolution a multiple of 8 x patch size, 4k+1 frames for `state_t` latent
-  frames), and the names of views, control type, backends and modes.
+  frames), the rig and its views, the names of control type, backends and modes, and `model.lora`.
   """
   problems = []
 
@@ -172,12 +183,21 @@ def check_config(config) -> None:
   need(ds.validate in ("probe", "full"), "dataloader_train.dataset.validate", "must be probe or full")
   need(ds.video_backend in video_io.BACKENDS, "dataloader_train.dataset.video_backend",
        f"must be one of {video_io.BACKENDS}")
-  for key, check in (("dataloader_train.dataset.control_input_type", registry.control),
-                     ("dataloader_train.dataset.views", registry.check_views)):
-    try:
-      check(_get(config, key))
-    except ValueError as e:
-      problems.append(f"{key}: {e}")
+  try:
+    registry.control(ds.control_input_type)
+  except ValueError as e:
+    problems.append(f"dataloader_train.dataset.control_input_type: {e}")
+  try:
+    rig = rig_lib.of_config(config)
+  except rig_lib.RigError as e:
+    problems.append(str(e))
+  else:
+    rows = config.model.net.n_cameras_emb
+    need(max(rig.view_ids) < rows, "model.net.n_cameras_emb", f"rig {rig.describe()} uses view rows up to "
+         f"{max(rig.view_ids)}: the network needs one embedding row per view row")
+  if "cross_view_attn_map" in config.model.net:
+    problems.append("model.net.cross_view_attn_map: the cross-view neighbours are the rig's (config.rig, each "
+                    "camera's neighbours); remove the key")
   vae = vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer)
   multiple = vae.spatial_factor * int(config.model.net.patch_spatial)
   hw = tuple(ds.resolution_hw)
@@ -195,6 +215,13 @@ def check_config(config) -> None:
       sharding.make_mesh(**config.mesh)
     except ValueError as e:
       problems.append(str(e))
+  try:
+    lora_cfg = lora.LoraConfig.from_config(config.model)
+    if lora_cfg.rank and not problems:  # its targets against the control blocks' kernels (an abstract init, ~1 s)
+      # model.net's shapes: the rig's cross-view neighbours (assemble.dit_config) change no parameter
+      lora.adapted_kernels(dit.abstract_params(dit.DiTConfig.from_config(config.model.net)), lora_cfg)
+  except ValueError as e:
+    problems.append(str(e))
   if problems:
     raise ConfigError("config: " + "; ".join(problems))
 
@@ -365,10 +392,12 @@ def find_checkpoint(path: str, flag: str = "--checkpoint") -> Checkpoint:
       raise UserError(f"{flag} {path} is neither a training workdir (no checkpoints/ folder), nor a converted DiT "
                       f"({params_io.META_FILE}), nor a bundle with dit/")
     return Checkpoint(path, load_path=path)
-  found = checkpointing.saved_config(workdir)
-  if found is None:
-    raise UserError(f"{flag} {path}: {checkpointing.checkpoint_dir(workdir)} holds no complete checkpoint")
-  step, trained = found
+  try:  # the checkpoint the command reads: the newest that restores (checkpointing.restore_weights)
+    step, trained = checkpointing.checkpoint_to_read(workdir)
+  except FileNotFoundError:
+    raise UserError(f"{flag} {path}: {checkpointing.checkpoint_dir(workdir)} holds no complete checkpoint") from None
+  except checkpointing.ResumeError as e:
+    raise UserError(f"{flag} {path}: {e}") from None
   return Checkpoint(path, workdir=workdir, step=step, trained=trained)
 
 
@@ -428,7 +457,7 @@ def prepare_dataset(config, workdir: str | None = None) -> list[layout.Sample]:
       # 1.25x the training resolution (even sides): the loader's resize runs, and the aspect ratio is the training one.
       h, w = (2 * round(x * 1.25 / 2) for x in ds.resolution_hw)
       synthetic.write_example(ds.dataset_dir, num_samples=2, frames=ds.num_video_frames + 3, height=h, width=w,
-                              seed=config.seed)
+                              seed=config.seed, views=rig_lib.of_config(config).names)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 

@@ -1,7 +1,6 @@
-"""The Agibot 3-view dataset's facts, stated once: camera views and control types (spec training.md §1-§2).
+"""The control types, stated once (spec training.md §2); the cameras are a rig's (agibot_jax/rig.py).
 
-Configs, the dataset scan, the data pipeline, the caches, the text precompute and the DiT's defaults read
-these tables; nothing else spells a view name, a caption prefix or a control folder.
+Configs, the dataset scan, the data pipeline and the caches read this table; nothing else spells a control folder.
 
 Adding a control type is one `ControlType` entry here and one config file (configs/<name>.py):
 - `source="file"`: the map is read from `control_input_<name>/<view>/<id>.mp4`;
@@ -14,31 +13,6 @@ Adding a control type is one `ControlType` entry here and one config file (confi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-  name: str
-  view_id: int  # index of the camera embedding (adaln_view_embedder) and of the view's frames' ids
-  caption_prefix: str  # prepended to every caption of this view (exact string, spec §1.3)
-  neighbours: tuple[str, ...]  # views this view attends to in cross-view attention
-
-
-VIEWS: dict[str, View] = {v.name: v for v in (
-    View("head_color", 0,
-         "The video is captured from a camera mounted on the head of the subject, facing forward.",
-         ("hand_left", "hand_right")),
-    View("hand_left", 1,
-         "The video is captured from a camera mounted on the left hand of the subject.",
-         ("head_color", "hand_right")),
-    View("hand_right", 2,
-         "The video is captured from a camera mounted on the right hand of the subject.",
-         ("head_color", "hand_left")),
-)}
-VIEW_NAMES = tuple(VIEWS)
-# The view whose caption file holds the sample's prompt; the other views' captions are their prefix alone.
-PROMPT_VIEW = "head_color"
 
 SOURCES = ("computed", "file")
 
@@ -82,36 +56,3 @@ def control(name: str) -> ControlType:
   if name not in CONTROLS:
     raise ValueError(f"unknown control type {name!r}; known: {control_types()}")
   return CONTROLS[name]
-
-
-def view(name: str) -> View:
-  if name not in VIEWS:
-    raise ValueError(f"unknown view {name!r}; known: {VIEW_NAMES}")
-  return VIEWS[name]
-
-
-def check_views(views: Sequence[str]) -> tuple[str, ...]:
-  """`views` as a tuple; raises unless they are distinct known view names (at least one)."""
-  views = tuple(views)
-  unknown = [v for v in views if v not in VIEWS]
-  if unknown or len(set(views)) != len(views) or not views:
-    raise ValueError(f"views must be distinct names from {VIEW_NAMES}, got {views}")
-  return views
-
-
-def view_ids(views: Sequence[str]) -> tuple[int, ...]:
-  return tuple(view(v).view_id for v in views)
-
-
-def view_captions(prompt: str, views: Sequence[str]) -> list[str]:
-  """The caption strings fed to the text encoder, one per view (spec §1.3).
-
-  The prompt view gets `prefix + " " + prompt`; every other view `prefix + " "` (the trailing space is kept).
-  """
-  return [f"{view(v).caption_prefix} {prompt if v == PROMPT_VIEW else ''}" for v in views]
-
-
-def cross_view_attn_map() -> tuple[tuple[int, ...], ...]:
-  """Neighbour view ids of every view id (the DiT's `cross_view_attn_map`), in view-id order."""
-  by_id = sorted(VIEWS.values(), key=lambda v: v.view_id)
-  return tuple(tuple(view(n).view_id for n in v.neighbours) for v in by_id)

@@ -1,4 +1,5 @@
-r"""Generate a 3-view video with the control DiT from a training run or a converted checkpoint.
+r"""Generate a multiview video (a view per camera of `config.rig`) with the control DiT from a training run or a
+converted checkpoint.
 
   python -m agibot_jax.sample --config configs/edge.py --checkpoint runs/edge \
       --config.dataloader_train.dataset.dataset_dir=DIR --sample_id ID --guidance 3 --num_cond_frames 1 \
@@ -17,7 +18,7 @@ random weights for the tiny config).
 
 Inputs: `--sample_id` picks a sample of the dataset (default: the first; a training run's embedded example dataset
 when no dataset_dir is given); its control map is computed with `--control_preset` (computed controls) or read from
-the dataset (file controls). With `--control_videos` (one control video per view, in the config's view order) and
+the dataset (file controls). With `--control_videos` (one control video per camera, in the rig's order) and
 `--prompt` no dataset is needed; there is then no input video, so no clean first frame: `--num_cond_frames` must be 0.
 
 Writes `--out` (mp4: one row per control weight, then the input video when there is one, then the control pixels;
@@ -36,6 +37,7 @@ import jax
 from absl import flags
 
 from agibot_jax import assemble, cli, preflight, registry
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import controls
 from agibot_jax.models import dit
 from agibot_jax.sampling import generate, video_out
@@ -70,9 +72,12 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   checked = preflight.for_sampling(config, checkpoint=checkpoint, out=out, out_suffix=".mp4")
   config = checked.config
   ds = config.dataloader_train.dataset
+  rig = rig_lib.of_config(config)
+  views = rig.names
   if control_videos:
-    if len(control_videos) != len(ds.views):
-      raise cli.UsageError(f"--control_videos has {len(control_videos)} files; need one per view {tuple(ds.views)}")
+    if len(control_videos) != len(views):
+      raise cli.UsageError(f"--control_videos has {len(control_videos)} files; need one per camera of rig "
+                           f"{rig.describe()}")
     preflight.check_inputs(control_videos, "--control_videos")
   else:
     if not ds.dataset_dir:
@@ -96,10 +101,10 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
     batch = assemble.control_only_model_batch(loader_batch, vae_model, vae_params, text_provider, config, mesh)
   else:
     loader_batch = assemble.dataset_loader_batch(config, samples, index, control_preset)
-    encode = assemble.make_encoder(vae_model, len(ds.views))
+    encode = assemble.make_encoder(vae_model, len(views))
     batch = assemble.model_batch(loader_batch, encode, vae_params, text_provider, config, mesh)
 
-  gen = generate.Generator(dit.MultiViewControlDiT(cfg), vae_model, num_views=len(ds.views), num_steps=num_steps,
+  gen = generate.Generator(dit.MultiViewControlDiT(cfg), vae_model, num_views=len(views), num_steps=num_steps,
                            shift=shift, seed=seed, progress=True)
   t0 = time.perf_counter()
   latents = [jax.block_until_ready(gen.denoise(weights.params, batch, guidance=guidance,
@@ -110,9 +115,9 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
   labels = [f"g={guidance:g} n={num_cond_frames} w={w:g}" for w in control_weights]
   t2 = time.perf_counter()
   if "video" in loader_batch:
-    rows.append(generate.pixels_to_rows(loader_batch["video"], len(ds.views)))
+    rows.append(generate.pixels_to_rows(loader_batch["video"], len(views)))
     labels.append("input")
-  rows.append(generate.pixels_to_rows(loader_batch[registry.control(ds.control_input_type).key], len(ds.views)))
+  rows.append(generate.pixels_to_rows(loader_batch[registry.control(ds.control_input_type).key], len(views)))
   labels.append(f"{ds.control_input_type} control")
 
   summary = {"guidance": guidance, "num_cond_frames": num_cond_frames, "num_steps": num_steps,
@@ -122,7 +127,7 @@ def run(config, *, checkpoint: str, out: str, use_ema: bool = True, sample_id: s
     stem = os.path.splitext(os.path.basename(out))[0]
     mp4, jpg = video_out.save_sample_outputs(os.path.dirname(os.path.abspath(out)), stem, rows,
                                              fps=int(config.trainer.callbacks.every_n_sample.fps), row_labels=labels,
-                                             view_names=list(ds.views))
+                                             view_names=list(views))
     log.info("wrote %s (rows: %s; views side by side) and its frame strip %s", mp4, ", ".join(labels), jpg)
     summary.update(mp4=str(mp4), jpg=str(jpg))
   return summary
@@ -156,7 +161,7 @@ if __name__ == "__main__":
                     "--no_ema: the regular weights")
   flags.DEFINE_bool("no_ema", False, "the regular weights of a training checkpoint (absl's --noema)")
   flags.DEFINE_string("sample_id", None, "dataset sample id (file stem); default: the first sample")
-  flags.DEFINE_list("control_videos", None, "one control video per view (config view order), "
+  flags.DEFINE_list("control_videos", None, "one control video per camera (the rig's order), "
                     "instead of a dataset sample")
   flags.DEFINE_string("prompt", None, "the prompt, with --control_videos")
   flags.DEFINE_float("guidance", 3.0, "classifier-free guidance g: v = v_cond + g·(v_cond − v_uncond)")

@@ -1,4 +1,4 @@
-r"""Post-training of the Agibot 3-view control DiT.
+r"""Post-training of the multiview control DiT (the Agibot 3-view models; other robots: `config.rig`).
 
   python -m agibot_jax.train --config configs/seg.py --workdir runs/seg \
       --config.dataloader_train.dataset.dataset_dir=DIR --config.checkpoint.load_path=BASE \
@@ -36,6 +36,7 @@ import numpy as np
 from absl import flags
 
 from agibot_jax import assemble, cli, flops, memory_plans, preflight
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import pipeline
 from agibot_jax.evaluation import scoring, validation
 from agibot_jax.models import dit
@@ -84,7 +85,8 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
   data_iter = pipeline.from_config(config, rows=rows, vae_params=vae_params, samples=samples)
   if data_state is not None:
     data_iter.set_state(data_state)
-  encode = assemble.make_encoder(vae_model, len(config.dataloader_train.dataset.views), mesh)
+  views = rig_lib.of_config(config).names
+  encode = assemble.make_encoder(vae_model, len(views), mesh)
   prepare = functools.partial(assemble.model_batch, encode=encode, vae_params=vae_params,
                               text_provider=text_provider, config=config, mesh=mesh, global_batch=global_batch)
   step_fn = jax.jit(make_train_step(model, tx, config, ema), donate_argnums=(0,), out_shardings=(state_sh, None))
@@ -98,18 +100,18 @@ def train(config, workdir: str, *, dry_run: bool = False) -> dict:
     from agibot_jax.sampling.callback import EveryNSample
 
     score_fn = scoring.row_scorer(config.dataloader_train.dataset.control_input_type,
-                                  views=tuple(config.dataloader_train.dataset.views)) if sample_cfg.metrics else None
+                                  views=views) if sample_cfg.metrics else None
     callbacks.append(EveryNSample(config, workdir, dit_model=model, vae_model=vae_model, vae_params=vae_params,
                                   score_fn=score_fn))
 
   ds = config.dataloader_train.dataset
   latent_hw = tuple(x // vae_model.cfg.spatial_factor for x in ds.resolution_hw)
-  count = flops.dit_flops(cfg, num_views=len(ds.views), latent_hw=latent_hw, batch=config.dataloader_train.batch_size,
+  count = flops.dit_flops(cfg, num_views=len(views), latent_hw=latent_hw, batch=config.dataloader_train.batch_size,
                           train_base=bool(config.model.train_base))
   start, max_iter = int(jax.device_get(state.step)), int(config.trainer.max_iter)
   announce(config, start, max_iter)
   saver = checkpointing.Saver(manager, config, data_iter.get_state)
-  metrics_log = loop.MetricsLog(workdir)
+  metrics_log = loop.MetricsLog(workdir, start)
   try:
     with loop.StopSignals() as stop:
       state, last_metrics = loop.train_loop(

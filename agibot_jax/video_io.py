@@ -8,6 +8,13 @@ Both use ffmpeg's H.264 decoder; their YUV→RGB conversions differ by a few lev
 dataset should be decoded with one backend throughout. A file that stops decoding (truncated, or corrupt
 mid-stream: imageio-ffmpeg stops at the first decoder error instead of concealing it) yields fewer frames than
 asked for and raises VideoError; `verify` decodes a file as far as training reads it, without keeping the frames.
+
+FFmpeg is started without imageio-ffmpeg's `preexec_fn=os.setpgrp` (IMAGEIO_FFMPEG_NO_PREVENT_SIGINT, its own
+switch): a `preexec_fn` makes the forked child run Python before it execs FFmpeg, and in a process with other threads
+(Orbax's savers, grain's prefetch) that child can deadlock on a lock another thread held at the fork. The decoding
+then never returns (the training run hangs), and the child, a copy of the training process with its signal handlers,
+ignores SIGTERM and outlives even a `kill -9` of the run. Without it FFmpeg shares the process group, so a terminal's
+Ctrl-C reaches it too; the training loop stops the run with its checkpoint then (agibot_jax/training/loop.py).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from agibot_jax import utils
+
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")  # read by imageio-ffmpeg at each start of FFmpeg
 BACKENDS = ("auto", "imageio", "opencv")
 
 
@@ -56,6 +66,10 @@ def probe(path: str) -> VideoInfo:
   """
   if not os.path.isfile(path):
     raise VideoError(f"{path}: file not found")
+  try:  # OpenCV would only say that it cannot open it, after logging a warning
+    open(path, "rb").close()
+  except OSError as e:
+    raise VideoError(f"{path}: cannot read the file ({e.strerror or e})") from e
   cap = cv2.VideoCapture(path)
   try:
     if not cap.isOpened():
@@ -160,53 +174,59 @@ def opencv_frames(url: str, *, start: int = 0, stop: int | None = None, label: s
 
 def write_video(path: str, frames_THWC: np.ndarray, fps: float, *, quality: int | None = None,
                 backend: str = "auto") -> str:
-  """Writes RGB uint8 frames (T, H, W, 3) as mp4; returns the backend used ("imageio_ffmpeg" or "opencv").
+  """Writes RGB uint8 frames (T, H, W, 3) as mp4, atomically (`utils.atomic_path`); returns the backend used
+  ("imageio_ffmpeg" or "opencv").
 
   imageio-ffmpeg writes H.264/yuv420p: near-lossless (crf 12) by default, or at imageio's `quality` (0..10).
   OpenCV's pip wheels carry no H.264 encoder (licensing), so its fallback writes MPEG-4 part 2 (`mp4v`).
-  The video is encoded under a temporary name in the same folder and renamed into place, so an interrupted or
-  failed write leaves the previous file or none, never a partial one under `path`.
+  An interrupted or failed write leaves the previous file or none, never a partial one under `path`.
   """
   frames_THWC = np.ascontiguousarray(frames_THWC, dtype=np.uint8)
   if frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3:
     raise ValueError(f"{path}: expected RGB frames (T, H, W, 3), got {frames_THWC.shape}")
+  t, h, w, _ = frames_THWC.shape
   if backend not in ("auto", "imageio_ffmpeg", "opencv"):
     raise ValueError(f"backend must be auto, imageio_ffmpeg or opencv, got {backend!r}")
-  folder, name = os.path.split(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.mp4")  # the encoders take the container from the suffix
-  try:
-    used = _encode_mp4(tmp, frames_THWC, fps, quality, backend, shown=path)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return used
+  if backend == "auto":
+    backend = "imageio_ffmpeg" if importlib.util.find_spec("imageio_ffmpeg") is not None else "opencv"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with utils.atomic_path(path) as tmp:
+    if backend == "imageio_ffmpeg":
+      import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
 
-
-def _encode_mp4(path: str, frames_THWC: np.ndarray, fps: float, quality: int | None, backend: str, *,
-                shown: str) -> str:
-  """`write_video`'s encoding into `path`; errors name `shown`, the file the user asked for."""
-  _, h, w, _ = frames_THWC.shape
-  if backend == "imageio_ffmpeg" or (backend == "auto" and importlib.util.find_spec("imageio_ffmpeg") is not None):
-    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
-
-    settings = dict(output_params=["-crf", "12"]) if quality is None else dict(quality=quality)
-    writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, ffmpeg_log_level="error", **settings)
-    writer.send(None)
+      settings = dict(output_params=["-crf", "12"]) if quality is None else dict(quality=quality)
+      writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                           macro_block_size=1, ffmpeg_log_level="error", **settings)
+      writer.send(None)
+      try:
+        for frame in frames_THWC:
+          writer.send(frame)
+      finally:
+        writer.close()
+    else:
+      writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+      if not writer.isOpened():
+        raise VideoError(f"{path}: OpenCV cannot open an mp4 writer")
+      try:
+        for frame in frames_THWC:
+          writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+      finally:
+        writer.release()
+    # Neither writer reports a failed encoder (imageio-ffmpeg ignores FFmpeg's exit status): a full disk would leave
+    # an empty or cut file, renamed into place as if complete.
     try:
-      for frame in frames_THWC:
-        writer.send(frame)
-    finally:
-      writer.close()  # ffmpeg has exited, and closed the file, when this returns
-    return "imageio_ffmpeg"
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-  if not writer.isOpened():
-    raise VideoError(f"{shown}: OpenCV cannot open an mp4 writer")
-  try:
-    for frame in frames_THWC:
-      writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  finally:
-    writer.release()
-  return "opencv"
+      written = probe(tmp).num_frames
+    except VideoError:
+      written = 0
+    if written != t:
+      raise VideoError(f"{path}: the encoder wrote {written} of {t} frames (a full disk? FFmpeg's message is above)")
+  return backend
+
+
+def write_image(path: str, image_HWC: np.ndarray, params: tuple[int, ...] = ()) -> None:
+  """Writes a uint8 RGB image atomically, in the format of its extension (.jpg, .png; OpenCV `params`)."""
+  ok, encoded = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(image_HWC, cv2.COLOR_RGB2BGR), list(params))
+  if not ok:
+    raise ValueError(f"{path}: OpenCV cannot encode this image format")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  utils.atomic_write(path, lambda f: f.write(encoded.tobytes()))

@@ -5,8 +5,8 @@
 # peak and PASS/FAIL, then the table as markdown. Run from the repo root on the GPU machine with the wheels of
 # shared/device/wheels.sh on PYTHONPATH:
 #   bash benchmarks/gpu_card_table.sh OUT_DIR                  # every row this GPU can emulate
-#   ROWS="24/432 40/432" bash benchmarks/gpu_card_table.sh     # some rows
-# Rows: card/resolution. Pools (GiB): .95 of the smallest card of the class (the README's advice below 80 GB):
+#   ROWS="24/432 40/432 24/432/lora16" bash benchmarks/gpu_card_table.sh   # some rows
+# Rows: card/resolution[/loraR] (loraR: --config.model.lora.rank=R, which changes what is trained). Pools (GiB): .95 of the smallest card of the class (the README's advice below 80 GB):
 # 24 GB (RTX 4090, 23.99 GiB) 22.3 (the issue's 22.5 GB); 40 GB (A100 40GB) 38.0; 48 GB (L40S, 44.99 GiB) 42.7;
 # 80 GB at the default .75 (432x768) or .95 (720p); 141 GB only on an H200 itself.
 set -uo pipefail
@@ -31,26 +31,28 @@ lines = [l for l in open(log) if l.startswith("{")]
 plans = [l.split("memory plan ", 1)[1].strip()[:160] for l in open(log) if "memory plan " in l]
 r = json.loads(lines[-1]) if lines else {}
 ok = bool(r.get("step_s_median")) and len(r.get("losses", [])) == 4
-keys = ("pool_gib", "memory_budget_gib", "remat", "offload_block_inputs", "remat_sublayers", "offload_optimizer_state",
+keys = ("pool_gib", "memory_budget_gib", "lora_rank", "remat", "offload_block_inputs", "remat_sublayers", "offload_optimizer_state",
         "mlp_chunks", "step_s_median", "peak_memory_gib", "losses", "compile_s")
 print(json.dumps({"row": row, "result": "PASS" if ok else "FAIL", **{k: r.get(k) for k in keys}, "plans": plans}))'
 for row in $rows; do
-  card=${row%/*}; res=${row#*/}
+  IFS=/ read -r card res variant <<< "$row"
+  extra=()
+  [ -n "$variant" ] && extra=(--config.model.lora.rank="${variant#lora}")
   hw=$([ "$res" = 720 ] && echo "(720,1280)" || echo "(432,768)")
   read -r pool budget <<< "$(setting "$card" "$res")"
   frac=$(python3 -c "print(round($pool / $total_gib, 4))")
   if python3 -c "import sys; sys.exit(0 if $frac <= 0.97 else 1)"; then :; else
     echo "{\"row\": \"$row\", \"result\": \"not run: this GPU has $total_gib GiB\"}" | tee -a "$out/rows.jsonl"; continue
   fi
-  cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=$frac python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup 1 --steps 3 --config.dataloader_train.dataset.resolution_hw=$hw --config.model.memory_budget_gib=$budget"
+  cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=$frac python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup 1 --steps 3 --config.dataloader_train.dataset.resolution_hw=$hw --config.model.memory_budget_gib=$budget ${extra[*]}"
   echo "== $row: $cmd"
   # One compilation cache per row: the chosen plan compiles once for the chooser and once for the timed run.
-  JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache_${card}_$res XLA_PYTHON_CLIENT_MEM_FRACTION=$frac timeout ${ROW_TIMEOUT_S:-420} \
+  JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache_${card}_$res$variant XLA_PYTHON_CLIENT_MEM_FRACTION=$frac timeout ${ROW_TIMEOUT_S:-420} \
     python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup 1 --steps 3 \
-    --config.dataloader_train.dataset.resolution_hw="$hw" --config.model.memory_budget_gib="$budget" \
-    > "$out/row_${card}_$res.log" 2>&1
+    --config.dataloader_train.dataset.resolution_hw="$hw" --config.model.memory_budget_gib="$budget" "${extra[@]}" \
+    > "$out/row_${card}_$res$variant.log" 2>&1
   echo "   exit $?"
-  python3 -c "$summary" "$row" "$out/row_${card}_$res.log" | tee -a "$out/rows.jsonl"
+  python3 -c "$summary" "$row" "$out/row_${card}_$res$variant.log" | tee -a "$out/rows.jsonl"
 done
 python3 - "$out/rows.jsonl" <<'PY'
 import json, sys
@@ -61,6 +63,7 @@ for line in open(sys.argv[1]):
   plan = f"{r.get('remat')}" + "".join(f" +{k}" for k in ("offload_block_inputs", "remat_sublayers",
                                                            "offload_optimizer_state") if r.get(k))
   plan += f" mlp_chunks={r['mlp_chunks']}" if (r.get("mlp_chunks") or 1) > 1 else ""
+  plan += f" LoRA rank {r['lora_rank']}" if r.get("lora_rank") else ""
   print(f"| {r['row']} | {r.get('pool_gib')} | {r.get('memory_budget_gib')} | {plan} | {r.get('step_s_median')} | "
         f"{r.get('peak_memory_gib')} | {r['result']} |")
 PY

@@ -5,8 +5,9 @@
 #   RES=432 bash benchmarks/gpu_memory_budget.sh OUT_DIR    # the ladder, then default and capped runs
 # Settings (environment): RES 432 | 720; BUDGET the capped run's model.memory_budget_gib (22 at 432, 44 at 720);
 # FRAC its pool fraction (BUDGET/139.8 + 1 GiB of slack); CAPPED other arguments for it instead of the budget (a plan
-# named directly); LADDER=0 skips compiling every plan of agibot_jax.assemble.MEMORY_PLANS to print what each
-# needs, LADDER_ONLY=1 does only that (no step runs).
+# named directly); LADDER=0 skips the compile-only run under a budget nothing meets (the chooser of
+# agibot_jax/memory_plans.py logs what each plan it compiles needs: the first, then those its bisection visits),
+# LADDER_ONLY=1 does only that (no step runs). benchmarks/gpu_card_table.sh runs the README's card rows.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/memory_budget}}
 mkdir -p "$out"
@@ -30,7 +31,7 @@ keys = ("step_s_median", "step_s_min", "step_s_max", "peak_memory_gib", "losses"
         "offload_optimizer_state", "mlp_chunks", "compile_s", "memory_analysis")
 print(json.dumps({k: r.get(k) for k in keys}))'
 }
-# Every plan's compiled need: a budget nothing meets makes the chooser compile them all, then stop.
+# The compiled needs along the ladder: a budget nothing meets makes the chooser compile its path down, then stop.
 [ "${LADDER:-1}" = 1 ] && bench "ladder$res" --compile_only --config.model.memory_budget_gib=0.001
 [ "${LADDER_ONLY:-0}" = 1 ] && exit 0
 bench "default$res" --warmup 1 --steps 3

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from agibot_jax import assemble, flops, logs, preflight, registry
+from agibot_jax import assemble, flops, logs, preflight, rig, video_io
 from agibot_jax.data import pipeline, synthetic
 from agibot_jax.evaluation import report, scoring, validation
 from agibot_jax.models import dit
@@ -58,6 +58,7 @@ from configs import base
 
 log = logging.getLogger("agibot_jax.learning_run")
 
+NUM_VIEWS = len(rig.AGIBOT.cameras)  # the base config's rig
 SMOKE = {"steps": 5, "batch": 2, "blocks": 2, "dim": 64, "heads": 2, "vace_every": 2, "num_train": 4, "num_val": 2,
          "val_every": 5, "num_eval": 1, "sample_steps": 2, "text_tokens": 8, "workers": 2, "dtype": "float32"}
 
@@ -169,7 +170,7 @@ def pixel_tokenizer(factor: int):
     b, t, h, w, _ = x.shape
     x = x.reshape(b, t, h, w, factor, factor, 3).transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h * factor,
                                                                                         w * factor, 3)
-    return x.reshape(b, len(registry.VIEWS), t // len(registry.VIEWS), h * factor, w * factor, 3)
+    return x.reshape(b, NUM_VIEWS, t // NUM_VIEWS, h * factor, w * factor, 3)
 
   return encode, decode
 
@@ -182,8 +183,8 @@ def edge_scores(gen, decode, validator, prepare, weights: dict, num_eval: int, g
   for i in range(num_eval):
     loader_batch = validator.loader_batch(i)
     batch = prepare(loader_batch)
-    truth = generate.pixels_to_rows(loader_batch["video"], len(registry.VIEWS))
-    control = generate.pixels_to_rows(loader_batch["control_input_edge"], len(registry.VIEWS))
+    truth = generate.pixels_to_rows(loader_batch["video"], NUM_VIEWS)
+    control = generate.pixels_to_rows(loader_batch["control_input_edge"], NUM_VIEWS)
     for name, (params, control_weight) in weights.items():
       video = decode(gen.denoise(params, batch, guidance=guidance, num_cond_frames=0, control_weight=control_weight))
       scores[name] += scoring.score_rows("edge", video, control, num_cond_frames=0)
@@ -260,7 +261,7 @@ def main(_) -> None:
   callback = validation.ValidationCallback(config, f.workdir, validator)
   validation.write_scalars(f.workdir, 0, callback.evaluate(state))
   latent_hw = (f.height // f.pixel_factor, f.width // f.pixel_factor)
-  count = flops.dit_flops(cfg, num_views=len(registry.VIEWS), latent_hw=latent_hw, batch=f.batch, train_base=True)
+  count = flops.dit_flops(cfg, num_views=NUM_VIEWS, latent_hw=latent_hw, batch=f.batch, train_base=True)
   metrics_log = loop.MetricsLog(f.workdir)
   timer = loop.StepTimer(count.train_step, jax.device_count())
   budget = TimeBudget(f.train_budget_s)
@@ -279,7 +280,7 @@ def main(_) -> None:
     metrics_log.close()
   t_eval = time.perf_counter()
 
-  gen = generate.Generator(model, None, num_views=len(registry.VIEWS), num_steps=f.sample_steps)
+  gen = generate.Generator(model, None, num_views=NUM_VIEWS, num_steps=f.sample_steps)
   weights = {"untrained": (initial, 1.0), "trained EMA": (state.ema_params(), 1.0),
              "trained regular": (state.params(), 1.0), "trained EMA, control weight 0": (state.ema_params(), 0.0)}
   f1, videos = edge_scores(gen, decode, validator, prepare, weights, f.num_eval, f.guidance)
@@ -294,8 +295,8 @@ def main(_) -> None:
               cv2.cvtColor(draw_curves({"val loss (regular)": curves["val"], "val loss (EMA)": curves["val_ema"]}),
                            cv2.COLOR_RGB2BGR))
   order = ("untrained", "trained EMA", "ground truth", "control")
-  report.write_image(os.path.join(f.out_dir, "samples.jpg"),
-                     report.frame_grid([scoring.to_uint8(videos[name][0]) for name in order]))
+  video_io.write_image(os.path.join(f.out_dir, "samples.jpg"),
+                       report.frame_grid([scoring.to_uint8(videos[name][0]) for name in order]))
   summary = {
       "date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
       "devices": jax.device_count(),

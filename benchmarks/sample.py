@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from agibot_jax import rig as rig_lib
 from agibot_jax import sharding
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
@@ -55,7 +56,7 @@ def _timed(fn, repeats: int) -> dict:
 def synthetic_model_batch(config, cfg: dit.DiTConfig, latent_hw, key) -> dict:
   """Random model batch (agibot_jax.assemble.model_batch's keys and dtypes), batch 1."""
   ds = config.dataloader_train.dataset
-  v, (h, w) = len(ds.views), latent_hw
+  v, (h, w) = len(rig_lib.of_config(config).cameras), latent_hw
   vt = v * cfg.state_t
   k1, k2, k3 = jax.random.split(key, 3)
   emb_dtype = jnp.bfloat16 if config.model.precision == "bfloat16" else jnp.float32
@@ -88,11 +89,12 @@ def main(argv):
   jax.block_until_ready((params, vae_params, batch))
   weights_gib = _peak_gib()
 
-  gen = generate.Generator(dit.MultiViewControlDiT(cfg), vae_model, num_views=len(ds.views),
+  num_views = len(rig_lib.of_config(config).cameras)
+  gen = generate.Generator(dit.MultiViewControlDiT(cfg), vae_model, num_views=num_views,
                            num_steps=_NUM_STEPS.value)
   denoise, latents = _timed(lambda: gen.denoise(params, batch, guidance=_GUIDANCE.value,
                                                 num_cond_frames=_NUM_COND_FRAMES.value), _REPEATS.value)
-  decode_fn = jax.jit(functools.partial(vae_lib.decode_multiview, vae_model, num_views=len(ds.views)))
+  decode_fn = jax.jit(functools.partial(vae_lib.decode_multiview, vae_model, num_views=num_views))
   decode, video = _timed(lambda: decode_fn(vae_params, latents), _REPEATS.value)
   result = {
       "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),

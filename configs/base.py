@@ -1,4 +1,4 @@
-"""Shared post-training config of the Agibot 3-view control models.
+"""Shared post-training config of the Agibot 3-view control models (other robots: `rig`).
 
 Values are the reference's `transfer2_agibot_posttrain_<ct>_example` settings after all
 merges (shared/spec/training.md §10). The tree mirrors the reference's override keys, so a
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from agibot_jax import registry
+from agibot_jax import registry, rig
 
 
 def dit_2b() -> ml_collections.ConfigDict:
@@ -35,9 +35,9 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.crossattn_proj_in_channels = 100352
   net.crossattn_emb_channels = 1024
   net.text_tokens_per_view = 512
-  net.n_cameras_emb = len(registry.VIEWS)
-  # view id -> neighbour view ids (registry: head_color=0, hand_left=1, hand_right=2).
-  net.cross_view_attn_map = registry.cross_view_attn_map()
+  # View-embedding rows (a rig's cameras use rows 0..2); the cross-view neighbours come from config.rig
+  # (agibot_jax.assemble.dit_config).
+  net.n_cameras_emb = rig.VIEW_ROWS
   net.state_t = 24
   net.max_img_h = 240
   net.max_img_w = 240
@@ -89,6 +89,9 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.control_type = control_type
   config.seed = 0
+  # The cameras (agibot_jax/rig.py): a preset name, a rig JSON file (e.g. the DST/rig.json of
+  # python -m agibot_jax.data.import_lerobot), or a list of cameras. Any value type, so a config file may assign a list.
+  config.rig = ml_collections.FieldReference(rig.DEFAULT, field_type=object)
 
   config.job = ml_collections.ConfigDict()
   config.job.project = "cosmos_transfer_v2p5"
@@ -106,7 +109,7 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   ds = config.dataloader_train.dataset = ml_collections.ConfigDict()
   ds.dataset_dir = ""
   ds.control_input_type = control_type
-  ds.views = registry.VIEW_NAMES
+  ds.views = ()  # some of the rig's cameras, in this order; empty: all of them
   ds.resolution_hw = (432, 768)
   ds.num_video_frames = 93
   ds.random_start_frame = False
@@ -150,6 +153,19 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   # 22 for a 24 GB card), 0 runs the settings as written.
   config.model.offload_optimizer_state = False
   config.model.memory_budget_gib = 0.0
+  # LoRA on the control blocks (agibot_jax/models/lora.py; README "Memory and speed settings"): rank > 0 freezes the
+  # targeted kernels W and trains W + (alpha/rank)·A@B instead (B starts at 0: step 0 is the base). This changes the
+  # training, not only its memory. 0: the whole control branch trains (the reference's post-training).
+  lora = config.model.lora = ml_collections.ConfigDict()
+  lora.rank = 0
+  lora.alpha = 16.0
+  # Kernels of a control block to adapt, as fnmatch patterns on their path inside the block ("self_attn/q_proj",
+  # "mlp_layer1", "adaln_modulation_mlp/lora_down", ...); "*": every kernel. Other block parameters stay frozen.
+  lora.targets = ("*",)
+  # Control-branch groups still trained in full: the control input's patch embedding and the projection into the
+  # branch (4.3M parameters of the 2B's 365M, 69 MB of state) are the branch's entry for a new control signal, and
+  # cost as much as rank-11 adapters. () freezes them too.
+  lora.train_in_full = ("control_embedder", "control_before_proj")
   config.model.tokenizer = ml_collections.ConfigDict()
   config.model.tokenizer.dim = 96
   config.model.tokenizer.z_dim = 16
@@ -221,6 +237,9 @@ def get_config(control_type: str, arg: str = "") -> ml_collections.ConfigDict:
   # Samples that fail to decode during training are replaced by the next sample and counted; the run stops
   # when more than this many were skipped.
   ds.max_bad_samples = 100
+  # A control video of another aspect ratio than its RGB video is refused (resized to resolution_hw, the two would
+  # be stretched differently and no longer line up); True: the stretch is intended.
+  ds.allow_control_stretch = False
   # Steps with a non-finite loss or gradient are skipped (no update); this many in a row stop the run.
   config.trainer.max_nonfinite_steps = 20
   # A newest checkpoint that does not restore stops the run (True) instead of being moved aside for the next

@@ -204,26 +204,24 @@ def convert(src: str, dst: str, cfg, *, ema: bool = True, dtype: str | None = No
 
 
 def _training_checkpoint_params(src_dir: str, ema: bool):
-  """(DiTConfig, full params) from the newest training checkpoint under a workdir or its checkpoints/ dir."""
-  import orbax.checkpoint as ocp
+  """(DiTConfig, full params) of the newest checkpoint of a training run (its workdir or checkpoints/ dir) whose
+  weights restore (`checkpointing.restore_weights`: a newer one that does not is named and left in place)."""
+  import jax
 
+  from agibot_jax import preflight, sharding
   from agibot_jax.models import dit
-  from agibot_jax.training import optimizer as optim
+  from agibot_jax.training import checkpointing
 
-  ckpt_dir = os.path.join(src_dir, "checkpoints") if os.path.isdir(os.path.join(src_dir, "checkpoints")) else src_dir
-  with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data", "config")) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{src_dir}: no converted DiT (agibot_meta.json) and no training checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                             config=ocp.args.JsonRestore()))
-  state = restored.state
-  use_ema = ema and state.get("ema") is not None
-  if ema and not use_ema:
-    log.warning("%s kept no EMA (ema.enabled=False): exporting the regular weights", src_dir)
-  log.info("exporting step %d of %s (%s weights)", step, os.path.abspath(ckpt_dir), "EMA" if use_ema else "regular")
-  params = optim.merge_params(jax_free(state["ema"] if use_ema else state["trainable"]), jax_free(state["frozen"]))
-  return dit.DiTConfig.from_config(restored.config["model"]["net"]), params
+  workdir = preflight.training_workdir(src_dir)
+  if workdir is None:
+    raise FileNotFoundError(f"{src_dir}: no converted DiT (agibot_meta.json) and no training checkpoint")
+  _, saved = checkpointing.checkpoint_to_read(workdir)
+  cfg = dit.DiTConfig.from_config(saved["model"]["net"])
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(devices=jax.devices()[:1]))
+  step, params = checkpointing.restore_weights(workdir, shardings, use_ema=ema)
+  log.info("exporting step %d of %s (%s weights)", step, checkpointing.checkpoint_dir(workdir),
+           "EMA" if ema else "regular")
+  return cfg, jax_free(params)
 
 
 def jax_free(tree):

@@ -14,6 +14,10 @@ weights-only unpickler, DCP's `.metadata` (a plain pickle) through one that allo
 metadata types, and DCP's non-tensor entries (which torch would unpickle freely) are never read.
 Tensors come back as numpy arrays (bfloat16 through ml_dtypes), `._extra_state` keys dropped. An
 unreadable input raises `CheckpointError`: one line naming the file and what is wrong with it.
+
+Bytes changed after the file was written are refused too: every entry of a `.pt` archive is checked against its
+zip CRC-32 in one sequential pass (the memory-mapped `torch.load` checks none), a `.safetensors` file's size
+against what its header describes, and a file fetched through `hf://` against the sha256 the Hub gave for it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from agibot_jax import params_io
+from agibot_jax import params_io, utils
 
 INDEX_FILE = "model.safetensors.index.json"
 DCP_METADATA = ".metadata"
+_READ_CHUNK = 64 << 20
 
 
 class CheckpointError(ValueError):
@@ -77,13 +82,36 @@ def resolve_source(src: str) -> str:
   from huggingface_hub.errors import LocalEntryNotFoundError
 
   try:
-    return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision)
+    path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision)
   except LocalEntryNotFoundError as e:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else \
         "the Hugging Face Hub is unreachable and it is not in the local cache"
     raise FileNotFoundError(f"cannot fetch {filename} from {repo_id}" +
                             (f"@{revision}" if revision else "") + f": {why}") from e
+  check_hub_sha256(src, path)
+  return path
+
+
+def check_hub_sha256(src: str, path: str) -> None:
+  """Refuses (CheckpointError) a file fetched from the Hub whose sha256 is not the one the Hub gave for it.
+
+  huggingface_hub keeps a large (LFS) file in its cache as `blobs/<etag>`, the etag being the file's sha256
+  (`file_download.REGEX_SHA256`); `path` is a link to that blob. Small files, stored in git, have a git hash as
+  their etag and are not checked (no weights are among them).
+  """
+  from huggingface_hub.file_download import REGEX_SHA256
+  from huggingface_hub.utils.sha import sha_fileobj
+
+  blob = os.path.realpath(path)
+  expected = os.path.basename(blob)
+  if REGEX_SHA256.fullmatch(expected) is None:
+    return
+  with open(blob, "rb") as f:
+    actual = sha_fileobj(f, chunk_size=_READ_CHUNK).hex()
+  if actual != expected:
+    raise CheckpointError(f"{src}: the cached file {blob} has sha256 {actual}, but the Hub gave {expected} for it "
+                          "(changed or damaged after download): delete it and fetch it again")
 
 
 def tensor_to_numpy(t) -> np.ndarray:
@@ -124,8 +152,22 @@ def _flatten_nested(obj: Mapping) -> dict:
   return {".".join(path): v for path, v in params_io.flatten_tree(obj).items()}
 
 
+def check_zip_crcs(path: str) -> None:
+  """Reads every entry of a zip archive (a torch.save file) once, sequentially, checking its CRC-32; raises
+  CheckpointError naming the first entry whose bytes changed after the archive was written."""
+  with zipfile.ZipFile(path) as archive:
+    for entry in archive.infolist():
+      try:
+        with archive.open(entry) as f:
+          while f.read(_READ_CHUNK):
+            pass
+      except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"{path}: entry {entry.filename} is damaged ({_first_line(e)}: its bytes changed "
+                              "after the file was written); fetch the file again") from e
+
+
 class _TorchFile(_Source):
-  """A torch.save zip archive, memory-mapped: a tensor's bytes are read when it is converted."""
+  """A torch.save zip archive, its CRCs checked, then memory-mapped: a tensor's bytes are read when it is converted."""
 
   def __init__(self, path: str):
     super().__init__(path)
@@ -133,6 +175,7 @@ class _TorchFile(_Source):
     if not zipfile.is_zipfile(path):
       raise CheckpointError(f"{path}: not a PyTorch checkpoint (no torch.save zip archive: truncated, or another "
                             "format)")
+    check_zip_crcs(path)
     try:
       obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # torch reports corrupt archives and refused types with many exception types
@@ -158,6 +201,7 @@ class _SafetensorsFiles(_Source):
 
     self._file_of: dict[str, str] = {}
     for file in files:
+      check_safetensors_size(file)
       try:
         with safe_open(file, framework="pt") as f:
           for key in f.keys():
@@ -173,6 +217,24 @@ class _SafetensorsFiles(_Source):
 
     with safe_open(self._file_of[key], framework="pt") as f:
       return tensor_to_numpy(f.get_tensor(key))
+
+
+def check_safetensors_size(file: str) -> None:
+  """Refuses (CheckpointError) a .safetensors file whose size is not what its header describes (8 bytes of header
+  length, the JSON header, then the tensors' bytes up to the largest end offset)."""
+  size = os.path.getsize(file)
+  try:
+    with open(file, "rb") as f:
+      header_len = int.from_bytes(f.read(8), "little")
+      if not 0 < header_len <= size - 8:
+        raise ValueError(f"header length {header_len}")
+      header = json.loads(f.read(header_len))
+    data_end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+  except (ValueError, KeyError, TypeError, IndexError) as e:
+    raise CheckpointError(f"{file}: not a readable safetensors file (no valid header: {_first_line(e)})") from e
+  if size != 8 + header_len + data_end:
+    raise CheckpointError(f"{file}: not a readable safetensors file ({size} bytes, but its header describes "
+                          f"{8 + header_len + data_end}: truncated or extended after it was written)")
 
 
 def _safetensors_from_index(path: str) -> _SafetensorsFiles:
@@ -351,15 +413,10 @@ def save_state_dict(state: Mapping[str, np.ndarray], dst: str, *, prefix: str = 
   """Write a `.pt` (torch.save) or `.safetensors` file atomically."""
   torch = require_torch()
   tensors = {prefix + k: numpy_to_tensor(v) for k, v in state.items()}
-  tmp = f"{dst}.tmp{os.getpid()}"
-  try:
+  with utils.atomic_path(dst) as tmp:
     if dst.endswith(".safetensors"):
       from safetensors.torch import save_file
 
       save_file(tensors, tmp)
     else:
       torch.save(tensors, tmp)
-    os.replace(tmp, dst)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

@@ -71,9 +71,10 @@ def run_on_fake_cpu_devices(script: str, flag: str, devices: int) -> dict:
 
 
 def write_config_checkpoint(workdir: str, config, step: int = 1) -> None:
-  """A training checkpoint of `workdir` holding only the config item (and an empty data item): what the up-front
-  checks of sample, eval and a resumed train read of a checkpoint, without training a model (`config` is resolved
-  here, with `workdir`, as training would)."""
+  """A training checkpoint of `workdir` holding the config item (and an empty data item and a one-array state, whose
+  layout `checkpointing.checkpoint_to_read` reads): what the up-front checks of sample, eval and a resumed train read
+  of a checkpoint, without training a model (`config` is resolved here, with `workdir`, as training would)."""
+  import numpy as np
   import orbax.checkpoint as ocp
 
   from agibot_jax import preflight
@@ -83,4 +84,5 @@ def write_config_checkpoint(workdir: str, config, step: int = 1) -> None:
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
   with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), options=options,
                              item_names=("state", "data", "config")) as manager:
-    manager.save(step, args=ocp.args.Composite(config=ocp.args.JsonSave(saved), data=ocp.args.JsonSave({})))
+    manager.save(step, args=ocp.args.Composite(config=ocp.args.JsonSave(saved), data=ocp.args.JsonSave({}),
+                                               state=ocp.args.StandardSave({"step": np.zeros((), np.int32)})))

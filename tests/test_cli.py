@@ -30,6 +30,10 @@ def test_positional_overrides_become_config_flags():
   assert line.experiment == "seg" and len(line.notes) == 2
   with pytest.raises(cli.UsageError, match="experiment=foo"):
     cli.rewrite_overrides(["prog", "experiment=foo"])
+  # The value of a flag that takes one stays its value (import_lerobot's `--cameras feature=camera`).
+  line = cli.rewrite_overrides(["prog", "--cameras", "observation.images.top=top", "--verbose", "a.b=1"],
+                               takes_value=lambda name: name == "cameras")
+  assert line.argv == ["prog", "--cameras", "observation.images.top=top", "--verbose", "--config.a.b=1"]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The imports form layers (README, Layout): commands -> composition -> features -> models -> core.
 
 Read from the source with `ast` (imports inside functions count too):
-  core         agibot_jax.{utils, logs, cli, registry, sharding, params_io, array_cache, video_io, flops}
+  core         agibot_jax.{utils, logs, cli, registry, rig, sharding, params_io, array_cache, video_io, flops}
   models       agibot_jax.models.*
   features     agibot_jax.{data, text, training, sampling}.*, convert.*, configs.*
   composition  agibot_jax.{assemble, memory_plans, preflight}, agibot_jax.evaluation.*
@@ -18,7 +18,7 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CORE = {"utils", "logs", "cli", "registry", "sharding", "params_io", "array_cache", "video_io", "flops"}
+CORE = {"utils", "logs", "cli", "registry", "rig", "sharding", "params_io", "array_cache", "video_io", "flops"}
 LAYERS = ("core", "models", "features", "composition", "commands")
 
 

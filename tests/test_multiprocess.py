@@ -51,7 +51,7 @@ if __name__ == "__main__":  # a worker process of a default-run test (_probe, _f
   sys.path.insert(0, REPO)
 
 # pylint: disable=wrong-import-position
-from agibot_jax import assemble, cache_latents, preflight, registry, sharding, video_io
+from agibot_jax import assemble, cache_latents, preflight, rig, sharding, video_io
 from agibot_jax.data import latent_cache, synthetic
 from agibot_jax.text import provider as text_provider_lib
 from agibot_jax.training import checkpointing, loop
@@ -152,15 +152,15 @@ class CaptionText:
     return jnp.asarray(np.broadcast_to(codes[:, None, None], (len(codes), self.num_tokens, self.dim)))
 
 
-def probe_rows(rows: slice, views=registry.VIEW_NAMES) -> dict:
+def probe_rows(rows: slice, cameras: rig.Rig = rig.AGIBOT) -> dict:
   """A loader batch from a latent cache holding rows `rows` of a global batch; row r's values are made from r."""
   r = np.arange(rows.start, rows.stop, dtype=np.float32)
   frames = 2
   return {
-      "latent_video": np.broadcast_to(r[:, None, None, None, None], (len(r), len(views), 2, 2, 16)).copy(),
-      "latent_control": np.broadcast_to(-r[:, None, None, None, None], (len(r), len(views), 2, 2, 16)).copy(),
-      "ai_caption": [registry.view_captions(f"sample {int(i)}", views) for i in r],
-      "view_indices": np.repeat(np.array(registry.view_ids(views)), frames)[None].repeat(len(r), 0),
+      "latent_video": np.broadcast_to(r[:, None, None, None, None], (len(r), len(cameras.names), 2, 2, 16)).copy(),
+      "latent_control": np.broadcast_to(-r[:, None, None, None, None], (len(r), len(cameras.names), 2, 2, 16)).copy(),
+      "ai_caption": [cameras.captions(f"sample {int(i)}") for i in r],
+      "view_indices": np.repeat(np.array(cameras.view_ids), frames)[None].repeat(len(r), 0),
       "padding_mask": np.broadcast_to(r[:, None, None, None], (len(r), 1, 16, 16)).copy(),
   }
 

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from agibot_jax import cli, params_io, preflight
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, synthetic
 from agibot_jax.models import dit
 from configs import base
@@ -48,6 +49,39 @@ def test_resolve_fills_paths_into_a_frozen_copy(tmp_path):
   assert config.checkpoint.load_path == str(bundle) and config.dataloader_train.dataset.dataset_dir == ""
   with pytest.raises(AttributeError, match="immutable"):
     resolved.seed = 1
+
+
+TWO_CAMERAS = [{"name": "top", "caption_prefix": "The video is captured from a camera above the table."},
+               {"name": "wrist", "caption_prefix": "The video is captured from the wrist camera."}]
+
+
+def test_resolve_records_the_rig_and_its_views(tmp_path):
+  resolved = preflight.resolve(base.get_config("edge", "tiny"))
+  assert resolved.rig == "agibot"
+  assert resolved.dataloader_train.dataset.views == ("head_color", "hand_left", "hand_right")
+  config = base.get_config("edge", "tiny")
+  config.rig = TWO_CAMERAS
+  config.dataloader_train.dataset.views = ("wrist",)
+  resolved = preflight.resolve(config)  # a list of cameras becomes JSON text: a frozen config holds no dicts in lists
+  assert rig_lib.parse(resolved.rig).names == ("top", "wrist") and resolved.dataloader_train.dataset.views == ("wrist",)
+  (tmp_path / "rig.json").write_text(json.dumps(rig_lib.AGIBOT.to_json()))
+  config.rig, config.dataloader_train.dataset.views = str(tmp_path / "rig.json"), ()
+  assert preflight.resolve(config).rig == "agibot"  # the preset's cameras, from a file
+  config.dataloader_train.dataset.views = ("wrist",)
+  with pytest.raises(cli.ConfigError, match=r"^dataloader_train.dataset.views=\('wrist',\): must be distinct "
+                                            r"cameras of rig agibot .*not cameras of it: wrist$"):
+    preflight.resolve(config)
+
+
+def test_check_config_names_what_contradicts_the_rig():
+  config = base.get_config("edge", "tiny")
+  config.model.net.n_cameras_emb = 2
+  config.model.net.cross_view_attn_map = ((1,), (0,))
+  with pytest.raises(cli.ConfigError) as e:
+    preflight.check_config(preflight.resolve(config))
+  assert "model.net.n_cameras_emb=2: rig agibot (head_color=0, hand_left=1, hand_right=2) uses view rows up to 2" in (
+      str(e.value))
+  assert "model.net.cross_view_attn_map: the cross-view neighbours are the rig's" in str(e.value)
 
 
 def test_sampling_reads_the_data_the_checkpoint_was_trained_on(tmp_path, dataset_dir):

@@ -31,8 +31,10 @@ import numpy as np
 import pytest
 
 from agibot_jax import cli, params_io, preflight
+from agibot_jax import rig as rig_lib
 from agibot_jax import video_io as video
 from agibot_jax.data import synthetic
+from agibot_jax.data.agibot_world import lerobot
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.models.qwen import QwenTextModel
@@ -54,6 +56,8 @@ NOT_RUN = {
                                                               "tiny one)",
     "python -m agibot_jax.data.import_agibot_world": "a copy of AgiBot World (tests/data/agibot_world import a "
                                                      "replica)",
+    "python -m agibot_jax.data.import_lerobot": "a LeRobot dataset (tests/data/test_import_lerobot.py imports a "
+                                                "replica; `sandbox` writes what the import would: DST and its rig)",
     "srun": "a SLURM cluster", "HOSTS=": "several hosts", "ssh": "several hosts", "done;": "several hosts",
 }
 # Commands whose own work is small: run in full in the default run too.
@@ -170,12 +174,26 @@ def sandbox(root: pathlib.Path, commands: list[Command]) -> pathlib.Path:
   tiny_bundle(here / "base", cli.load_config(str(REPO / "configs/seg.py:tiny")))
   synthetic.write_example(str(here / PLACEHOLDERS["HELD_OUT"]), num_samples=2, frames=9, height=48, width=72)
   for command in commands:
+    if command.line.startswith("python -m agibot_jax.data.import_lerobot"):
+      imported_rig(here, command.line)
     if command.argv and "--control_videos" in command.argv:
       for i, name in enumerate(command.argv[command.argv.index("--control_videos") + 1].split(",")):
         frames = np.zeros((11, 48, 72, 3), np.uint8)
         frames[:, 10:30, 12 + 8 * i:36 + 8 * i] = 200
         video.write_video(str(here / name), frames, fps=16.0)
   return here
+
+
+def imported_rig(here: pathlib.Path, line: str) -> None:
+  """What README's `import_lerobot SRC DST --cameras ...` writes, with synthetic clips: DST with a folder per
+  camera of the rig its camera map makes, and DST/rig.json; HELD_OUT gets those cameras too (the README evaluates
+  that rig's run on it)."""
+  args = shlex.split(line)[3:]
+  pairs = [tuple(p.split("=", 1)) for p in args[args.index("--cameras") + 1].split(",")]
+  rig, _ = lerobot.camera_map(pairs)
+  for folder in (args[1], PLACEHOLDERS["HELD_OUT"]):
+    synthetic.write_example(str(here / folder), num_samples=2, frames=9, height=48, width=72, views=rig.names)
+  (here / args[1] / rig_lib.RIG_FILE).write_text(json.dumps(rig.to_json()))
 
 
 def trained_runs(commands: list[Command]) -> dict[str, list[str]]:
@@ -202,7 +220,8 @@ def config_of(argv: list[str], here: pathlib.Path):
         pass
       *parents, leaf = key.split(".")
       node = functools.reduce(lambda n, k: n[k], parents, config)
-      node[leaf] = str(here / value) if key in preflight.INPUT_PATHS else value
+      path = key in preflight.INPUT_PATHS or (key == "rig" and (here / str(value)).is_file())  # a rig file
+      node[leaf] = str(here / value) if path else value
   return config
 
 

@@ -1,37 +1,21 @@
-"""agibot_jax/registry.py: the dataset's facts, and that a fifth control type needs only a registry entry."""
+"""agibot_jax/registry.py: the control types, and that a fifth control type needs only a registry entry."""
 
 import shutil
 
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import registry, rig
 from agibot_jax.data import latent_cache, layout, pipeline, synthetic
 from configs import base
 
 
-def test_view_captions_exact_reference_strings():
-  caps = registry.view_captions("A robot folds cloth.", registry.VIEW_NAMES)
-  assert caps == [
-      "The video is captured from a camera mounted on the head of the subject, facing forward. A robot folds cloth.",
-      "The video is captured from a camera mounted on the left hand of the subject. ",
-      "The video is captured from a camera mounted on the right hand of the subject. ",
-  ]
-  # Permuted view order: the prompt stays with head_color.
-  assert registry.view_captions("p", ("hand_right", "head_color"))[1].endswith("forward. p")
-
-
-def test_views_controls_and_neighbours():
-  assert registry.VIEW_NAMES == ("head_color", "hand_left", "hand_right")
-  assert registry.view_ids(("hand_right", "head_color")) == (2, 0)
-  assert registry.cross_view_attn_map() == ((1, 2), (0, 2), (0, 1))
+def test_controls():
   assert registry.control_types() == ("edge", "depth", "seg", "vis")
   assert [c.name for c in registry.CONTROLS.values() if c.from_files] == ["depth", "seg"]
   assert [c.name for c in registry.CONTROLS.values() if c.randomized] == ["edge", "vis"]
   with pytest.raises(ValueError, match="hdmap.*known"):
     registry.control("hdmap")
-  with pytest.raises(ValueError, match="hand_middle"):
-    registry.check_views(("head_color", "hand_middle"))
   with pytest.raises(ValueError, match="needs `compute`"):
     registry.ControlType("x", "computed", randomized=False)
 
@@ -57,7 +41,7 @@ def test_a_fifth_control_type_needs_only_its_registry_entry(control, tmp_path, m
   config.dataloader_train.dataset.dataset_dir = str(dataset)
   assert config.dataloader_train.dataset.control_input_type == control.name
 
-  samples, problems = layout.scan(str(dataset), registry.VIEW_NAMES, control.name, 9)
+  samples, problems = layout.scan(str(dataset), rig.AGIBOT, control.name, 9)
   assert problems == [] and len(samples) == 2
   assert (samples[0].controls is not None) == control.from_files
   sample = pipeline.AgibotMultiviewSource(pipeline.DataSettings.from_config(config))[0]

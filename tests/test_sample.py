@@ -113,7 +113,7 @@ def test_bad_inputs_are_named(converted, control_videos, tmp_path):
     sample.run(_config(), checkpoint=str(converted / "vae"), out=out, control_videos=control_videos, prompt="p")
   config = _config()
   config.model.tokenizer.path = str(converted / "vae")
-  with pytest.raises(ValueError, match="one per view"):
+  with pytest.raises(ValueError, match="one per camera of rig agibot"):
     sample.run(config, checkpoint=str(converted / "dit"), out=out, control_videos=control_videos[:2], prompt="p")
 
 

@@ -51,25 +51,62 @@ def test_backend_names():
 
 
 @pytest.mark.parametrize("backend", ["imageio_ffmpeg", "opencv"])
-def test_a_failed_write_leaves_the_previous_file_and_no_partial_one(tmp_path, monkeypatch, backend):
-  """Issue 33, row 3 (results written atomically): a write that fails after its first frame leaves the previous
-  video under its name, whole, and no temporary file beside it."""
-  path = tmp_path / "out.mp4"
-  video.write_video(str(path), np.full((4, 16, 16, 3), 100, np.uint8), 8.0, backend=backend)
-  before = path.read_bytes()
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch, backend):
+  """Issue 33: an mp4 (sample videos, previews, imported clips) appears under its name only once complete; a writer
+  interrupted after 2 of 5 frames leaves neither a half file nor its temporary."""
+  import cv2
+  import imageio_ffmpeg
 
-  encode = video._encode_mp4  # pylint: disable=protected-access
+  frames, written = np.zeros((5, 16, 16, 3), np.uint8), []
 
-  def interrupted(tmp, frames_THWC, *args, **kwargs):
-    class Frames:  # Ctrl-C after the first frame was encoded
-      shape = frames_THWC.shape
+  def third_frame_interrupts(write):
+    def wrapped(frame, *args):
+      if frame is not None:  # imageio-ffmpeg's writer is started with send(None)
+        if len(written) == 2:
+          raise KeyboardInterrupt
+        written.append(frame)
+      return write(frame, *args)
+    return wrapped
 
-      def __iter__(self):
-        yield frames_THWC[0]
-        raise KeyboardInterrupt
-    return encode(tmp, Frames(), *args, **kwargs)
+  if backend == "imageio_ffmpeg":
+    open_writer = imageio_ffmpeg.write_frames
 
-  monkeypatch.setattr(video, "_encode_mp4", interrupted)
+    class Writer:
+      def __init__(self, *args, **kwargs):
+        writer = open_writer(*args, **kwargs)
+        self.send, self.close = third_frame_interrupts(writer.send), writer.close
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", Writer)
+  else:
+    monkeypatch.setattr(cv2, "cvtColor", third_frame_interrupts(cv2.cvtColor))
   with pytest.raises(KeyboardInterrupt):
-    video.write_video(str(path), np.zeros((4, 16, 16, 3), np.uint8), 8.0, backend=backend)
-  assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    video.write_video(str(tmp_path / "out.mp4"), frames, 10.0, backend=backend)
+  assert list(tmp_path.iterdir()) == []
+  monkeypatch.undo()
+  video.write_video(str(tmp_path / "out.mp4"), frames, 10.0, backend=backend)
+  assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_an_encoder_that_writes_nothing_is_an_error_not_an_empty_file(tmp_path, monkeypatch):
+  """Issue 33 (a full disk during import_agibot_world, tried once): FFmpeg failed to write ("No space left on
+  device"), imageio-ffmpeg ignores its exit status, and an empty clip was renamed into place as complete."""
+  import imageio_ffmpeg
+
+  def write_nothing(path, *args, **kwargs):
+    open(path, "wb").close()
+    while True:
+      yield
+
+  monkeypatch.setattr(imageio_ffmpeg, "write_frames", write_nothing)
+  with pytest.raises(video.VideoError, match=r"out.mp4: the encoder wrote 0 of 3 frames"):
+    video.write_video(str(tmp_path / "out.mp4"), np.zeros((3, 16, 16, 3), np.uint8), 10.0, backend="imageio_ffmpeg")
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_ffmpeg_starts_without_running_python_in_the_forked_child():
+  """Issue 33 row 9: imageio-ffmpeg started FFmpeg with preexec_fn=os.setpgrp; in the multithreaded training process
+  the forked child deadlocked before exec (seen on a disk-full run: training hung at a decode, and the child, a copy of
+  it with its SIGTERM handler, stayed alive after the run was killed)."""
+  from imageio_ffmpeg import _utils
+
+  assert _utils._popen_kwargs(prevent_sigint=True)["preexec_fn"] is None  # pylint: disable=protected-access

@@ -3,8 +3,10 @@ r"""Validates a training dataset against a config and optionally previews one sa
   python -m agibot_jax.data.inspect --config configs/edge.py \
       --config.dataloader_train.dataset.dataset_dir=DIR [--full] [--preview out.mp4 --preview_index 0]
 
-Exit status 0 with a summary (samples, views, frames, fps, resolution, control type) when the dataset is
-valid; 2 with the list of every problem (each naming its file) otherwise. Each video's metadata and first frame
+Exit status 0 with a summary (the rig and its cameras, camera folders it does not read, samples, frames, fps,
+resolution, control type) when the dataset is valid; 2 with the list of every problem (each naming its file; a
+camera folder the rig lacks names the rig and the folders the dataset has) otherwise, or with one line when the rig
+(`config.rig`, `dataloader_train.dataset.views`) is unusable. Each video's metadata and first frame
 are read; `--full` (or `dataloader_train.dataset.validate=full`) decodes every frame training will read, which finds
 files corrupt mid-stream. Views whose aspect ratio differs from the training resolution's get a warning.
 `--preview` writes the sample's views side by side (top row) above its control maps (bottom row; edge/vis with the
@@ -19,6 +21,7 @@ import sys
 from absl import flags
 
 from agibot_jax import cli, preflight, registry
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline
 
 
@@ -30,10 +33,13 @@ def summary(settings: pipeline.DataSettings, samples: list[layout.Sample]) -> st
   fps = sorted({round(s.fps, 3) for s in samples})
   sizes = sorted({hw for s in samples for hw in s.original_hw})
   h, w = settings.resolution_hw
+  unread = layout.camera_folders(settings.dataset_dir, settings.rig)[1]
   return "\n".join([
       f"dataset:        {settings.dataset_dir}",
       f"samples:        {len(samples)}",
+      f"rig:            {settings.rig.describe()} (camera=view row)",
       f"views:          {', '.join(settings.views)}",
+      f"not read:       {', '.join(unread) if unread else '-'} (camera folders of the dataset the run does not read)",
       f"frames/view:    {frames[0]}..{frames[-1]} in files, {settings.num_video_frames} used"
       f"{' (random start)' if settings.random_start_frame else ' (from frame 0)'}",
       f"fps:            {', '.join(f'{f:g}' for f in fps)}",
@@ -61,6 +67,11 @@ def write_preview(source: pipeline.AgibotMultiviewSource, index: int, path: str)
 def run(config, preview: str | None = None, preview_index: int = 0, full: bool = False) -> int:
   """Validates `config`'s training dataset (`full`: every frame decoded), prints the summary or the problems and
   the result line; returns the exit status."""
+  try:
+    rig_lib.of_config(config)
+  except rig_lib.RigError as e:  # the dataset's cameras: one line among the dataset's problems
+    print(f"INVALID {e}", file=sys.stderr)
+    return EXIT_PROBLEMS
   if full:
     config = config.copy_and_resolve_references()
     config.dataloader_train.dataset.validate = "full"

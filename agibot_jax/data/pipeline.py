@@ -1,4 +1,4 @@
-"""Grain input pipeline of the Agibot 3-view control post-training (spec §1.4–§1.9, §2).
+"""Grain input pipeline of the multiview control post-training (spec §1.4–§1.9, §2): the rig's 1-3 cameras.
 
   AgibotMultiviewSource   RandomAccessDataSource: sample index -> decoded, resized sample dict
                           (or, with a latent cache, the sample's cached VAE latents)
@@ -23,6 +23,7 @@ the cache holds one frozen draw of that randomness (see agibot_jax/data/latent_c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from agibot_jax import registry
+from agibot_jax import registry, utils
+from agibot_jax import rig as rig_lib
 from agibot_jax import video_io as video
 from agibot_jax.data import controls, latent_cache, layout, resize
 
@@ -52,7 +54,7 @@ class DataSettings:
   """The `dataloader_train.dataset` keys the loader reads."""
   dataset_dir: str
   control_type: str
-  views: tuple[str, ...] = registry.VIEW_NAMES
+  rig: rig_lib.Rig = rig_lib.AGIBOT  # the run's cameras (rig.of_config), in batch order
   resolution_hw: tuple[int, int] = (432, 768)
   num_video_frames: int = 93
   random_start_frame: bool = False
@@ -64,24 +66,29 @@ class DataSettings:
   latent_cache_dir: str = ""
   validate: str = "probe"  # probe | full: start-up check of the videos (layout.scan)
   max_bad_samples: int = 0  # undecodable samples the training iterator may skip
+  allow_control_stretch: bool = False  # a control video of another aspect ratio than its RGB video is intended
+
+  @property
+  def views(self) -> tuple[str, ...]:
+    return self.rig.names
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, control_preset: str | None = None) -> DataSettings:
     ds = config.dataloader_train.dataset
-    return cls(dataset_dir=ds.dataset_dir, control_type=ds.control_input_type, views=tuple(ds.views),
+    return cls(dataset_dir=ds.dataset_dir, control_type=ds.control_input_type, rig=rig_lib.of_config(config),
                resolution_hw=tuple(ds.resolution_hw), num_video_frames=int(ds.num_video_frames),
                random_start_frame=bool(ds.random_start_frame), skip_invalid=bool(ds.skip_invalid),
                video_backend=ds.video_backend, control_preset=control_preset,
                latent_cache_dir=ds.get("latent_cache_dir", ""), validate=ds.validate,
-               max_bad_samples=int(ds.max_bad_samples))
+               max_bad_samples=int(ds.max_bad_samples), allow_control_stretch=bool(ds.allow_control_stretch))
 
 
 def validated_samples(settings: DataSettings) -> list[layout.Sample]:
   """The dataset's samples, checked as `settings.validate` says (layout.load_index; DatasetError lists problems)."""
-  return layout.load_index(settings.dataset_dir, settings.views, settings.control_type, settings.num_video_frames,
+  return layout.load_index(settings.dataset_dir, settings.rig, settings.control_type, settings.num_video_frames,
                            settings.skip_invalid, resolution_hw=settings.resolution_hw,
                            full=settings.validate == "full", random_start=settings.random_start_frame,
-                           backend=settings.video_backend)
+                           backend=settings.video_backend, control_stretch=settings.allow_control_stretch)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -153,10 +160,10 @@ class AgibotMultiviewSource(grain.sources.RandomAccessDataSource):
         control = _concat_views([controls.compute(s.control_type, np.concatenate(per_view), rng,
                                                   s.control_preset or "medium")])
       pixels_or_latents = {"video": _concat_views(per_view), registry.control(s.control_type).key: control}
-    view_ids = np.array(registry.view_ids(s.views), np.int64)
+    view_ids = np.array(s.rig.view_ids, np.int64)
     return {
         **pixels_or_latents,
-        "ai_caption": registry.view_captions(sample.prompt, s.views),
+        "ai_caption": s.rig.captions(sample.prompt),
         "view_indices": np.repeat(view_ids, t),
         "fps": np.float64(sample.fps),
         "num_video_frames_per_view": np.int64(t),
@@ -302,15 +309,17 @@ def make_iterator(ds: grain.MapDataset, *, num_workers: int, prefetch_buffer_siz
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                            per_worker_buffer_size=prefetch_buffer_size),
-                              worker_init_fn=_worker_init)
+                              worker_init_fn=functools.partial(_worker_init, parent_pid=os.getpid()))
   return iter(it_ds)
 
 
-def _worker_init(index: int, count: int) -> None:
+def _worker_init(index: int, count: int, *, parent_pid: int) -> None:
   """Ctrl-C reaches the whole process group: the workers leave it to the training process, which writes a
-  checkpoint before it stops them (agibot_jax/training/loop.py)."""
+  checkpoint before it stops them (agibot_jax/training/loop.py). A worker ends with the training process, also
+  when that is killed (`utils.end_with_parent`), instead of holding its memory as an orphan."""
   del index, count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  utils.end_with_parent(parent_pid)
 
 
 def from_config(config: ml_collections.ConfigDict, rows: slice | None = None, num_epochs: int | None = None,

@@ -1,9 +1,10 @@
-"""A small synthetic 3-view dataset in the exact Agibot layout (videos, captions, depth and seg controls).
+"""A small synthetic multiview dataset in the exact Agibot layout (videos, captions, depth and seg controls).
 
 Written by `python -m agibot_jax.data.make_example DIR` and by the embedded demo of the training job.
-One world of moving shapes is filmed by three cameras looking at different, overlapping windows of it
-(head_color: the wide centre view; hand_left / hand_right: closer views left and right), so the views are
-consistent. Depth is brighter for nearer shapes; seg paints each shape in a fixed class colour.
+One world of moving shapes is filmed by up to three cameras looking at different, overlapping windows of it (by
+position in the rig: the wide centre view, then closer views left and right; the agibot rig's head_color,
+hand_left, hand_right), so the views are consistent. Depth is brighter for nearer shapes; seg paints each shape in a
+fixed class colour.
 The defaults fit configs/*.py:tiny (64x96, 9 frames; 96x144 has its aspect ratio) and are valid for any resolution
 after resizing.
 
@@ -22,15 +23,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from agibot_jax import registry
+from agibot_jax import registry, rig
 from agibot_jax import video_io as video
 
-# Per-view camera: (centre x, centre y) in world units of the frame size, zoom (>1 = closer).
-_CAMERAS = dict(zip(registry.VIEW_NAMES, ((0.0, 0.0, 1.0), (-0.35, 0.15, 1.6), (0.35, 0.15, 1.6))))
+# Camera by position in the rig: (centre x, centre y) in world units of the frame size, zoom (>1 = closer).
+_CAMERAS = ((0.0, 0.0, 1.0), (-0.35, 0.15, 1.6), (0.35, 0.15, 1.6))
+_SEEN_BY = ("a wide camera", "a wide camera and a closer camera on the left", "a head camera and two hand cameras")
 _SEG_COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230], [230, 200, 40], [200, 60, 220]], np.uint8)
 APPEARANCES = ("random", "control")
 # appearance="control": (depth, radius, square) of each class; its colour is its seg colour. Apparent radius
@@ -76,7 +79,9 @@ def _render(shapes: list[dict], t: int, cam: tuple[float, float, float], h: int,
   return rgb, depth, seg
 
 
-def _check_args(height: int, width: int, appearance: str) -> None:
+def _check_args(height: int, width: int, appearance: str, views: Sequence[str]) -> None:
+  if not 1 <= len(views) <= len(_CAMERAS):
+    raise ValueError(f"views must be 1 to {len(_CAMERAS)} camera names, got {tuple(views)}")
   if height % 2 or width % 2:
     raise ValueError(f"height and width must be even for yuv420p mp4, got {height}x{width}")
   if appearance not in APPEARANCES:
@@ -84,15 +89,16 @@ def _check_args(height: int, width: int, appearance: str) -> None:
 
 
 def write_sample(out_dir: str, index: int, frames: int = 16, height: int = 96, width: int = 160, fps: float = 16.0,
-                 seed: int = 0, appearance: str = "random") -> str:
-  """Writes sample `index` of the dataset of `seed` (videos, depth and seg, captions); returns its id."""
-  _check_args(height, width, appearance)
+                 seed: int = 0, appearance: str = "random", views: Sequence[str] = rig.AGIBOT.names) -> str:
+  """Writes sample `index` of the dataset of `seed` (videos, depth and seg, captions) for the cameras `views`;
+  returns its id."""
+  _check_args(height, width, appearance, views)
   sid = f"synthetic_{index:03d}"
   rng = np.random.default_rng([seed, index])
   shapes = _world(rng, int(rng.integers(3, 6)), appearance)
   prompt = (f"A synthetic tabletop scene in which {len(shapes)} coloured shapes drift and bounce "
-            f"slowly across a smoothly shaded background, seen by a head camera and two hand cameras.")
-  for view, cam in _CAMERAS.items():
+            f"slowly across a smoothly shaded background, seen by {_SEEN_BY[len(views) - 1]}.")
+  for view, cam in zip(views, _CAMERAS):
     rendered = [_render(shapes, t, cam, height, width) for t in range(frames)]
     for folder, k in (("videos", 0), (registry.control("depth").key, 1), (registry.control("seg").key, 2)):
       video.write_video(os.path.join(out_dir, folder, view, f"{sid}.mp4"), np.stack([r[k] for r in rendered]), fps)
@@ -104,8 +110,9 @@ def write_sample(out_dir: str, index: int, frames: int = 16, height: int = 96, w
 
 
 def write_example(out_dir: str, num_samples: int = 2, frames: int = 16, height: int = 96, width: int = 144,
-                  fps: float = 16.0, seed: int = 0, appearance: str = "random") -> list[str]:
-  """Writes the dataset (samples 0..num_samples-1, `write_sample`); returns the sample ids. Sizes must be even
-  (H.264 yuv420p)."""
-  _check_args(height, width, appearance)
-  return [write_sample(out_dir, n, frames, height, width, fps, seed, appearance) for n in range(num_samples)]
+                  fps: float = 16.0, seed: int = 0, appearance: str = "random",
+                  views: Sequence[str] = rig.AGIBOT.names) -> list[str]:
+  """Writes the dataset (samples 0..num_samples-1, `write_sample`) for the cameras `views` (1 to 3, e.g. a rig's
+  names); returns the sample ids. Sizes must be even (H.264 yuv420p)."""
+  _check_args(height, width, appearance, views)
+  return [write_sample(out_dir, n, frames, height, width, fps, seed, appearance, views) for n in range(num_samples)]

@@ -16,33 +16,17 @@ from __future__ import annotations
 import html
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from agibot_jax import utils
 from agibot_jax.sampling import video_out
 
 GRID_FRAMES = 4  # columns of a sample's frame grid: frames evenly spaced over the clip
 GRID_CELL_WIDTH = 256  # pixels of one frame in the grid
 VIDEO_NAMES = ("generated", "ground truth", "control")  # what agibot_jax.eval puts in a sample's grid, in order
-
-
-def write_atomic(path: str, data: str | bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder, so no reader sees half a file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not mkstemp's owner-only ones.
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRAMES,
@@ -65,14 +49,6 @@ def frame_grid(videos_VTHWC: Sequence[np.ndarray], *, num_frames: int = GRID_FRA
     return grid
   row_labels = [f"{view} {what}" for view in view_names for what in video_names[:len(videos_VTHWC)]]
   return video_out.label(grid[None], row_labels=row_labels, column_labels=[f"frame {t}" for t in frames])[0]
-
-
-def write_image(path: str, image_HWC: np.ndarray) -> None:
-  """Writes a uint8 RGB image (format from the extension: .png, .jpg) atomically."""
-  ok, encoded = cv2.imencode(os.path.splitext(path)[1], cv2.cvtColor(image_HWC, cv2.COLOR_RGB2BGR))
-  if not ok:
-    raise ValueError(f"{path}: OpenCV cannot encode this image format")
-  write_atomic(path, encoded.tobytes())
 
 
 def _table(values: Mapping[str, float], header: str) -> str:
@@ -103,6 +79,7 @@ def to_html(report: Mapping) -> str:
 def write_report(json_path: str, report: Mapping) -> str:
   """Writes the JSON at `json_path` and the HTML page beside it (same stem, .html); returns the HTML path."""
   html_path = os.path.splitext(json_path)[0] + ".html"
-  write_atomic(json_path, json.dumps(report, indent=2) + "\n")
-  write_atomic(html_path, to_html(report))
+  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+  utils.atomic_write(json_path, lambda f: f.write(json.dumps(report, indent=2) + "\n"), mode="w")
+  utils.atomic_write(html_path, lambda f: f.write(to_html(report)), mode="w")
   return html_path

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from agibot_jax import registry
+from agibot_jax import rig
 from agibot_jax.data import controls
 from agibot_jax.evaluation import metrics
 
@@ -130,7 +130,7 @@ def _as_views(name: str, video: np.ndarray) -> np.ndarray:
 
 def score_sample(control_type: str, generated_VTHWC: np.ndarray, control_VTHWC: np.ndarray,
                  ground_truth_VTHWC: np.ndarray | None = None, *, num_cond_frames: int, preset: str = "medium",
-                 views: Sequence[str] = registry.VIEW_NAMES) -> dict[str, float]:
+                 views: Sequence[str] = rig.AGIBOT.names) -> dict[str, float]:
   """Control adherence (and reconstruction, when the ground truth is given) of one generated sample.
 
   Args:
@@ -141,7 +141,7 @@ def score_sample(control_type: str, generated_VTHWC: np.ndarray, control_VTHWC: 
       are left out of every score (module docstring).
     preset: the inference preset the control was made with (controls.PRESETS); the generated video is mapped
       with it. A control drawn at random (training) has no preset: score samples of preset controls.
-    views: the V views' names (distinct, from registry.VIEW_NAMES), keys of the per-view scores.
+    views: the V views' names (distinct; the rig's cameras), keys of the per-view scores.
 
   Returns:
     {metric: mean over views} and {f"{metric}/{view}": value}, floats.
@@ -157,7 +157,9 @@ def score_sample(control_type: str, generated_VTHWC: np.ndarray, control_VTHWC: 
   shapes = {name: video.shape for name, video in videos.items()}
   if len(set(shapes.values())) != 1:
     raise ValueError(f"generated, control and ground-truth videos must have one shape, got {shapes}")
-  views = registry.check_views(views)
+  views = tuple(views)
+  if len(set(views)) != len(views) or not views:
+    raise ValueError(f"views must be distinct names, got {views}")
   num_views, num_frames = videos["generated"].shape[:2]
   if len(views) != num_views:
     raise ValueError(f"got {num_views} view(s) but {len(views)} view names {tuple(views)}: pass `views`")
@@ -198,7 +200,7 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
 
 def score_rows(control_type: str, generated_BVTHWC: np.ndarray, control_BVTHWC: np.ndarray,
                ground_truth_BVTHWC: np.ndarray | None = None, *, num_cond_frames: int, preset: str = "medium",
-               views: Sequence[str] = registry.VIEW_NAMES) -> list[dict[str, float]]:
+               views: Sequence[str] = rig.AGIBOT.names) -> list[dict[str, float]]:
   """`score_sample` of every batch item of float rows (B, V, T, H, W, 3) in [-1, 1].
 
   The ground truth is scored (psnr, ssim) only for a sample with clean frames (num_cond_frames > 0): without them
@@ -214,7 +216,7 @@ def score_rows(control_type: str, generated_BVTHWC: np.ndarray, control_BVTHWC: 
   return out
 
 
-def row_scorer(control_type: str, *, preset: str = "medium", views: Sequence[str] = registry.VIEW_NAMES
+def row_scorer(control_type: str, *, preset: str = "medium", views: Sequence[str] = rig.AGIBOT.names
                ) -> Callable[[np.ndarray, np.ndarray, np.ndarray, int], dict[str, float]]:
   """`score(generated, ground_truth, control, num_cond_frames) -> {metric: mean over views and batch items}` of
   float rows (B, V, T, H, W, 3) in [-1, 1] (`score_rows`), without the per-view entries."""

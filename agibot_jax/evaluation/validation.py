@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agibot_jax import logs
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline
 from agibot_jax.models import dit
 from agibot_jax.sampling import generate
@@ -77,8 +78,9 @@ def split_samples(config, train_samples: Sequence[layout.Sample], *,
     validated_weights(config)
   train_samples = list(train_samples)
   if val.dataset_dir:
-    held_out = layout.load_index(val.dataset_dir, tuple(ds.views), ds.control_input_type, int(ds.num_video_frames),
-                                 bool(ds.skip_invalid))
+    held_out = layout.load_index(val.dataset_dir, rig_lib.of_config(config), ds.control_input_type,
+                                 int(ds.num_video_frames), bool(ds.skip_invalid),
+                                 control_stretch=bool(ds.allow_control_stretch))
     if os.path.abspath(val.dataset_dir) == os.path.abspath(ds.dataset_dir or ""):
       log.warning("dataloader_val.dataset_dir is the training dataset: the validation samples are trained on")
   elif val.held_out_fraction > 0:

@@ -6,7 +6,11 @@ text encoder) go through `dot_product_attention`, so the kernel is chosen in one
 - "xla":   plain softmax(q kᵀ·scale) v with float32 logits and HIGHEST matmul precision;
            the exact path used for parity against the PyTorch reference.
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on
-           Hopper); needs bf16/fp16 inputs, so q, k, v are cast to `jnp.bfloat16`.
+           Hopper); needs bf16/fp16 inputs, so q, k, v are cast to `jnp.bfloat16`. Its training
+           path refuses odd sequence lengths (jax's `check_is_flash_attention`: "Unsupported
+           sequence length Q 15, KV 30", e.g. cross-view attention over 3x5 latent tokens per
+           frame), so an odd query or key length is padded by one token, masked by the kernel's
+           own sequence lengths (`query_seq_lengths`, `key_value_seq_lengths`) and cut off again.
 - "auto":  "cudnn" on GPU, else "xla".
 
 A `name` (a DiT call site) names the kernel's output and what it keeps for its backward, for the
@@ -61,24 +65,36 @@ def dot_product_attention(
     (batch, q_len, heads, head_dim) in q's dtype.
   """
   impl = resolve_implementation(implementation)
-  out_dtype = q_BQHK.dtype
+  out_dtype, q_len = q_BQHK.dtype, q_BQHK.shape[1]
   if impl == "cudnn":
     kernel = functools.partial(_cudnn_attention, is_causal=is_causal)
-    args = (*(t.astype(jnp.bfloat16) for t in (q_BQHK, k_BKHK, v_BKHK)),
-            None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32))
+    args = pad_to_even(*(t.astype(jnp.bfloat16) for t in (q_BQHK, k_BKHK, v_BKHK)),
+                       None if kv_lengths_B is None else kv_lengths_B.astype(jnp.int32))
     expected = _cudnn_residuals(args[0], args[2])
   else:
     kernel = functools.partial(_reference_attention, is_causal=is_causal)
     args, expected = (q_BQHK, k_BKHK, v_BKHK, kv_lengths_B), None
   if name is not None:
     kernel = remat.named_residuals(kernel, name, expected)
-  return kernel(*args).astype(out_dtype)
+  return kernel(*args)[:, :q_len].astype(out_dtype)
 
 
-def _cudnn_attention(q, k, v, kv_lengths, is_causal):
+def pad_to_even(q_BQHK, k_BKHK, v_BKHK, kv_lengths_B):
+  """(q, k, v, q_lengths, kv_lengths): q and k, v padded at the end to even lengths, with the lengths that mask the
+  padding (None when nothing is padded: the kernel then runs without a mask, as before)."""
+  b, q_len, kv_len = q_BQHK.shape[0], q_BQHK.shape[1], k_BKHK.shape[1]
+  if q_len % 2 == 0 and kv_len % 2 == 0:
+    return q_BQHK, k_BKHK, v_BKHK, None, kv_lengths_B
+  pad = lambda t: jnp.pad(t, ((0, 0), (0, t.shape[1] % 2), (0, 0), (0, 0)))
+  q_lengths = jnp.full((b,), q_len, jnp.int32)
+  kv_lengths = jnp.full((b,), kv_len, jnp.int32) if kv_lengths_B is None else kv_lengths_B
+  return pad(q_BQHK), pad(k_BKHK), pad(v_BKHK), q_lengths, kv_lengths
+
+
+def _cudnn_attention(q, k, v, q_lengths, kv_lengths, is_causal):
   """cuDNN flash attention on bf16 q, k, v (BTNH layout)."""
-  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_lengths, is_causal=is_causal,
-                                      implementation="cudnn")
+  return jax.nn.dot_product_attention(q, k, v, query_seq_lengths=q_lengths, key_value_seq_lengths=kv_lengths,
+                                      is_causal=is_causal, implementation="cudnn")
 
 
 def _cudnn_residuals(q_BQHK, v_BKHK) -> tuple[jax.ShapeDtypeStruct, ...]:

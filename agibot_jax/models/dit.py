@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from agibot_jax import registry, sharding
+from agibot_jax import rig, sharding
 from agibot_jax.models import remat
 from agibot_jax.models.attention import dot_product_attention
 
@@ -81,8 +81,8 @@ class DiTConfig:
   crossattn_proj_in_channels: int = 100352
   crossattn_emb_channels: int = 1024
   text_tokens_per_view: int = 512
-  n_cameras_emb: int = len(registry.VIEWS)
-  cross_view_attn_map: tuple[tuple[int, ...], ...] = registry.cross_view_attn_map()
+  n_cameras_emb: int = rig.VIEW_ROWS
+  cross_view_attn_map: tuple[tuple[int, ...], ...] = rig.AGIBOT.cross_view_attn_map()
   state_t: int = 24
   max_img_h: int = 240
   max_img_w: int = 240
@@ -164,8 +164,8 @@ class DiTConfig:
     if unsupported:
       raise ValueError(f"unsupported reference options {unsupported}; this port implements "
                        f"{ {k: REFERENCE_FIXED_OPTIONS[k] for k in unsupported} }")
-    ids = kwargs.get("camera_to_view_id", {v.name: v.view_id for v in registry.VIEWS.values()})
-    n_cam = int(kwargs.get("n_cameras_emb", len(registry.VIEWS)))
+    ids = kwargs.get("camera_to_view_id", dict(zip(rig.AGIBOT.names, rig.AGIBOT.view_ids)))
+    n_cam = int(kwargs.get("n_cameras_emb", rig.VIEW_ROWS))
     nbr_map = [()] * n_cam
     for cam, nbrs in kwargs.get("cross_view_attn_map_str", {}).items():
       nbr_map[ids[cam]] = tuple(ids[n] for n in nbrs)
@@ -398,9 +398,10 @@ def cross_view_neighbors(cfg: DiTConfig, view_ids_BV: Array) -> tuple[Array, Arr
   Neighbours come from `cross_view_attn_map` by view id; a neighbour missing from the sample gets
   position −1. Positions are sorted descending so that present neighbours form a prefix (the
   reference's order), which lets attention mask missing ones by a key length.
-  Returns (gather positions (B, V, K) int32 with missing ones clamped to 0, present count (B, V)).
+  Returns (gather positions (B, V, K) int32 with missing ones clamped to 0, present count (B, V)); K is at least 1,
+  so a rig whose cameras have no neighbours (one camera) attends to one absent slot, which gives exactly 0.
   """
-  k = max(len(n) for n in cfg.cross_view_attn_map)
+  k = max(1, *(len(n) for n in cfg.cross_view_attn_map))
   table = jnp.array([tuple(n) + (-1,) * (k - len(n)) for n in cfg.cross_view_attn_map], jnp.int32)
   nbr_ids_BVK = table[view_ids_BV]
   match_BVKV = (nbr_ids_BVK[..., None] == view_ids_BV[:, None, None, :]) & (nbr_ids_BVK[..., None] >= 0)

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from agibot_jax import rig as rig_lib
 from agibot_jax.models import dit
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.sampling import generate, video_out
@@ -42,8 +43,8 @@ class EveryNSample:
 
   Args:
     config: the run's config; reads `trainer.callbacks.every_n_sample` (every_n, guidance, num_cond_frames,
-      control_weights, num_sampling_step, fps; optional shift and seed, default 5.0 and 1) and the dataset's views
-      / control type.
+      control_weights, num_sampling_step, fps; optional shift and seed, default 5.0 and 1), the rig's cameras
+      (`config.rig`) and the control type.
     workdir: the run directory.
     dit_model, vae_model, vae_params: the networks (the DiT weights come from the state at each firing). The
       model batch already holds the text embeddings; the unconditional branch drops every view's text (the
@@ -62,8 +63,8 @@ class EveryNSample:
                                             (float(w) for w in cb.control_weights), (float(g) for g in cb.guidance)))
     self.score_fn = score_fn
     self.fps = int(cb.fps)
-    self.views = list(ds.views)
-    self.num_views = len(ds.views)
+    self.views = list(rig_lib.of_config(config).names)
+    self.num_views = len(self.views)
     self.control_key = f"control_input_{ds.control_input_type}"
     self.out_dir = os.path.join(workdir, "samples")
     self.tb_dir = os.path.join(workdir, "tensorboard")

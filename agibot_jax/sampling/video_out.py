@@ -26,7 +26,6 @@ import pathlib
 import cv2
 import numpy as np
 
-from agibot_jax import utils
 from agibot_jax import video_io as video
 
 MAX_VIDEO_WIDTH = 2048
@@ -151,10 +150,7 @@ def shrink_longer_side(image_HWC: np.ndarray, size: int) -> np.ndarray:
 def write_jpeg(path: str | os.PathLike, image_HWC: np.ndarray) -> None:
   """Writes a [0, 1] float RGB image as JPEG (quality 75, PIL's default), atomically."""
   image = np.clip(np.asarray(image_HWC, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
-  if not ok:
-    raise RuntimeError(f"{path}: could not encode JPEG")
-  utils.atomic_write(str(path), lambda f: f.write(encoded.tobytes()))
+  video.write_image(str(path), image, (cv2.IMWRITE_JPEG_QUALITY, 75))
 
 
 def save_sample_outputs(
@@ -169,7 +165,8 @@ def save_sample_outputs(
     row_labels: list[str] | None = None,
     view_names: list[str] | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `<file_base>.mp4` and `<file_base>_<n>frames.jpg` (module docstring) under out_dir.
+  """Writes `<file_base>.mp4` and `<file_base>_<n>frames.jpg` (module docstring) under out_dir, each atomically (a
+  temporary name, then renamed): an interrupted command leaves no half file under either name.
 
   Args:
     rows: decoded clips in [-1, 1], each (B, V, T, H, W, 3) or (V, T, H, W, 3), all the same shape.

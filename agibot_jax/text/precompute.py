@@ -12,8 +12,8 @@ from. Without one, a config that allows random weights (the `:tiny` configs) emb
 encoder its training run would build, so every step of the README can be tried without the 7B weights. The cache
 folder defaults to `config.dataloader_train.dataset.text_cache_dir`. The captions are those training reads: the
 dataset is validated as training does (agibot_jax/preflight.py), and each sample's per-view captions are built by
-`agibot_jax.registry.view_captions`. Captions already cached are skipped; the hand-view captions are the same for
-every sample and are computed once.
+the rig (`agibot_jax.rig.Rig.captions`, `config.rig`). Captions already cached are skipped; the captions of the
+cameras without the prompt are the same for every sample and are computed once.
 
 `--projected` stores the DiT's crossattn_proj applied to each embedding (1024-d, 98x smaller in bf16), in
 `model.precision`. The projection weights are cast to `model.precision` first, as the training state holds them, so
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from agibot_jax import assemble, cli, logs, params_io, preflight, registry
+from agibot_jax import assemble, cli, logs, params_io, preflight
+from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout
 from agibot_jax.text.cache import (TextEmbeddingCache, cache_meta, load_crossattn_proj, project_context,
                                    projection_fingerprint)
@@ -40,11 +41,11 @@ from agibot_jax.text.tokenize import NUM_TOKENS
 log = logging.getLogger(__name__)
 
 
-def dataset_captions(samples: Sequence[layout.Sample], views: Sequence[str]) -> list[str]:
-  """Every distinct per-view caption of validated `samples`, in sample then view order."""
+def dataset_captions(samples: Sequence[layout.Sample], rig: rig_lib.Rig) -> list[str]:
+  """Every distinct per-view caption of validated `samples` (the cameras of `rig`), in sample then view order."""
   captions: dict[str, None] = {}
   for sample in samples:
-    captions.update(dict.fromkeys(registry.view_captions(sample.prompt, tuple(views))))
+    captions.update(dict.fromkeys(rig.captions(sample.prompt)))
   return list(captions)
 
 
@@ -97,7 +98,7 @@ def main() -> int:
     raise cli.UsageError("--projected needs --crossattn_proj (a converted DiT checkpoint or an .npz)")
   config, samples = preflight.for_text_cache(f.config, cache_dir=cache_dir, text_encoder=f.text_encoder,
                                              crossattn_proj=f.crossattn_proj if f.projected else None)
-  captions = dataset_captions(samples, config.dataloader_train.dataset.views)
+  captions = dataset_captions(samples, rig_lib.of_config(config))
   if f.dry_run:
     cli.print_result({"dry_run": True, "captions": len(captions), "cache_dir": os.path.abspath(cache_dir)})
     return 0
@@ -139,4 +140,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("crossattn_proj", None, "with --projected: DiT checkpoint or .npz holding the projection")
   flags.DEFINE_integer("batch_size", 1, "captions per forward")
   flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "text encoder compute dtype")
-  cli.run(main, required=("config",), bad_input=preflight.USER_ERRORS)
+  # missing inputs, mismatched caches, a full disk: one line
+  cli.run(main, required=("config",), bad_input=(*preflight.USER_ERRORS, OSError, ValueError))

@@ -11,30 +11,36 @@ are removed. `checkpoints/` itself appears with the first save.
 
 What goes wrong is said in one line and never silently:
   - a save that fails (disk full) raises SaveError naming the step as soon as it is known (`Saver`), after its
-    unfinished `<step>.orbax-checkpoint-tmp*` directory is removed;
+    unfinished `<step>.orbax-checkpoint-tmp*` directory is removed; Orbax's own reports of the failure (its
+    threads', asyncio's, TensorStore's) are dropped (`quiet_async_failures`);
   - a checkpoint that does not restore is named (step, item directory, reason) and moved aside to
     `<step>.corrupt` (Orbax ignores it, and would not save a step older than the newest one it sees), and the
     next older one is tried; `checkpoint.strict_resume` stops instead (ResumeError);
-  - a checkpoint written with another model, control type, views or clip shape is refused, naming the keys;
-    other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared.
+  - a checkpoint written with another model, control type, rig, views or clip shape is refused, naming the keys;
+    other changed settings (optimizer, schedule, ...) are warned about; paths and loop lengths are not compared;
+  - read-only commands (sample, eval, convert.dit --export) read the newest checkpoint that restores in the same
+    way, but move nothing (`checkpoint_to_read`, `restore_weights`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import logging
 import os
+import pathlib
 import shutil
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 
 from agibot_jax import params_io
+from agibot_jax.models import lora
 
 from agibot_jax.training.state import TrainState
 
@@ -44,11 +50,12 @@ CORRUPT_SUFFIX = ".corrupt"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
 # Config keys (dotted prefixes) a checkpoint cannot be resumed across: they change the train state's shapes or
-# what the network learns to map from (control type, views, clip shape, VAE).
+# what the network learns to map from (control type, rig and views, clip shape, VAE).
 STRUCTURAL_KEYS = (
-    "control_type", "model.net.", "model.train_base", "model.precision", "model.hint_keys", "model.tokenizer.",
-    "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type", "dataloader_train.dataset.views",
-    "dataloader_train.dataset.resolution_hw", "dataloader_train.dataset.num_video_frames", "ema.enabled",
+    "control_type", "rig", "model.net.", "model.train_base", "model.lora.", "model.precision", "model.hint_keys",
+    "model.tokenizer.", "model.text_encoder.num_tokens", "dataloader_train.dataset.control_input_type",
+    "dataloader_train.dataset.views", "dataloader_train.dataset.resolution_hw",
+    "dataloader_train.dataset.num_video_frames", "ema.enabled",
 )
 # Keys free to change on resume: paths, loop lengths, checkpointing, logging and samples, parallelism, input
 # workers, and the network's memory/kernel settings (same weights, same results). Anything else that changed is
@@ -59,7 +66,8 @@ IGNORED_KEYS = (
     "dataloader_train.dataset.dataset_dir", "dataloader_train.dataset.text_cache_dir",
     "dataloader_train.dataset.latent_cache_dir", "dataloader_train.dataset.video_backend",
     "dataloader_train.dataset.skip_invalid", "dataloader_train.dataset.validate",
-    "dataloader_train.dataset.max_bad_samples", "model.allow_random_init", "model.tokenizer.path",
+    "dataloader_train.dataset.max_bad_samples", "dataloader_train.dataset.allow_control_stretch",
+    "model.allow_random_init", "model.tokenizer.path",
     "model.text_encoder.path", "model.text_encoder.tokenizer", "model.text_encoder.compute_online",
     "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs",
     "model.net.remat_sublayers", "model.net.mlp_chunks",
@@ -67,6 +75,8 @@ IGNORED_KEYS = (
 )
 # Under STRUCTURAL_KEYS but only numerics (compute precision): a change is warned about.
 PRECISION_KEYS = ("model.net.dtype", "model.tokenizer.dtype")
+# Keys newer than some checkpoints, and the value their absence means (what the older code did).
+ABSENT_MEANS = {"model.lora.rank": 0}
 
 
 class SaveError(RuntimeError):
@@ -121,6 +131,7 @@ class Saver:
 
   def __init__(self, manager: ocp.CheckpointManager, config, data_state: Callable[[], Any]):
     self.manager, self.config, self.data_state = manager, config, data_state
+    quiet_async_failures()
     self.pending: int | None = None  # the step whose save is in flight or not yet checked
     self.failed = False
 
@@ -185,7 +196,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if steps:
-    _drop_late_restore_callbacks()
+    quiet_async_failures()
   for step in steps:
     try:
       return _restore(manager, step, abstract_state, config)
@@ -199,11 +210,21 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState, c
   return None
 
 
-def _drop_late_restore_callbacks() -> None:
-  """When a restore fails, Orbax closes its asyncio loop while TensorStore still completes the other reads; each
-  completion then calls into the closed loop and Python prints a traceback ("Event loop is closed"), hundreds for a
-  train state, drowning the one line that names the failure. Those, and only those, are dropped from the process's
-  unraisable-exception hook (they arrive any time later, so the filter stays)."""
+_ORBAX_DIR = os.path.dirname(os.path.abspath(ocp.__file__))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+
+
+def quiet_async_failures() -> None:
+  """Keeps a failed asynchronous save or restore (a full disk, a damaged file) to the one line that names it.
+
+  Orbax raises the failure to its caller (Saver.wait, `_restore`, which name it in one line), but on the way its
+  machinery reports it dozens of times, each with a traceback: its threads log it (absl), the asyncio futures of the
+  other writes log "exception was never retrieved", and TensorStore, completing the other reads or writes after
+  Orbax closed its asyncio loop, calls into the closed loop, which Python reports as unraisable ("Event loop is
+  closed"). Those reports, and only those (log records whose exception was raised in Orbax or, for asyncio's, in a
+  native future: TensorStore's; the closed-loop calls), are dropped from then on (they arrive any time later, so the
+  filters stay).
+  """
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_callbacks", False):
     return
@@ -215,6 +236,18 @@ def _drop_late_restore_callbacks() -> None:
 
   hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_not_raised_in_orbax)
+
+
+def _not_raised_in_orbax(record: logging.LogRecord) -> bool:
+  error = record.exc_info[1] if record.exc_info else None
+  if error is None:
+    return True
+  frames = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)]
+  if record.name == "asyncio" and all(path.startswith(_ASYNCIO_DIR) for path in frames):
+    return False  # a failed native future's task (TensorStore's: this package awaits nothing itself)
+  return not any(path.startswith(_ORBAX_DIR) for path in [record.pathname, *frames])
 
 
 def _restore(manager, step: int, abstract_state, config) -> tuple[TrainState, Any]:
@@ -261,9 +294,10 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
   """(structural, other) changes from a checkpoint's config JSON to the current one, each "key: old -> new".
 
-  A key present on one side only (another version of the code) is never structural.
+  A key present on one side only (another version of the code) is never structural, unless ABSENT_MEANS says what
+  its absence means.
   """
-  old, new = _flatten(saved), _flatten(current)
+  old, new = {**ABSENT_MEANS, **_flatten(saved)}, {**ABSENT_MEANS, **_flatten(current)}
   structural, other = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
@@ -286,27 +320,115 @@ def check_resume_config(saved: dict, config, step: int) -> None:
     log.warning("resuming checkpoint %d with changed settings (the new values apply): %s", step, "; ".join(other))
 
 
+def _steps(directory: str) -> list[int]:
+  """The complete checkpoints under `directory`, newest first, listed without creating or changing anything."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory), reverse=True)
+
+
+def _read_item(directory: str, step: int, name: str, read: Callable[[str], Any]) -> Any:
+  """`read(<directory>/<step>/<name>)`, a failure raised as _Unrestorable naming the item and the reason."""
+  path = os.path.join(directory, str(step), name)
+  quiet_async_failures()
+  try:
+    return read(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _Unrestorable(f"checkpoint {step}: {path} does not restore ({_reason(e)})") from e
+
+
+def _read_config(directory: str, step: int) -> dict:
+  return _read_item(directory, step, "config", ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore)
+
+
+def _read_config_and_layout(directory: str, step: int) -> tuple[dict, Any]:
+  """(saved config JSON, the state's tree metadata) of checkpoint `step`: small reads that find most damage."""
+  config = _read_config(directory, step)
+  # The handler's metadata read raises the reason; the Checkpointer's logs it in a warning and returns None.
+  layout = _read_item(directory, step, "state",
+                      lambda path: ocp.PyTreeCheckpointHandler().metadata(pathlib.Path(path)).tree)
+  return config, layout
+
+
+_skipped_reported: set[str] = set()
+
+
+def _skip(error: _Unrestorable, older: list[int]) -> None:
+  """Names a checkpoint a read-only command skips (once per process), which it leaves where it is."""
+  message = f"{error}; {f'reading checkpoint {older[0]} instead' if older else 'no older checkpoint'} (it stays " \
+            "in place: this command only reads)"
+  if message not in _skipped_reported:
+    _skipped_reported.add(message)
+    log.warning("%s", message)
+
+
+def checkpoint_to_read(workdir: str) -> tuple[int, dict]:
+  """(step, the config saved with it) of the checkpoint a read-only command (sample, eval, convert.dit --export) of
+  a training run reads: the newest whose config and state layout read. Each newer one is named in one warning line
+  and left in place (training moves such a checkpoint aside; these commands only read). `restore_weights` then reads
+  its weights, going on to older checkpoints when its arrays do not read.
+
+  Raises FileNotFoundError when the run has no complete checkpoint, ResumeError when none reads.
+  """
+  directory = checkpoint_dir(workdir)
+  steps = _steps(directory)
+  for i, step in enumerate(steps):
+    try:
+      return step, _read_config_and_layout(directory, step)[0]
+    except _Unrestorable as e:
+      _skip(e, steps[i + 1:])
+  raise _none_reads(directory, steps)
+
+
+def saved_config(workdir: str) -> tuple[int, dict] | None:
+  """(step, config JSON) of a run's newest complete checkpoint, the one training resumes from; None without one, or
+  when its config does not read (training then names it and moves it aside: `restore_latest`)."""
+  directory = checkpoint_dir(workdir)
+  steps = _steps(directory)
+  if not steps:
+    return None
+  try:
+    return steps[0], _read_config(directory, steps[0])
+  except _Unrestorable:
+    return None
+
+
+def _none_reads(directory: str, steps: list[int]) -> Exception:
+  if not steps:
+    return FileNotFoundError(f"{directory}: no complete checkpoint")
+  return ResumeError(f"{directory}: none of the checkpoints {steps} restores")
+
+
 def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True) -> tuple[int, Any]:
-  """(step, full DiT params) of the newest complete checkpoint of a run, reading only the weights.
+  """(step, full DiT params) of the newest checkpoint of a run whose weights restore, reading only the weights.
 
   The frozen base and either the EMA (`use_ema`) or the regular trainable branch are restored, in their stored
-  dtypes, into `param_shardings` (a sharding per parameter path); the optimizer state is not read.
+  dtypes, into `param_shardings` (a sharding per parameter path; LoRA adapters are placed like their kernel and
+  merged into it with the checkpoint's own `model.lora`); the optimizer state is not read. A checkpoint that does
+  not restore is named in one warning line and the next older one is read; nothing is moved (`checkpoint_to_read`).
+  Raises FileNotFoundError / ResumeError when there is none / none restores.
   """
+  directory = checkpoint_dir(workdir)
+  steps = _steps(directory)
+  for i, step in enumerate(steps):
+    try:
+      return step, _read_weights(directory, step, param_shardings, use_ema)
+    except _Unrestorable as e:
+      _skip(e, steps[i + 1:])
+  raise _none_reads(directory, steps)
+
+
+def _read_weights(directory: str, step: int, param_shardings: Any, use_ema: bool) -> Any:
   from flax import traverse_util
 
-  directory = checkpoint_dir(workdir)
-  with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no complete checkpoint")
-  path = os.path.join(directory, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  # The item's own metadata: the checkpointer's would look for a step's metadata file inside the item and warn.
-  stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree
+  saved, stored = _read_config_and_layout(directory, step)
   branch = "ema" if use_ema else "trainable"
   if not stored.get(branch):
     raise ValueError(f"{directory}: the run kept no EMA (ema.enabled=False); use the regular weights (--no_ema)")
   by_path = traverse_util.flatten_dict(param_shardings)
+  for key, m in traverse_util.flatten_dict(stored[branch]).items():
+    if key[-1] in (lora.A, lora.B):
+      by_path[key] = _adapter_sharding(by_path[key[:-1] + (lora.KERNEL,)], key[-1], len(m.shape))
   target, restore_args = {}, {}
   for part in ("frozen", branch):
     flat = traverse_util.flatten_dict(stored[part])
@@ -314,20 +436,15 @@ def restore_weights(workdir: str, param_shardings: Any, *, use_ema: bool = True)
         {k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=by_path[k]) for k, m in flat.items()})
     restore_args[part] = traverse_util.unflatten_dict(
         {k: ocp.ArrayRestoreArgs(sharding=by_path[k], dtype=m.dtype) for k, m in flat.items()})
-  out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                               partial_restore=True))
+  args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+  out = _read_item(directory, step, "state", lambda path: ocp.PyTreeCheckpointer().restore(path, args=args))
   flat = traverse_util.flatten_dict(out["frozen"])
   flat.update(traverse_util.flatten_dict(out[branch]))
-  return step, traverse_util.unflatten_dict(flat)
+  params = lora.merged(traverse_util.unflatten_dict(flat), lora.LoraConfig.from_config(saved["model"]).scale)
+  return jax.device_put(params, param_shardings)  # merged kernels placed as the network's
 
 
-def saved_config(workdir: str) -> tuple[int, dict] | None:
-  """(step, config JSON) of a run's newest complete checkpoint (the one `restore_weights` reads), None without one."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return None
-  with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+def _adapter_sharding(kernel: jax.sharding.NamedSharding, name: str, ndim: int) -> jax.sharding.NamedSharding:
+  """A LoRA adapter's sharding from its kernel's (`lora.adapter_axes`)."""
+  spec = tuple(kernel.spec) + (None,) * (ndim - len(kernel.spec))
+  return jax.sharding.NamedSharding(kernel.mesh, jax.sharding.PartitionSpec(*lora.adapter_axes(spec, name)))

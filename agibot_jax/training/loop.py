@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -39,7 +40,7 @@ import jax
 import numpy as np
 from tqdm import tqdm as tqdm_bar
 
-from agibot_jax import flops, logs
+from agibot_jax import flops, logs, utils
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,21 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsLog:
   """TensorBoard scalars under `<workdir>/tensorboard` and `<workdir>/metrics.jsonl`, written by process 0.
 
-  metrics.jsonl holds one JSON object per logged step ({"step": n, "loss": ..., ...}), appended across
-  restarts: a run resumed from an earlier checkpoint logs some steps again, and the last line of a step wins.
+  metrics.jsonl holds one JSON object per logged step ({"step": n, "loss": ..., ...}; validation steps add one with
+  the validation metrics), appended across restarts. A run that starts at step `start` (resumed from that
+  checkpoint, or 0) first drops what an abandoned run logged after it: the rows of metrics.jsonl (the file
+  rewritten atomically) and, through TensorBoard's purge step, its events. So every step is logged by one run.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start: int = 0):
     from tensorboardX import SummaryWriter
 
     main = jax.process_index() == 0
-    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if main else None
-    self.jsonl = open(os.path.join(workdir, METRICS_FILE), "a") if main else None
+    path = os.path.join(workdir, METRICS_FILE)
+    if main:
+      drop_rows_after(path, start)
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start + 1) if main else None
+    self.jsonl = open(path, "a") if main else None
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if self.writer is None:
@@ -73,6 +79,18 @@ class MetricsLog:
     if self.writer is not None:
       self.writer.close()
       self.jsonl.close()
+
+
+def drop_rows_after(path: str, step: int) -> None:
+  """Rewrites the metrics file `path` (atomically) without its rows of steps after `step`, if it has any."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  # A line cut short by a kill ends without a newline: dropped with the rest of the abandoned run.
+  kept = [ln for ln in lines if ln.endswith("\n") and json.loads(ln)["step"] <= step]
+  if len(kept) < len(lines):
+    utils.atomic_write(path, lambda f: f.writelines(kept), mode="w")
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
@@ -139,6 +157,11 @@ class StopSignals:
 
   The loop finishes the step in flight, writes its checkpoint and raises `Stopped` with `exit_code` 128 + signum
   (143 for SIGTERM, 130 for SIGINT). A second signal exits the process at once, without saving.
+
+  Python runs a signal's handler in the main thread between two bytecodes, so while a step runs in native code
+  (XLA) two signals become one call of the handler. The second is counted instead where each delivery is seen:
+  Python writes every signal's number to the wakeup file descriptor (`signal.set_wakeup_fd`), which a thread
+  reads, exiting the process at the second SIGTERM or SIGINT.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -146,15 +169,32 @@ class StopSignals:
   def __init__(self):
     self.signum: int | None = None
     self._previous: dict[int, Any] = {}
+    self._previous_wakeup_fd = -1
+    self._wakeup_fd = -1
 
   def __enter__(self) -> "StopSignals":
     for signum in self.SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
+    read_fd, self._wakeup_fd = os.pipe()
+    os.set_blocking(self._wakeup_fd, False)
+    self._previous_wakeup_fd = signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
+    threading.Thread(target=self._count_deliveries, args=(read_fd,), name="stop-signals", daemon=True).start()
     return self
 
   def __exit__(self, *exc) -> None:
+    signal.set_wakeup_fd(self._previous_wakeup_fd)
+    os.close(self._wakeup_fd)  # the counting thread reads the end of the pipe and stops
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+
+  def _count_deliveries(self, read_fd: int) -> None:
+    seen = 0
+    with os.fdopen(read_fd, "rb", buffering=0) as deliveries:
+      while data := deliveries.read(64):
+        for signum in data:
+          seen += signum in self.SIGNALS
+          if seen == 2:
+            _exit_at_once(signum)
 
   def requested(self) -> bool:
     """Whether to stop now. Processes of a multi-process run first agree (one small collective, which waits for
@@ -180,12 +220,16 @@ class StopSignals:
   def _handle(self, signum, frame) -> None:
     del frame
     if self.signum is not None:
-      sys.stderr.write(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint\n")
-      sys.stderr.flush()
-      os._exit(128 + signum)  # pylint: disable=protected-access
+      _exit_at_once(signum)
     self.signum = signum
     log.warning("%s: finishing the current step and writing a checkpoint, then stopping (send it again to exit at "
                 "once)", self.name)
+
+
+def _exit_at_once(signum: int) -> None:
+  sys.stderr.write(f"{signal.Signals(signum).name} again: exiting now, without a checkpoint\n")
+  sys.stderr.flush()
+  os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 class NonfiniteWatch:

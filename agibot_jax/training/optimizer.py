@@ -2,7 +2,8 @@
 
 - Only the control branch trains (`model.train_base=False`): the parameter tree is *partitioned*
   into a trainable and a frozen tree, so the frozen base never enters the optimizer (no Adam
-  moments, no weight decay, no gradient).
+  moments, no weight decay, no gradient). With `model.lora.rank` > 0 the control blocks' kernels
+  are frozen too and their LoRA adapters train (models/lora.py).
 - Trainable parameters are float32 masters; the frozen base may be kept in bf16.
 - AdamW b1 0.9, b2 0.99, eps 1e-8, decoupled weight decay 0.1 on *every* trainable tensor
   (biases and norm gains too), learning rate lr · LambdaLinear(step).
@@ -30,12 +31,14 @@ PathPredicate = Callable[[tuple[str, ...]], bool]
 
 
 def trainable_predicate(config) -> PathPredicate:
-  """Which parameter paths train: all but buffers with `model.train_base`, else the control branch."""
-  from agibot_jax.models import dit
+  """Which parameter paths train: all but buffers with `model.train_base`; with `model.lora.rank` > 0 the control
+  blocks' adapters and `model.lora.train_in_full` (models/lora.py); else the control branch."""
+  from agibot_jax.models import dit, lora
 
   if config.model.train_base:
     return lambda path: str(path[0]) not in dit.BUFFER_GROUPS
-  return dit.is_trainable
+  lora_cfg = lora.LoraConfig.from_config(config.model)
+  return lora_cfg.is_trainable if lora_cfg.rank else dit.is_trainable
 
 
 def partition_params(params: Params, is_trainable: PathPredicate) -> tuple[Params, Params]:

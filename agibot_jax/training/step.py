@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agibot_jax.models import dit
+from agibot_jax import rig as rig_lib
+from agibot_jax.models import dit, lora
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import objective
 from agibot_jax.training import optimizer as optim
@@ -42,7 +43,7 @@ class StepConfig:
   @classmethod
   def from_config(cls, config) -> "StepConfig":
     return cls(objective.ObjectiveConfig.from_config(config), float(config.optimizer.clip_norm),
-               int(config.trainer.grad_accum_iter), len(config.dataloader_train.dataset.views))
+               int(config.trainer.grad_accum_iter), len(rig_lib.of_config(config).cameras))
 
 
 def network_fn(model: dit.MultiViewControlDiT, params, batch: dict[str, Any],
@@ -57,13 +58,18 @@ def network_fn(model: dit.MultiViewControlDiT, params, batch: dict[str, Any],
 
 
 def make_loss_fn(model: dit.MultiViewControlDiT, config):
-  """`loss_fn(trainable, frozen, micro) -> (loss, ())` for one (micro-)batch carrying its PRNG key at "key"."""
+  """`loss_fn(trainable, frozen, micro) -> (loss, ())` for one (micro-)batch carrying its PRNG key at "key".
+
+  LoRA adapters in `trainable` are merged into their frozen kernels here, so their gradients come through the
+  effective kernels W + (alpha/rank)·A@B (models/lora.py).
+  """
   step_cfg = StepConfig.from_config(config)
   compute_dtype = jnp.dtype(model.cfg.dtype)
   control_weight = float(config.model.control_weight)
+  lora_scale = lora.LoraConfig.from_config(config.model).scale
 
   def loss_fn(trainable, frozen, micro):
-    apply_fn = network_fn(model, optim.merge_params(trainable, frozen), micro, control_weight)
+    apply_fn = network_fn(model, lora.merged(optim.merge_params(trainable, frozen), lora_scale), micro, control_weight)
     draws = objective.sample_draws(micro["key"], step_cfg.objective, micro["x0_BTHWC"].shape, step_cfg.num_views)
     loss, _ = objective.rectified_flow_loss(apply_fn, micro["x0_BTHWC"], micro["crossattn_emb_BMC"], draws,
                                             num_views=step_cfg.num_views, compute_dtype=compute_dtype)

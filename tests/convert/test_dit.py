@@ -2,6 +2,7 @@
 rejections, sources, the CLI."""
 
 import json
+import os
 
 import ml_dtypes
 import numpy as np
@@ -223,15 +224,20 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
   from agibot_jax.training.state import new_state
   from convert import torch_io
 
+  from tests.training.lora_setup import random_params
+
   config = edge.get_config("tiny")
   config.checkpoint.async_save = False
   cfg = dit.DiTConfig.from_config(config.model.net)
-  params = dit.init_params(cfg, jax.random.key(0))
+  params = random_params(cfg)  # the weights' values do not matter here, and an eager init takes ~40 s
   tx = optim.make_optimizer(config)
   state = new_state(params, config, tx, ema_lib.PowerEMA.from_config(config), 0)
   state = state.replace(ema=jax.tree.map(lambda e: e + 1.0, state.ema))  # make EMA and live weights differ
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     checkpointing.save(manager, state, {}, config)
+    checkpointing.save(manager, state.replace(step=state.step + 5), {}, config)
+  # Issue 33 row 1: the newest checkpoint does not restore: the older one is exported, and nothing is moved.
+  os.remove(tmp_path / "checkpoints" / "5" / "state" / "manifest.ocdbt")
   caplog.set_level("INFO")
   for use_ema, branch in ((True, state.ema), (False, state.trainable)):
     out = tmp_path / f"export_{use_ema}.pt"
@@ -243,3 +249,38 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
     np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.control_blocks.1.after_proj.weight"]), want)
     np.testing.assert_array_equal(torch_io.tensor_to_numpy(sd["net.blocks.2.mlp.layer1.weight"]),
                                   np.asarray(params["blocks"]["mlp_layer1"]["kernel"][2]).T)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "5"]
+
+
+def test_export_and_sampling_of_a_lora_run_merge_the_adapters(tmp_path, torch_mod):
+  """Issue 30: a LoRA checkpoint exports (and restores for sampling) plain kernels W + (alpha/r)·A@B under the
+  reference's key names, from the EMA adapters or the regular ones. The slow run trains and round-trips one
+  (tests/training/test_train.py)."""
+  import jax
+  from configs import edge
+
+  from agibot_jax import sharding
+  from agibot_jax.training import checkpointing
+  from convert import torch_io
+  from tests.training.lora_setup import abstract_params, lora_state
+
+  config = edge.get_config("tiny")
+  config.checkpoint.async_save = False
+  config.model.lora.rank, config.model.lora.alpha = 4, 8.0
+  state = lora_state(config)
+  with checkpointing.make_manager(str(tmp_path), config) as manager:
+    checkpointing.save(manager, state, {}, config)
+  replicated = jax.sharding.NamedSharding(sharding.make_mesh(1, 1, 1), jax.sharding.PartitionSpec())
+  shardings = jax.tree.map(lambda _: replicated, abstract_params(dit.DiTConfig.from_config(config.model.net)))
+  w = np.asarray(state.frozen["control_blocks"]["mlp_layer2"]["kernel"][1])
+  for use_ema, branch in ((True, state.ema), (False, state.trainable)):
+    adapters = branch["control_blocks"]["mlp_layer2"]
+    want = w + 2.0 * np.asarray(adapters["lora_a"][1]) @ np.asarray(adapters["lora_b"][1])
+    out = tmp_path / f"export_{use_ema}.pt"
+    convert_dit.export(str(tmp_path), str(out), ema=use_ema)
+    sd = torch_mod.load(out, weights_only=True)
+    exported = torch_io.tensor_to_numpy(sd["net.control_blocks.1.mlp.layer2.weight"]).T
+    np.testing.assert_allclose(exported, want, rtol=1e-6, atol=1e-6)
+    assert not any("lora_a" in k or "lora_b" in k for k in sd)
+    _, sampled = checkpointing.restore_weights(str(tmp_path), shardings, use_ema=use_ema)
+    np.testing.assert_array_equal(np.asarray(sampled["control_blocks"]["mlp_layer2"]["kernel"][1]), exported)

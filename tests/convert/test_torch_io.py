@@ -118,6 +118,30 @@ def _pt_with_unknown_type(tmp_path):
   return tmp_path / "c.pt", tmp_path / "c.pt", "weights_only=True"
 
 
+def _pt_with_damaged_tensor_bytes(tmp_path):
+  """Issue 33 row 4: torch.load(mmap=True) checks no CRC, so convert.dit exited 0 with wrong weights."""
+  import zipfile
+
+  torch.save({"w": torch.randn(256, 256)}, tmp_path / "m.pt")
+  with zipfile.ZipFile(tmp_path / "m.pt") as archive:
+    entry = archive.getinfo("m/data/0")
+  data = bytearray((tmp_path / "m.pt").read_bytes())
+  data[entry.header_offset + 30 + len(entry.filename) + len(entry.extra) + 1000] ^= 0xFF  # a byte of the tensor
+  (tmp_path / "m.pt").write_bytes(bytes(data))
+  torch.load(tmp_path / "m.pt", mmap=True, weights_only=True)  # what was used: reads it without a word
+  return tmp_path / "m.pt", tmp_path / "m.pt", "entry m/data/0 is damaged (Bad CRC-32"
+
+
+def _extended_safetensors(tmp_path):
+  from safetensors.torch import save_file
+
+  save_file({"w": torch.randn(64, 64)}, str(tmp_path / "m.safetensors"))
+  size = (tmp_path / "m.safetensors").stat().st_size
+  with open(tmp_path / "m.safetensors", "ab") as f:
+    f.write(bytes(8))
+  return tmp_path / "m.safetensors", tmp_path / "m.safetensors", f"{size + 8} bytes, but its header describes {size}"
+
+
 def _missing_file(tmp_path):
   return tmp_path / "absent.pt", tmp_path / "absent.pt", "not found"
 
@@ -174,8 +198,8 @@ def _dcp_with_truncated_data(tmp_path):
 
 
 @pytest.mark.parametrize("case", [
-    _not_a_checkpoint, _truncated_pt, _pt_not_a_state_dict, _pt_with_unknown_type, _missing_file,
-    _truncated_safetensors, _index_names_a_missing_shard, _index_lists_a_tensor_its_shard_lacks, _empty_dir,
+    _not_a_checkpoint, _truncated_pt, _pt_with_damaged_tensor_bytes, _pt_not_a_state_dict, _pt_with_unknown_type,
+    _missing_file, _truncated_safetensors, _extended_safetensors, _index_names_a_missing_shard, _index_lists_a_tensor_its_shard_lacks, _empty_dir,
     _dcp_without_metadata, _dcp_with_garbage_metadata, _dcp_with_truncated_data,
 ], ids=lambda f: f.__name__.strip("_"))
 def test_an_unreadable_input_is_one_line_naming_the_file(tmp_path, case):
@@ -199,3 +223,30 @@ def test_missing_torch_is_one_line_with_the_cpu_install(monkeypatch):
     torch_io.require_torch()
   assert str(err.value) == torch_io.TORCH_MISSING and "\n" not in str(err.value)
   assert "reading or writing" in str(err.value) and "--index-url https://download.pytorch.org/whl/cpu" in str(err.value)
+
+
+def test_a_hub_file_is_checked_against_the_hubs_sha256(tmp_path, monkeypatch):
+  """Issue 33 row 4: `hf://` files are compared with the sha256 the Hub gave (their cache blob's name), offline."""
+  import hashlib
+
+  import huggingface_hub.constants as constants
+
+  content = b"weights" * 1000
+  sha = hashlib.sha256(content).hexdigest()
+  repo = tmp_path / "hub" / "models--nvidia--Cosmos-Experimental"
+  (repo / "blobs").mkdir(parents=True)
+  (repo / "blobs" / sha).write_bytes(content)
+  snapshot = repo / "snapshots" / ("a" * 40) / "uuid-1234"
+  snapshot.mkdir(parents=True)
+  (snapshot / "model_ema_bf16.pt").symlink_to(repo / "blobs" / sha)
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text("a" * 40)
+  for name, value in (("HF_HUB_CACHE", str(tmp_path / "hub")), ("HF_HUB_OFFLINE", True)):
+    monkeypatch.setattr(constants, name, value)
+  src = "hf://nvidia/Cosmos-Experimental/uuid-1234/model_ema_bf16.pt"
+  assert pathlib.Path(torch_io.resolve_source(src)).read_bytes() == content
+  (repo / "blobs" / sha).write_bytes(content[:-1] + b"x")  # damaged in the cache
+  with pytest.raises(torch_io.CheckpointError) as e:
+    torch_io.resolve_source(src)
+  assert str(e.value).startswith(f"{src}: the cached file {repo / 'blobs' / sha} has sha256 ")
+  assert f"but the Hub gave {sha} for it" in str(e.value) and "\n" not in str(e.value)

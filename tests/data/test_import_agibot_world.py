@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 from tests.data.agibot_world import conftest
 
@@ -31,3 +32,32 @@ def test_import_then_refusals(tmp_path):
   rerun = _run(src, dst, "--clip_frames=9")
   assert rerun.returncode == 2 and "other settings (aspect='crop')" in rerun.stderr
   assert _run(src).returncode == 1  # usage: SRC and DST
+
+
+def test_every_episode_skipped_exits_2_in_one_line(monkeypatch, capsys):
+  from agibot_jax.data import import_agibot_world
+  from agibot_jax.data.agibot_world import importer, source
+
+  skip = source.Skip("327", "648642", "/src/observations/327/648642", "9 frames, fewer than --clip_frames=93")
+  monkeypatch.setattr(importer, "run", lambda settings, progress: importer.Summary("raw", 0, 0, 0, (skip,)))
+  assert import_agibot_world.run_import(types.SimpleNamespace(src="/src", dst="/dst")) == 2
+  out, err = capsys.readouterr()
+  assert out == "" and err.count("\n") == 1, err
+  assert err.startswith("REFUSED nothing imported from /src: 1 item(s) skipped (reasons in /dst/manifest.json); "
+                        "the first: 327_648642: /src/observations/327/648642: 9 frames"), err
+
+
+def test_a_full_destination_fails_in_one_line(monkeypatch, capsys):
+  """Issue 33 (a full disk, tried once): an OSError traceback after empty clips were left as complete ones
+  (those: tests/test_video_io.py)."""
+  from agibot_jax.data import import_agibot_world
+  from agibot_jax.data.agibot_world import importer
+
+  def disk_full(settings, progress):
+    raise OSError(28, "No space left on device", "/dst/manifest.json")
+
+  monkeypatch.setattr(importer, "run", disk_full)
+  assert import_agibot_world.run_import(types.SimpleNamespace(src="/src", dst="/dst")) == 1
+  err = capsys.readouterr().err
+  assert err == ("FAILED writing /dst: [Errno 28] No space left on device: '/dst/manifest.json' (the clips completed "
+                 "are kept: rerun to resume)\n")

@@ -47,6 +47,25 @@ def test_valid_dataset_exit_0_with_summary(capsys, synthetic_dir, control_type):
   assert "resolution HxW: 64x96" in text and "fps:            16" in text
 
 
+def test_summary_and_problems_name_the_rig(capsys, synthetic_dir):
+  code, text = _inspect(capsys, "seg", synthetic_dir, views=("hand_right", "head_color"))
+  assert code == 0, text
+  assert "rig:            agibot (hand_right=2, head_color=0) (camera=view row)" in text
+  assert "not read:       hand_left (camera folders of the dataset the run does not read)" in text
+  code = inspect.run(tiny_config("seg", synthetic_dir, views=("hand_middle",)))
+  err = capsys.readouterr().err
+  assert code == inspect.EXIT_PROBLEMS and err.count("\n") == 1
+  assert err.startswith("INVALID dataloader_train.dataset.views=('hand_middle',): must be distinct cameras of rig "
+                        "agibot")
+  config = tiny_config("seg", synthetic_dir)
+  config.rig = [{"name": "wrist", "caption_prefix": "From the wrist."}]
+  code = inspect.run(config)
+  text = capsys.readouterr().err
+  _assert_problem(code, text, synthetic_dir / "videos" / "wrist",
+                  "folder missing (camera wrist of rig custom); the dataset has camera folder(s) hand_left, "
+                  "hand_right, head_color, which rig custom (wrist=0) lacks")
+
+
 def test_cli_subprocess_exit_codes_and_preview(synthetic_dir, tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   base_cmd = [sys.executable, "-m", "agibot_jax.data.inspect", "--config", "configs/seg.py:tiny"]
@@ -130,6 +149,31 @@ def test_control_differs_from_rgb(capsys, synthetic_copy, mismatch):
   path = synthetic_copy / "control_input_depth/head_color/synthetic_000.mp4"
   _write(path, **mismatch)
   _assert_problem(*_inspect(capsys, "depth", synthetic_copy), path, "control video has")
+
+
+def _write_hw(path, height, width):
+  frames = np.random.default_rng(0).integers(0, 256, (FRAMES, height, width, 3), dtype=np.uint8)
+  video.write_video(str(path), frames, 16.0)
+
+
+def test_control_of_another_aspect_is_refused_unless_intended(capsys, caplog, synthetic_copy):
+  """Issue 33 row 5: resized to the training resolution, a 48x64 control and its 48x80 video no longer line up."""
+  path = synthetic_copy / "control_input_depth/hand_left/synthetic_001.mp4"
+  _write_hw(path, 48, 64)
+  _assert_problem(*_inspect(capsys, "depth", synthetic_copy), path,
+                  "control video is 48x64 (W/H 1.33) but its RGB video")
+  code, text = _inspect(capsys, "depth", synthetic_copy, allow_control_stretch=True)
+  assert code == 0, text
+  assert f"{path} 48x64 (W/H 1.33) vs 48x80 (W/H 1.67)" in caplog.text
+
+
+def test_control_of_another_size_same_aspect_is_named(capsys, caplog, synthetic_copy):
+  path = synthetic_copy / "control_input_seg/head_color/synthetic_000.mp4"
+  _write_hw(path, 24, 40)
+  code, text = _inspect(capsys, "seg", synthetic_copy)
+  assert code == 0, text
+  assert (f"1 control video(s) of another size than their RGB video, each resized to the training resolution by "
+          f"itself: {path} 24x40 (W/H 1.67) vs 48x80 (W/H 1.67)") in caplog.text
 
 
 def test_empty_dataset(capsys, tmp_path):

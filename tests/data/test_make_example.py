@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import registry, rig
 from agibot_jax import video_io as video
 from agibot_jax.data import layout, pipeline, synthetic
 from configs import base
@@ -21,7 +21,7 @@ def test_default_dataset_valid_for_all_tiny_configs(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "wrote 2 samples x 3 views" in result.stderr
   for folder in ("videos", "control_input_depth", "control_input_seg"):
-    for view in registry.VIEW_NAMES:
+    for view in rig.AGIBOT.names:
       assert sorted(p.name for p in (tmp_path / folder / view).iterdir()) == ["synthetic_000.mp4",
                                                                                 "synthetic_001.mp4"]
       info = video.probe(str(tmp_path / folder / view / "synthetic_000.mp4"))
@@ -29,11 +29,11 @@ def test_default_dataset_valid_for_all_tiny_configs(tmp_path):
   caption = json.loads((tmp_path / "captions/hand_left/synthetic_001.json").read_text())["caption"]
   assert caption.startswith("A synthetic tabletop scene")
   for control_type in registry.control_types():  # tiny configs need 9 frames
-    samples, problems = layout.scan(str(tmp_path), registry.VIEW_NAMES, control_type, 9)
+    samples, problems = layout.scan(str(tmp_path), rig.AGIBOT, control_type, 9)
     assert problems == [] and len(samples) == 2
     # Issue 31, item 4: the tiny configs' aspect ratio, so checking the example warns about no stretched view.
     tiny_hw = base.get_config(control_type, "tiny").dataloader_train.dataset.resolution_hw
-    assert layout.aspect_mismatches(samples, registry.VIEW_NAMES, tiny_hw) == {}
+    assert layout.aspect_mismatches(samples, rig.AGIBOT.names, tiny_hw) == {}
   assert json.loads(result.stdout.strip().splitlines()[-1])["samples"] == ["synthetic_000", "synthetic_001"]
 
 
@@ -52,7 +52,7 @@ def _views(seed: int, appearance: str, t: int = 3, h: int = 48, w: int = 80):
   """(rgb, depth, seg) uint8 (V, H, W, 3) of the world of `seed` at time t, every camera."""
   rng = np.random.default_rng([seed, 0])
   shapes = synthetic._world(rng, int(rng.integers(3, 6)), appearance)
-  frames = [synthetic._render(shapes, t, cam, h, w) for cam in synthetic._CAMERAS.values()]
+  frames = [synthetic._render(shapes, t, cam, h, w) for cam in synthetic._CAMERAS]
   return tuple(np.stack(maps) for maps in zip(*frames))
 
 
@@ -82,7 +82,7 @@ def test_random_appearance_the_seg_map_does_not():
 
 def test_control_appearance_dataset_is_valid(tmp_path):
   ids = synthetic.write_example(str(tmp_path), num_samples=1, frames=9, height=48, width=80, appearance="control")
-  samples, problems = layout.scan(str(tmp_path), registry.VIEW_NAMES, "seg", 9)
+  samples, problems = layout.scan(str(tmp_path), rig.AGIBOT, "seg", 9)
   assert problems == [] and [s.sample_id for s in samples] == ids
   with pytest.raises(ValueError, match="appearance must be one of"):
     synthetic.write_example(str(tmp_path), appearance="painted")

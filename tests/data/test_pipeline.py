@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import rig
 from agibot_jax import video_io as video
-from agibot_jax.data import controls, layout, pipeline, resize
+from agibot_jax.data import controls, layout, pipeline, resize, synthetic
 from tests.data.conftest import corrupt_mid_stream, tiny_config
 
 VIEWS = ("head_color", "hand_left", "hand_right")
@@ -50,7 +50,7 @@ def test_night_3view_sample(data_dir, control_type):
   np.testing.assert_array_equal(s["view_indices"], [0] * t + [1] * t + [2] * t)
   assert s["view_indices"].dtype == np.int64
   prompt = json.loads((root / "captions/head_color/night_000.json").read_text())["caption"]
-  assert s["ai_caption"] == registry.view_captions(prompt, VIEWS)
+  assert s["ai_caption"] == rig.AGIBOT.captions(prompt)
   assert s["fps"] == 30.0 and s["__key__"] == "night_000"
   assert s["padding_mask"].shape == (1, 72, 128) and s["padding_mask"].dtype == np.float32
   assert not s["padding_mask"].any()
@@ -126,6 +126,49 @@ def test_batch_layout(synthetic_dir):
   assert len(b["ai_caption"]) == 2 and all(len(c) == 3 and all(isinstance(x, str) for x in c)
                                            for c in b["ai_caption"])
   assert b["camera_keys_selection"] == [list(VIEWS)] * 2
+
+
+def _decoded(root, folder, views, sid, t, hw):
+  """(3, V·T, H, W): the files of `views` decoded and resized independently of the loader, views major along time."""
+  frames = [resize.resize_uint8(video.read_frames(str(root / folder / v / f"{sid}.mp4"), 0, t), hw) for v in views]
+  return np.concatenate(frames).transpose(3, 0, 1, 2)
+
+
+def test_agibot_rig_batch_is_todays(synthetic_dir):
+  """The default (agibot) rig loads what main (be348e4) loaded: these caption strings and view fields were recorded
+  from it on this dataset, and the pixels are the three camera folders in head, left, right order."""
+  b = next(pipeline.from_config(tiny_config("seg", synthetic_dir), num_epochs=1))
+  scene = ("A synthetic tabletop scene in which 5 coloured shapes drift and bounce slowly across a smoothly shaded "
+           "background, seen by a head camera and two hand cameras.")
+  assert b["ai_caption"] == [[
+      "The video is captured from a camera mounted on the head of the subject, facing forward. " + scene,
+      "The video is captured from a camera mounted on the left hand of the subject. ",
+      "The video is captured from a camera mounted on the right hand of the subject. "]]
+  assert b["camera_keys_selection"] == [["head_color", "hand_left", "hand_right"]]
+  np.testing.assert_array_equal(b["view_indices"], [[0] * 9 + [1] * 9 + [2] * 9])
+  np.testing.assert_array_equal(b["view_indices_selection"], [[0, 1, 2]])
+  assert b["sample_n_views"].tolist() == [3] and b["__key__"] == ["synthetic_000"]
+  for key, folder in (("video", "videos"), ("control_input_seg", "control_input_seg")):
+    np.testing.assert_array_equal(b[key][0], _decoded(synthetic_dir, folder, VIEWS, "synthetic_000", 9, (64, 96)))
+
+
+def test_two_camera_rig_batch(tmp_path):
+  """A rig's cameras, in its order, with its view rows and caption prefixes (the wrist camera uses view row 2)."""
+  root = tmp_path / "two"
+  synthetic.write_example(str(root), num_samples=1, frames=9, height=48, width=80, views=("wrist", "top"))
+  config = tiny_config("seg", root)
+  config.rig = [{"name": "top", "view": 0, "caption_prefix": "The video is captured from above the table."},
+                {"name": "wrist", "view": 2, "caption_prefix": "The video is captured from the wrist."}]
+  b = next(pipeline.from_config(config, num_epochs=1))
+  assert b["video"].shape == b["control_input_seg"].shape == (1, 3, 18, 64, 96)
+  np.testing.assert_array_equal(b["view_indices"], [[0] * 9 + [2] * 9])
+  prompt = json.loads((root / "captions" / "top" / "synthetic_000.json").read_text())["caption"]
+  assert "seen by a wide camera and a closer camera on the left." in prompt
+  assert b["ai_caption"] == [["The video is captured from above the table. " + prompt,
+                              "The video is captured from the wrist. "]]
+  assert b["camera_keys_selection"] == [["top", "wrist"]] and b["original_hw"].shape == (1, 2, 2)
+  for key, folder in (("video", "videos"), ("control_input_seg", "control_input_seg")):
+    np.testing.assert_array_equal(b[key][0], _decoded(root, folder, ("top", "wrist"), "synthetic_000", 9, (64, 96)))
 
 
 def test_determinism_across_instances_and_worker_counts(synthetic_dir):
@@ -214,3 +257,16 @@ def test_full_size_decode_matches_torch_resize(data_dir):
   ref = torch.round(ref).to(torch.uint8).permute(1, 0, 2, 3).numpy()
   diff = np.abs(s["video"][:, 186:].astype(np.int32) - ref)
   assert diff.max() <= 1 and np.mean(diff > 0) <= 1e-3
+
+
+def test_workers_end_with_the_training_process(monkeypatch):
+  """Issue 33 row 9: each worker watches the process that started it (the mechanism: tests/test_utils.py)."""
+  import signal
+
+  from agibot_jax import utils
+
+  watched = []
+  monkeypatch.setattr(utils, "end_with_parent", watched.append)
+  monkeypatch.setattr(signal, "signal", lambda *args: None)
+  pipeline._worker_init(0, 2, parent_pid=4242)
+  assert watched == [4242]

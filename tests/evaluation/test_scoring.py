@@ -4,7 +4,7 @@ means, the registry hook, aggregation, and the proxies on the reference's real r
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import registry, rig
 from agibot_jax import video_io as video
 from agibot_jax.data import controls
 from agibot_jax.evaluation import metrics, scoring
@@ -56,7 +56,7 @@ def test_dispatch_matching_control_scores_one(control_type):
                                 num_cond_frames=1)
   key = PRIMARY[control_type]
   assert scores[key] == pytest.approx(1.0, abs=1e-9)
-  assert all(scores[f"{key}/{view}"] == pytest.approx(1.0, abs=1e-9) for view in registry.VIEW_NAMES)
+  assert all(scores[f"{key}/{view}"] == pytest.approx(1.0, abs=1e-9) for view in rig.AGIBOT.names)
 
 
 @pytest.mark.parametrize("control_type", ["edge", "depth", "seg"])
@@ -127,7 +127,7 @@ def test_registered_metric_gets_each_view_without_conditioned_frames(monkeypatch
   control_VTHWC = np.stack([np.full((T, H, W, 3), level, np.uint8) for level in (10, 20, 60)])
   scores = scoring.score_sample("fake", bar_scene(), control_VTHWC, num_cond_frames=2, preset="low")
   assert calls == ["low"] * V
-  assert [scores[f"fake_level/{view}"] for view in registry.VIEW_NAMES] == [10.0, 20.0, 60.0]
+  assert [scores[f"fake_level/{view}"] for view in rig.AGIBOT.names] == [10.0, 20.0, 60.0]
   assert scores["fake_level"] == 30.0
   assert scores["fake_frames"] == T - 5
   with pytest.raises(ValueError, match="already has a metric"):

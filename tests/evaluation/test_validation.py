@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from agibot_jax import sharding
+from agibot_jax import rig, sharding
 from agibot_jax.data import layout, synthetic
 from agibot_jax.evaluation import validation
 from agibot_jax.training import ema as ema_lib
@@ -184,7 +184,7 @@ def test_training_job_holds_out_a_fraction_and_logs_validation(tmp_path, monkeyp
                       lambda *a, samples, **k: loaded.append(samples) or from_config(*a, samples=samples, **k))
   workdir = str(tmp_path / "run")
   train_lib.train(config, workdir)
-  held = validation.held_out_split(layout.load_index(data, ("head_color", "hand_left", "hand_right"), "edge", 9),
+  held = validation.held_out_split(layout.load_index(data, rig.AGIBOT, "edge", 9),
                                    0.3, 0)[1]
   (trained,) = loaded
   assert len(held) == 1 and len(trained) == 2 and held[0].sample_id not in {s.sample_id for s in trained}

@@ -61,3 +61,47 @@ def test_unknown_attention_name_is_rejected():
   x = np.zeros((1, 2, 1, 4), np.float32)
   with pytest.raises(ValueError, match="self_attn"):
     dot_product_attention(x, x, x, name="self_attn")
+
+
+def test_cudnn_path_pads_odd_lengths_to_even_and_masks_the_padding(monkeypatch):
+  """Issue 33 row 14: cuDNN's attention backward refuses odd lengths ("Unsupported sequence length Q 15, KV 30",
+  cross-view attention over 3x5 tokens per frame on an H200). On CPU the cuDNN kernel is stood in for by JAX's XLA
+  kernel with the same sequence-length arguments (in float32): the padded call gives the unpadded values and
+  gradients, and the kernel only ever sees even lengths."""
+  from agibot_jax.models import attention
+
+  seen = []
+
+  def kernel(q, k, v, q_lengths, kv_lengths, is_causal):
+    seen.append((q.shape[1], k.shape[1], q_lengths is not None))
+    f32 = lambda t: t.astype(jnp.float32)
+    return jax.nn.dot_product_attention(f32(q), f32(k), f32(v), query_seq_lengths=q_lengths,
+                                        key_value_seq_lengths=kv_lengths, is_causal=is_causal, implementation="xla")
+
+  monkeypatch.setattr(attention, "_cudnn_attention", kernel)
+  q_len, kv_len, lengths, causal = 15, 29, [20, 29], True  # odd query and key lengths, a key mask, causal
+  rng = np.random.default_rng(2)
+  q = jnp.asarray(rng.standard_normal((2, q_len, 4, 8)), jnp.bfloat16).astype(jnp.float32)
+  k, v = (jnp.asarray(rng.standard_normal((2, kv_len, 4, 8)), jnp.bfloat16).astype(jnp.float32) for _ in range(2))
+  kv_lengths = None if lengths is None else jnp.array(lengths)
+
+  def loss(q, k, v, implementation):
+    o = dot_product_attention(q, k, v, kv_lengths_B=kv_lengths, is_causal=causal, implementation=implementation)
+    return jnp.sum(jnp.sin(o)), o
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
+  (_, got), got_grads = grad(q, k, v, "cudnn")
+  (_, want), want_grads = grad(q, k, v, "xla")
+  assert seen and all(s[0] % 2 == 0 and s[1] % 2 == 0 and s[2] for s in seen), seen
+  assert got.shape == (2, q_len, 4, 8)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  for g, w in zip(got_grads, want_grads):  # the cast to bfloat16 rounds the gradients
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=2e-2, atol=2e-2)
+
+
+def test_cudnn_path_leaves_even_lengths_unpadded_and_unmasked():
+  from agibot_jax.models import attention
+
+  q, k, v = (jnp.zeros((1, n, 2, 8), jnp.bfloat16) for n in (16, 30, 30))
+  padded = attention.pad_to_even(q, k, v, None)
+  assert all(a is b for a, b in zip(padded[:3], (q, k, v))) and padded[3:] == (None, None)

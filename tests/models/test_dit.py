@@ -97,6 +97,34 @@ def test_cross_view_neighbors_missing_views():
   np.testing.assert_array_equal(count, [[1, 1]])
 
 
+def test_one_camera_rig_forward():
+  """A one-camera rig (its camera on view row 2): no camera has a neighbour (an empty cross_view_attn_map, K = 0
+  before one absent slot was kept), and the cross-view branch adds exactly nothing, whatever its weights. The golden
+  network's own one- and two-view runs: test_single_view_gets_no_cross_view_term and
+  test_missing_view_is_masked_like_an_absent_neighbour (slow)."""
+  from agibot_jax import rig
+
+  one = rig.from_cameras([{"name": "wrist", "view": 2, "caption_prefix": "From the wrist."}])
+  cfg = dit.DiTConfig(model_channels=32, num_heads=2, num_blocks=1, vace_block_every_n=1, state_t=2,
+                      crossattn_proj_in_channels=24, crossattn_emb_channels=16, text_tokens_per_view=4,
+                      adaln_lora_dim=8, param_dtype="float32", dtype="float32", attention="xla",
+                      cross_view_attn_map=one.cross_view_attn_map())
+  assert cfg.cross_view_attn_map == ((), (), ())
+  rng = np.random.default_rng(0)
+  x, t, emb, control, mask, views = dit.example_inputs(cfg, num_views=1, latent_hw=(4, 4))
+  x, emb, control = (jnp.asarray(rng.normal(size=a.shape), jnp.float32) for a in (x, emb, control))
+  views = jnp.full_like(views, one.view_ids[0])
+  # Random weights, non-zero everywhere (several projections start at zero), then the cross-view outputs zeroed.
+  params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape) * 0.1, a.dtype), dit.abstract_params(cfg))
+  no_cross_view = jax.tree_util.tree_map_with_path(
+      lambda path, a: a * 0 if "cross_view_attn" in jax.tree_util.keystr(path) and "output_proj" in
+      jax.tree_util.keystr(path) else a, params)
+  apply = jax.jit(lambda p: dit.MultiViewControlDiT(cfg).apply({"params": p}, x, t + 0.5, emb, control, mask, views))
+  out = np.asarray(apply(params))
+  assert out.shape == (1, 2, 4, 4, 16) and np.isfinite(out).all() and np.abs(out).max() > 0
+  np.testing.assert_array_equal(out, np.asarray(apply(no_cross_view)))
+
+
 def test_neighbour_frames_and_its_gradient_equal_plain_indexing():
   # Views 0, 1 of sample 0 see two neighbours; sample 1 has a view with one present neighbour and one with none.
   rng = np.random.default_rng(0)

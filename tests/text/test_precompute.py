@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agibot_jax import preflight, registry
+from agibot_jax import preflight, rig
 from agibot_jax.data import synthetic
 from agibot_jax.models.qwen import QwenTextConfig, QwenTextModel
 from agibot_jax.params_io import save_params
@@ -45,14 +45,13 @@ def _config(dataset):
 
 def _captions(dataset):
   config = preflight.resolve(_config(dataset))
-  return dataset_captions(preflight.prepare_dataset(config), config.dataloader_train.dataset.views)
+  return dataset_captions(preflight.prepare_dataset(config), rig.of_config(config))
 
 
 def test_distinct_captions_and_skip(dataset, tmp_path):
   captions = _captions(dataset)
-  views = registry.VIEW_NAMES
-  assert captions == [*registry.view_captions(PROMPTS[0], views), registry.view_captions(PROMPTS[1], views)[0],
-                      registry.view_captions(PROMPTS[2], views)[0]]
+  assert captions == [*rig.AGIBOT.captions(PROMPTS[0]), rig.AGIBOT.captions(PROMPTS[1])[0],
+                      rig.AGIBOT.captions(PROMPTS[2])[0]]
   calls = []
 
   def embed(batch):
@@ -117,6 +116,6 @@ def test_tiny_random_cache_holds_what_the_training_run_embeds_online():
 
   config = preflight.resolve(base.get_config("edge", "tiny"))
   embed, _ = precompute_lib.text_embedder(config, "", None, dtype="float32", batch_size=1)
-  caption = registry.view_captions("a cup", registry.VIEW_NAMES)[:1]
+  caption = rig.AGIBOT.captions("a cup")[:1]
   online = assemble.random_text_embedder(config, assemble.dit_config(config))
   np.testing.assert_array_equal(embed(caption), online.embed(caption))

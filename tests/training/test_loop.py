@@ -101,3 +101,19 @@ def test_progress_bar_counts_a_step_before_its_callbacks_and_rates_training_only
   per_step = float(bar.postfix.split(" s/step")[0].lstrip(", "))
   assert per_step == pytest.approx(step_s, rel=0.6), bar.postfix  # not (0.6 + 4·0.05 + 0.4) / 5
   assert any(r.getMessage().startswith("step 1 took") and "compiling" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_drops_the_abandoned_rows_of_metrics_jsonl(tmp_path):
+  """Issue 33 row 12: resumed from step 4 after a kill at step 6, the log held steps 5 and 6 twice."""
+  import json
+
+  path = tmp_path / loop.METRICS_FILE
+  rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 7)] + [{"step": 4, "val/loss": 0.5}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 7, "lo')  # the kill cut the last line
+  metrics_log = loop.MetricsLog(str(tmp_path), start=4)
+  metrics_log.write(5, {"loss": 0.125})
+  metrics_log.close()
+  steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+  assert steps == [1, 2, 3, 4, 4, 5]
+  assert loop.read_metrics(str(tmp_path))[5] == {"loss": 0.125}
+  assert sorted(p.name for p in tmp_path.iterdir()) == [loop.METRICS_FILE, "tensorboard"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import logging
 import os
 import shutil
@@ -221,6 +222,35 @@ def test_second_signal_exits_at_once():
   assert "SIGINT again: exiting now, without a checkpoint" in out and "save" not in out
 
 
+NATIVE_STEP_CHILD = textwrap.dedent("""
+    import signal, time
+    from agibot_jax.training import loop
+
+    with loop.StopSignals():
+      # As in a step running in XLA: the signals reach another thread and Python's handler waits for the main
+      # thread's next bytecode, here in a minute.
+      signal.pthread_sigmask(signal.SIG_BLOCK, loop.StopSignals.SIGNALS)
+      print("step 1", flush=True)
+      time.sleep(60)
+""")
+
+
+def test_second_signal_during_a_native_step_exits_at_once():
+  """Issue 33 row 13: two SIGTERMs during one step in native code reached the handler as one; the run finished the
+  step and wrote its checkpoint instead of exiting."""
+  proc = subprocess.Popen([sys.executable, "-c", NATIVE_STEP_CHILD], cwd=REPO, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  read_until(proc, "step 1")
+  t0 = time.time()
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=50)
+  assert time.time() - t0 < 10, "the second signal must not wait for the step"
+  assert proc.returncode == 143, out
+  assert "SIGTERM again: exiting now, without a checkpoint" in out
+
+
 # ----------------------------------------------------------------------------------------------
 # Item 4: resume
 
@@ -255,6 +285,9 @@ def corrupt(step_dir: str, how: str) -> None:
       f.write('{"position": ')
   elif how == "deleted_state":
     shutil.rmtree(os.path.join(step_dir, "state"))
+  elif how == "broken_config_json":
+    with open(os.path.join(step_dir, "config", "metadata"), "w") as f:
+      f.write('{"model": ')
 
 
 CORRUPTIONS = {"truncated_ocdbt_file": "state", "deleted_manifest": "state", "broken_data_json": "data",
@@ -278,6 +311,40 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
   assert sorted(os.listdir(ckpts)) == ["1", "2.corrupt"], "the bad one is kept, under a name Orbax ignores"
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     assert manager.all_steps() == [1]
+
+
+@pytest.mark.parametrize("how, item", [("truncated_ocdbt_file", "state"), ("deleted_manifest", "state"),
+                                       ("deleted_state", "state"), ("broken_config_json", "config")])
+def test_read_only_commands_read_the_newest_checkpoint_that_restores_moving_nothing(tmp_path, caplog, how, item):
+  """Issue 33 row 1: sample / eval / convert.dit --export read the newest checkpoint only (585 lines, 32 tracebacks
+  when it was corrupt). Now: the next older one, the skipped one named in one line and left where it is."""
+  config = edge.get_config("tiny")
+  ckpts = write_checkpoints(str(tmp_path), config)
+  corrupt(os.path.join(ckpts, "2"), how)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  step, params = checkpointing.restore_weights(str(tmp_path), {"w": one, "b": one}, use_ema=False)
+  assert step == 1
+  assert_same(params, {"w": tiny_state(1).trainable["w"], "b": tiny_state(1).frozen["b"]}, "the weights of step 1")
+  assert sorted(os.listdir(ckpts)) == ["1", "2"], "a read-only command moves nothing"
+  warnings = our_warnings(caplog)
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == warnings, \
+      "Orbax's own lines (a read-only manager, a missing metadata file) are not shown"
+  assert warnings[0].startswith(f"checkpoint 2: {ckpts}/2/{item} does not restore ("), warnings
+  assert warnings[0].endswith("; reading checkpoint 1 instead (it stays in place: this command only reads)")
+  if how != "truncated_ocdbt_file":  # found by the up-front check, which reads no arrays
+    assert checkpointing.checkpoint_to_read(str(tmp_path))[0] == 1
+    assert len(our_warnings(caplog)) == 1, "each skipped checkpoint is named once"
+
+
+def test_read_only_commands_refuse_when_no_checkpoint_restores(tmp_path):
+  config = edge.get_config("tiny")
+  ckpts = write_checkpoints(str(tmp_path), config)
+  for step in ("1", "2"):
+    corrupt(os.path.join(ckpts, step), "deleted_manifest")
+  with pytest.raises(checkpointing.ResumeError, match=r"none of the checkpoints \[2, 1\] restores"):
+    checkpointing.checkpoint_to_read(str(tmp_path))
+  assert sorted(os.listdir(ckpts)) == ["1", "2"]
 
 
 def test_strict_resume_stops_on_a_corrupt_checkpoint(tmp_path):
@@ -306,6 +373,7 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
                                                              "depth"),
     ("dataloader_train.dataset.views", ("head_color", "hand_left"), "dataloader_train.dataset.views"),
     ("dataloader_train.dataset.resolution_hw", (32, 48), "dataloader_train.dataset.resolution_hw"),
+    ("model.lora.rank", 4, "model.lora.rank: 0 -> 4"),
 ])
 def test_resume_refuses_a_structural_change(tmp_path, key, value, refused):
   config = edge.get_config("tiny")
@@ -334,6 +402,18 @@ def test_resume_warns_on_optimizer_changes_and_ignores_paths_and_lengths(tmp_pat
   assert "optimizer.lr: 0.0001 -> 0.0003" in warnings[0] and "scheduler.warm_up_steps: [2] -> [10]" in warnings[0]
   for ignored in ("max_iter", "save_iter", "dataset_dir", "remat_policy"):
     assert ignored not in warnings[0]
+
+
+def test_a_checkpoint_from_before_lora_reads_as_rank_0():
+  """A checkpoint's config without `model.lora` (older code) was a full-branch run: LoRA on is refused, naming the
+  key, instead of failing on the state's shapes (which would move the checkpoint aside as corrupt)."""
+  saved = json.loads(edge.get_config("tiny").to_json_best_effort())
+  del saved["model"]["lora"]
+  changed = edge.get_config("tiny")
+  changed.model.lora.rank = 16
+  structural, _ = checkpointing.config_changes(saved, json.loads(changed.to_json_best_effort()))
+  assert structural == ["model.lora.rank: 0 -> 16"]
+  assert checkpointing.config_changes(saved, json.loads(edge.get_config("tiny").to_json_best_effort()))[0] == []
 
 
 def our_warnings(caplog) -> list[str]:
@@ -387,6 +467,88 @@ def test_failed_async_save_stops_the_loop_at_the_next_step(tmp_path, monkeypatch
   saver.close()
 
 
+def test_a_failed_save_is_reported_in_one_line_only(tmp_path, monkeypatch, caplog):
+  """Issue 33 row 8: a full disk during a save printed 25+ `RuntimeError: Event loop is closed` tracebacks, Orbax's
+  threads' own reports and asyncio's "exception was never retrieved", each with a traceback, besides the one line.
+
+  A real asynchronous save whose first array write fails (no space left) while the others are still running: the
+  Saver names it in one line and nothing else is logged with a traceback. Then the source of the closed-loop
+  tracebacks, reproduced: Orbax awaits TensorStore writes in an asyncio loop that it closes once one write failed;
+  a write completing later calls into the closed loop, which Python reports as unraisable."""
+  import asyncio
+
+  import tensorstore as ts
+  from orbax.checkpoint._src.serialization import serialization
+
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)  # and no filters yet: the Saver must install them
+  for name in ("absl", "asyncio"):
+    monkeypatch.setattr(logging.getLogger(name), "filters", [])
+  write, writes = serialization.async_serialize_from_host, []
+
+  async def first_write_fails(*args, **kwargs):
+    writes.append(1)
+    if len(writes) == 1:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    await asyncio.sleep(0.2)
+    return await write(*args, **kwargs)
+
+  monkeypatch.setattr(serialization, "async_serialize_from_host", first_write_fails)
+  config = edge.get_config("tiny")
+  saver = checkpointing.Saver(checkpointing.make_manager(str(tmp_path), config), preflight.resolve(config),
+                              data_state=dict)
+  saver.save(tiny_state(1))
+  with pytest.raises(checkpointing.SaveError, match=r"^checkpoint 1: the save failed \(OSError: \[Errno 28\]"):
+    saver.wait()
+  saver.close()
+  assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+  promise, late_write = ts.Promise.new()
+
+  async def await_write():
+    await late_write
+
+  loop = asyncio.new_event_loop()
+  waiting = loop.create_task(await_write())
+  loop.run_until_complete(asyncio.sleep(0))
+  loop.close()  # the save failed
+  waiting._log_destroy_pending = False  # pylint: disable=protected-access
+  promise.set_result(None)  # a late write completes
+  assert reported == []
+  other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError("another error"), exc_traceback=None,
+                                err_msg=None, object=None)
+  sys.unraisablehook(other)  # still reported
+  assert [str(u.exc_value) for u in reported] == ["another error"]
+
+
+def test_a_failed_tensorstore_read_nobody_retrieves_is_not_reported(monkeypatch, caplog):
+  """Issue 33 rows 1 and 8: after Orbax gave up on a damaged checkpoint, the tasks of its other TensorStore reads
+  that failed too were logged by asyncio ("Task exception was never retrieved", each with a traceback)."""
+  import asyncio
+  import gc
+
+  import tensorstore as ts
+
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  for name in ("absl", "asyncio"):
+    monkeypatch.setattr(logging.getLogger(name), "filters", [])
+  checkpointing.quiet_async_failures()
+
+  async def read_and_give_up():
+    damaged = {"driver": "zarr", "kvstore": {"driver": "file", "path": "/nonexistent/agibot_jax/state"}}
+    read = asyncio.ensure_future(ts.open(damaged, open=True))
+    await asyncio.wait([read])
+
+  asyncio.run(read_and_give_up())
+  gc.collect()
+  assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+  try:
+    raise ValueError("an error of this package's own")
+  except ValueError as e:
+    logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=e)
+  assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == ["Task exception was never retrieved"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Items 6 and 8: config values, the workdir and the dataset, before any model
 
@@ -421,6 +583,8 @@ def tiny(dataset_dir: str, **overrides):
     ("dataloader_train.dataset.num_video_frames", 10),
     ("dataloader_train.dataset.validate", "everything"),
     ("optimizer.lr", float("nan")),
+    ("model.lora.rank", -1),
+    ("model.lora.alpha", 0.0),
 ])
 def test_bad_config_values_are_refused_naming_the_key(tmp_path, no_models, key, value):
   workdir = tmp_path / "run"
@@ -431,6 +595,12 @@ def test_bad_config_values_are_refused_naming_the_key(tmp_path, no_models, key, 
 
 def test_valid_tiny_config_passes():
   preflight.check_config(preflight.resolve(edge.get_config("tiny"), "/tmp/x"))
+
+
+def test_lora_targets_are_checked_against_the_control_blocks_kernels(tmp_path, no_models):
+  config = tiny(str(tmp_path / "data"), **{"model.lora.rank": 4, "model.lora.targets": ("self_attn/*", "mlp")})
+  with pytest.raises(preflight.ConfigError, match=r"model\.lora\.targets: 'mlp' matches no kernel of control_blocks"):
+    train_lib.train(config, str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("workdir, why", [

@@ -3,6 +3,8 @@ which parameters train, and that the frozen base stays bit-identical."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,15 +110,40 @@ def test_grad_accumulation_rejects_indivisible_batch():
     jax.eval_shape(make_train_step(model, gradient_capture(), config, None), state, synthetic_batch(cfg, 3))
 
 
+def released_like(params):
+  """`params` with the zero-initialised tensors (control input and output projections, biases) made non-zero, as in
+  a released checkpoint, so that every control-branch parameter gets a gradient at once."""
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda p: p if np.asarray(p).any() else 0.02 * rng.standard_normal(p.shape).astype(p.dtype),
+                      params)
+
+
+@functools.cache
+def two_adamw_steps(train_base: bool, lora_rank: int):
+  """(state, state after two AdamW steps, metrics of each step) on one batch from `released_like` weights, with lr
+  1e-2 after one warm-up step. Cached (call it with positional arguments: the cache keys on them as passed): the
+  tests below share each compiled step."""
+  config = small_config(**{"model.train_base": train_base, "model.lora.rank": lora_rank, "optimizer.lr": 1e-2,
+                           "scheduler.warm_up_steps": (1,)})
+  cfg = dit.DiTConfig.from_config(config.model.net)
+  tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
+  state = new_state(released_like(jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0))), config, tx, ema,
+                    seed=0)
+  step = jax.jit(make_train_step(dit.MultiViewControlDiT(cfg), tx, config, ema))
+  new, metrics = state, []
+  for _ in range(2):
+    new, m = step(new, synthetic_batch(cfg, 1))
+    metrics.append(m)
+  return state, new, metrics
+
+
 @pytest.mark.parametrize("train_base", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_trainable_partition_and_frozen_base(train_base):
   """Two AdamW steps: the frozen partition is bit-identical, the trained one moves; only it has Adam moments.
 
   train_base=False trains the control branch only; train_base=True everything but the RoPE buffers.
   """
-  config = small_config(**{"model.train_base": train_base, "optimizer.lr": 1e-2, "scheduler.warm_up_steps": (1,)})
-  tx = optim.make_optimizer(config)
-  cfg, model, state, ema = build(config, tx)
+  state, new, metrics = two_adamw_steps(train_base, 0)
   groups = set(state.params())
   if train_base:
     assert set(state.trainable) == groups - set(dit.BUFFER_GROUPS)
@@ -127,19 +154,14 @@ def test_trainable_partition_and_frozen_base(train_base):
   adam = state.opt_state.inner_state[0]
   assert jax.tree.structure(adam.mu) == jax.tree.structure(state.trainable)
 
-  step = jax.jit(make_train_step(model, tx, config, ema))
-  batch = synthetic_batch(cfg, 1)
-  new = state
-  for _ in range(2):
-    new, metrics = step(new, batch)
-    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  for m in metrics:
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
   for path, leaf in traverse_util.flatten_dict(state.frozen).items():
     np.testing.assert_array_equal(np.asarray(traverse_util.flatten_dict(new.frozen)[path]), np.asarray(leaf),
                                   err_msg=str(path))
   old_t, new_t = traverse_util.flatten_dict(state.trainable), traverse_util.flatten_dict(new.trainable)
   moved = [p for p in old_t if not np.array_equal(np.asarray(old_t[p]), np.asarray(new_t[p]))]
-  # With lr 1e-2 (after one warm-up step) nearly every trained tensor moves; zero-initialised ones with a
-  # zero gradient (e.g. the zero-initialised control output projection's inputs) may not.
+  # With lr 1e-2 (after one warm-up step) nearly every trained tensor moves.
   assert len(moved) >= 0.5 * len(old_t), (len(moved), len(old_t))
   if train_base:
     assert any(p[0] not in dit.TRAINABLE_GROUPS for p in moved), "the base must train with train_base=True"
@@ -203,3 +225,28 @@ def test_optimizer_state_in_host_memory_gives_the_same_step():
   kinds = lambda tree: {a.sharding.memory_kind for a in jax.tree.leaves(tree) if a.ndim}
   assert kinds(offloaded.opt_state) == kinds(offloaded.ema) == {"pinned_host"}
   assert kinds(offloaded.trainable) == kinds(plain.opt_state) == {"device"}
+
+
+def test_lora_starts_at_the_base_and_trains_only_its_adapters():
+  """Issue 30: LoRA at rank 4 (B = 0) gives the full control branch's step-0 loss bit for bit (float32); two AdamW
+  steps then move every adapter and the control embedder and before_proj, while the control blocks' kernels and
+  the rest of the base stay bit-identical."""
+  _, _, base_metrics = two_adamw_steps(False, 0)  # shared with test_trainable_partition_and_frozen_base[False]
+  state, new, metrics = two_adamw_steps(False, 4)
+  assert float(metrics[0]["loss"]) == float(base_metrics[0]["loss"])
+  assert float(metrics[1]["loss"]) != float(base_metrics[1]["loss"]), "the two trainings differ after their first step"
+
+  flat = lambda tree: traverse_util.flatten_dict(jax.tree.map(np.asarray, tree))
+  old_t, new_t = flat(state.trainable), flat(new.trainable)
+  assert {p[0] for p in old_t} == {"control_blocks", "control_embedder", "control_before_proj"}
+  assert all(p[-1] in ("lora_a", "lora_b") for p in old_t if p[0] == "control_blocks")
+  assert not any(p[-1] == "lora_b" and a.any() for p, a in old_t.items())
+  adam = state.opt_state.inner_state[0]
+  assert jax.tree.structure(adam.mu) == jax.tree.structure(adam.nu) == jax.tree.structure(state.ema) == \
+      jax.tree.structure(state.trainable), "Adam moments and EMA cover the adapters (+ train_in_full) only"
+  unmoved = [p for p in old_t if np.array_equal(old_t[p], new_t[p])]
+  assert not unmoved, unmoved
+  old_f, new_f = flat(state.frozen), flat(new.frozen)
+  assert ("control_blocks", "mlp_layer1", "kernel") in old_f
+  for path, leaf in old_f.items():
+    np.testing.assert_array_equal(new_f[path], leaf, err_msg=str(path))

@@ -10,13 +10,20 @@ What is proved here:
     ignoring Orbax's unfinished tmp directories, and finishes (slow: two CLI start-ups);
   - issue 17, end to end (slow): a run whose loss turns NaN stops after trainer.max_nonfinite_steps with the real
     gradient norms logged and only finite checkpoints kept; a CLI run sent SIGTERM writes the checkpoint of the
-    step it was in and exits 143. The fast unit versions are in test_reliability.py.
+    step it was in and exits 143. The fast unit versions are in test_reliability.py;
+  - issue 33, fault injection (slow): a CLI run killed with SIGKILL, or stopped with SIGTERM, at random moments
+    (3 times each, the first during a checkpoint save) and rerun each time ends with a train state bit-identical to
+    an uninterrupted run's, one metrics.jsonl row per step, and its data-loader worker gone with it after each
+    SIGKILL. The fast unit versions: test_reliability.py (resume, signals), test_loop.py (metrics rows),
+    tests/test_utils.py (workers).
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -168,6 +175,33 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   assert_trees_equal(state4_resumed, state4, "step-4 state")
 
 
+@pytest.mark.slow  # ~40 s; the default run compares batches and the built network (test_pipeline, test_assemble)
+def test_agibot_rig_trains_as_main_did(dataset_dir, tmp_path):
+  """Steps 1-2 of the default (agibot) rig: the loss and gradient norm main (be348e4) logged for this run, to the bit
+  (recorded on the 2-core CPU test machine under the test session's XLA flags, tests/conftest.py; the synthetic clips
+  are encoded at test time, so another x264 or XLA CPU build may differ in the last digits)."""
+  config = small_config(dataset_dir, **{"trainer.max_iter": 2, "checkpoint.save_iter": 2})
+  train_lib.train(config, str(tmp_path / "run"))
+  metrics = loop.read_metrics(str(tmp_path / "run"))
+  assert {s: (m["loss"], m["grad_norm"]) for s, m in metrics.items()} == {
+      1: (1.6132546663284302, 1.1042498350143433), 2: (1.6038382053375244, 1.3541957139968872)}
+
+
+# ~40 s; the default run has the 1-camera forward (tests/models/test_dit.py::test_one_camera_rig_forward)
+@pytest.mark.slow
+def test_one_camera_rig_trains(tmp_path):
+  data = str(tmp_path / "data")
+  config = small_config(data, **{"trainer.max_iter": 2, "checkpoint.save_iter": 2})
+  config.rig = [{"name": "wrist", "view": 1, "caption_prefix": "The video is captured from the wrist camera."}]
+  h, w = config.dataloader_train.dataset.resolution_hw
+  synthetic.write_example(data, num_samples=2, frames=config.dataloader_train.dataset.num_video_frames, height=h,
+                          width=w, views=("wrist",))
+  result = train_lib.train(config, str(tmp_path / "run"))
+  assert result["step"] == 2 and np.isfinite(result["loss"])
+  _, _, saved = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(str(tmp_path / "run")), "2"))
+  assert saved["dataloader_train"]["dataset"]["views"] == ["wrist"] and '"view":1' in saved["rig"]
+
+
 LOW_MEMORY = {"model.net.remat_policy": "full", "model.net.offload_block_inputs": True, "model.net.mlp_chunks": 3,
               "model.offload_optimizer_state": True}
 
@@ -310,3 +344,168 @@ def test_end_of_run_prints_the_outputs_and_the_commands_for_its_checkpoint(tmp_p
                     f"--config.model.net.num_blocks=2 --checkpoint {workdir} --out {workdir}/sample.mp4")
   assert any(l.startswith("next, evaluate: python -m agibot_jax.eval --config configs/edge.py:tiny") and
              "--config.dataloader_val.dataset_dir=HELD_OUT" in l for l in lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault injection (issue 33)
+
+FAULT_STEPS = 10
+FAULT_TRIALS = 3
+
+
+def fault_settings(dataset_dir: str) -> dict:
+  return {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, "trainer.max_iter": FAULT_STEPS,
+          "checkpoint.save_iter": 2, "dataloader_train.num_workers": 1}
+
+
+def start_cli(workdir: str, settings: dict, log: str) -> subprocess.Popen:
+  """A CLI training run writing its console to `log` (a pipe left unread would block it)."""
+  cmd = [sys.executable, "-m", "agibot_jax.train", "--config", "configs/edge.py:tiny", "--workdir", workdir,
+         *cli_flags(settings)]
+  with open(log, "a") as f:
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=f, stderr=subprocess.STDOUT)
+
+
+def logged_steps(workdir: str) -> list[int]:
+  """The steps of metrics.jsonl's complete lines, in file order."""
+  path = os.path.join(workdir, loop.METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+def logged_since(workdir: str, started_ns: int) -> int:
+  """The last step metrics.jsonl holds if a run started at `started_ns` wrote it, else 0: until a resumed run has
+  dropped them, the rows an abandoned run logged after its checkpoint are still there."""
+  path = os.path.join(workdir, loop.METRICS_FILE)
+  try:
+    written_ns = os.stat(path).st_mtime_ns
+  except FileNotFoundError:
+    return 0
+  return max(logged_steps(workdir), default=0) if written_ns > started_ns else 0
+
+
+def children(pid: int) -> list[int]:
+  out = []
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+          out.append(int(entry))
+    except (OSError, IndexError, ValueError):
+      pass
+  return out
+
+
+def running(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+def wait_for(condition, proc: subprocess.Popen, log: str, what: str, seconds: float = 600) -> bool:
+  """Polls `condition` every 2 ms; False if the run ended first."""
+  deadline = time.time() + seconds
+  while not condition():
+    if proc.poll() is not None:
+      return False
+    assert time.time() < deadline, f"no {what} within {seconds} s: {open(log).read()[-3000:]}"
+    time.sleep(0.002)
+  return True
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset_dir, tmp_path_factory):
+  """The final checkpoint (state, data iterator position) of a run of FAULT_STEPS steps never interrupted."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+  log = workdir + ".log"
+  proc = start_cli(workdir, fault_settings(dataset_dir), log)
+  assert proc.wait(timeout=900) == 0, open(log).read()[-3000:]
+  return read_checkpoint(os.path.join(checkpointing.checkpoint_dir(workdir), str(FAULT_STEPS)))[:2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupted_at_random_moments_ends_bit_identical(dataset_dir, tmp_path, uninterrupted, signum):
+  """Issue 33: FAULT_TRIALS interruptions (the first while a checkpoint save is in flight, each other one a random
+  0-0.5 s after a random step at least 3 past its checkpoint), each followed by the same command, which
+  resumes; the run of FAULT_STEPS steps then finishes with a train state and data position bit-identical to the
+  uninterrupted run's."""
+  rng = random.Random(int(signum))
+  workdir = str(tmp_path / "run")
+  ckpts, log = checkpointing.checkpoint_dir(workdir), str(tmp_path / "run.log")
+  settings = fault_settings(dataset_dir)
+  trials = []
+  for trial in range(FAULT_TRIALS):
+    resumed_from = max(finalised_steps(ckpts), default=0)
+    started_ns = time.time_ns()
+    proc = start_cli(workdir, settings, log)
+    saving = lambda: glob.glob(os.path.join(ckpts, "*.orbax-checkpoint-tmp*"))
+    if trial == 0:
+      if not wait_for(saving, proc, log, "checkpoint save"):
+        break
+      moment = f"during a save (steps logged: {logged_steps(workdir)})"
+    else:
+      target = rng.randint(min(resumed_from + 3, FAULT_STEPS - 2), FAULT_STEPS - 2)  # past a save of its own
+      if not wait_for(lambda: logged_since(workdir, started_ns) >= target, proc, log, f"step {target}"):
+        break
+      delay = rng.uniform(0, 0.5)
+      time.sleep(delay)
+      moment = f"{delay:.2f} s after step {target}"
+    workers = children(proc.pid)
+    proc.send_signal(signum)
+    code = proc.wait(timeout=600)
+    if signum == signal.SIGKILL:
+      deadline = time.time() + 15
+      while any(map(running, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+      assert not any(map(running, workers)), f"trial {trial}: helper processes {workers} outlived the killed run"
+    trials.append(f"{signal.Signals(signum).name} {moment}: exit {code}, resumed from step {resumed_from}, "
+                  f"checkpoints then {finalised_steps(ckpts)}")
+    if code == 0:  # the run finished before the signal took effect
+      break
+  print("\n".join(["fault injection:", *trials]))
+  assert len(trials) == FAULT_TRIALS and "during a save" in trials[0], trials
+  assert finalised_steps(ckpts), f"no interrupted run left a checkpoint to resume from: {trials}"
+  proc = start_cli(workdir, settings, log)
+  assert proc.wait(timeout=900) == 0, open(log).read()[-3000:]
+  state, data = read_checkpoint(os.path.join(ckpts, str(FAULT_STEPS)))[:2]
+  assert_trees_equal(state, uninterrupted[0], "final train state after the interruptions vs uninterrupted")
+  assert data == uninterrupted[1], "data iterator position"
+  assert logged_steps(workdir) == list(range(1, FAULT_STEPS + 1)), "one metrics.jsonl row per step"
+
+
+@pytest.mark.slow  # a CLI run and two converter runs; the default run checks the LoRA step (test_step.py) and the merge
+# on export and for sampling (tests/convert/test_dit.py)
+def test_lora_cli_run_trains_and_its_export_round_trips(dataset_dir, tmp_path):
+  """Issue 30: `--config.model.lora.rank=4` trains 2 steps (checkpoints hold the adapters, the control kernels frozen);
+  `convert.dit --export` writes merged kernels under the reference's names, which convert back to exactly the weights
+  sampling restores from the run (EMA)."""
+  from agibot_jax import params_io
+  from tests.convert.reference import run_cli as run_module
+
+  workdir, exported, converted = str(tmp_path / "run"), str(tmp_path / "lora.pt"), str(tmp_path / "converted")
+  net = {k: v for k, v in SMALL.items() if k.startswith("model.net.")}
+  settings = {**SMALL, "dataloader_train.dataset.dataset_dir": dataset_dir, "trainer.max_iter": 2, "model.lora.rank": 4}
+  proc = run_cli(workdir, settings)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  assert sorted(loop.read_metrics(workdir)) == [1, 2]
+  state, _, saved = read_checkpoint(os.path.join(checkpointing.checkpoint_dir(workdir), "2"))
+  assert saved["model"]["lora"]["rank"] == 4
+  assert "kernel" in state["frozen"]["control_blocks"]["mlp_layer1"]
+  assert np.abs(state["ema"]["control_blocks"]["mlp_layer1"]["lora_b"]).max() > 0, "B trained"
+
+  for args in (("--export", workdir, "--dst", exported),
+               ("--src", exported, "--dst", converted, "--config", "configs/edge.py:tiny", *cli_flags(net))):
+    done = run_module("convert.dit", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+  cfg = dit.DiTConfig.from_config(small_config(dataset_dir).model.net)
+  shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(1, 1, 1))
+  _, sampled = checkpointing.restore_weights(workdir, shardings)
+  assert_trees_equal(params_io.to_numpy_tree(params_io.restore_params(converted)), sampled, "exported and converted")
+  merged = np.asarray(sampled["control_blocks"]["mlp_layer1"]["kernel"])
+  assert not np.array_equal(merged, state["frozen"]["control_blocks"]["mlp_layer1"]["kernel"])

@@ -6,7 +6,7 @@ The template's fields (each already a sentence: trimmed, single-spaced, ending i
   {actions}    the `action_text` of every sub-action segment overlapping the clip, in start order,
                consecutive repeats once
 Whitespace of the result is collapsed. View prefixes ("The video is captured from a camera mounted on ...")
-are added by the training pipeline (registry.View.caption_prefix) and never written here.
+are added by the training pipeline (the rig's caption prefixes, agibot_jax/rig.py) and never written here.
 
 Segments are end-exclusive, [start_frame, end_frame), as LeRobot's AgiBot port reads them; the public
 sources do not say (spec agibot_world_formats.md §1.5), and an inclusive end changes overlap by one frame.

@@ -1,18 +1,21 @@
-"""AgiBot World episodes -> the training layout: plan the clips, cut and re-encode them, keep a manifest.
+"""AgiBot World episodes, or any LeRobot dataset's, -> the training layout: plan the clips, cut and re-encode them,
+keep a manifest.
 
-For every episode (in task, episode order):
-  plan   probe the three videos (and the depth frames) without decoding, check frame counts, fps and codecs,
+The cameras are a rig's (`Settings.rig`, agibot_jax/rig.py): AgiBot World's three for the raw release, or those a
+LeRobot import maps (`python -m agibot_jax.data.import_lerobot`). For every episode (in task, episode order):
+  plan   probe the cameras' videos (and the depth frames) without decoding, check frame counts, fps and codecs,
          list the clips that fit (clips.Grid) and which of them are already complete in DST;
-  cut    decode the three views in lockstep from the first needed frame, and write each clip as soon as its
+  cut    decode the cameras in lockstep from the first needed frame, and write each clip as soon as its
          last frame is decoded (memory: the clips being filled, not the episode).
 Both run over `workers` threads (the decoding and encoding run in FFmpeg subprocesses and in OpenCV / NumPy
-calls that release the GIL). A clip's files (3 captions, the depth controls, 3 videos) are written to hidden
-temporary names first and renamed into place together, so no file is ever half-written; a clip counts as
-done only when all of its files exist, so an interrupted import resumes by running it again.
+calls that release the GIL). A clip's files (a caption per camera, the depth controls, a video per camera) are
+written to hidden temporary names first and renamed into place together, so no file is ever half-written; a clip
+counts as done only when all of its files exist, so an interrupted import resumes by running it again.
 
 DST/manifest.json records the sources, the settings that decide a clip's content (a rerun with other values
 is refused), every imported episode with its source files and clip frame ranges, and every skipped item with
-its reason. Successive runs into one DST (other filters, other sources) merge into it.
+its reason. Successive runs into one DST (other filters, other sources) merge into it. DST/rig.json holds the rig,
+for training with `--config.rig=DST/rig.json`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from agibot_jax import registry, utils
+from agibot_jax import rig as rig_lib
 from agibot_jax import video_io as video
 from agibot_jax.data.agibot_world import captions, clips, decode, depth, lerobot, raw, source
 
@@ -39,6 +43,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "agibot_jax.import_agibot_world/1"
 HAND_DEPTH = ("none", "blank")
 DEPTH_FOLDER = registry.control("depth").key
+HEAD = rig_lib.AGIBOT.names[0]  # the raw release's camera with sensor depth
 _TEMP = re.compile(r"^\..+\.\d+\.tmp\.(mp4|json)$")
 _FPS_RTOL = 1e-3
 NOTES = {
@@ -48,7 +53,7 @@ NOTES = {
              "0 where invalid, grey in 3 channels; hands: none, or blank (all 0) with --hand_depth=blank",
     "aspect": "stretch keeps the source size (the loader's resize stretches to 16:9); pad adds black bars, "
               "crop keeps the centre, both to 16:9 rounded to even sizes",
-    "captions": "one caption per clip, the same for the three views, without view prefixes",
+    "captions": "one caption per clip, the same for every camera, without the rig's caption prefixes",
 }
 
 
@@ -68,13 +73,17 @@ class Settings:
   max_clips: int = 0  # 0: every clip
   workers: int = 1
   video_backend: str = "auto"  # decoding: auto | imageio | opencv (agibot_jax.data.video)
-  video_keys: tuple[str, ...] = ()  # LeRobot video features per view; (): detected
+  rig: rig_lib.Rig = rig_lib.AGIBOT  # the cameras written (their folders), in the source's video order
+  video_keys: tuple[str, ...] = ()  # LeRobot video feature of each camera; (): detected (lerobot.read_info)
 
   def content(self) -> dict:
     """The settings that decide what a clip's files hold; a rerun into the same DST must repeat them."""
-    return {"clip_frames": self.clip_frames, "stride": self.stride or self.clip_frames, "fps": self.fps,
-            "aspect": self.aspect, "depth": self.depth, "hand_depth": self.hand_depth,
-            "caption_template": self.caption_template}
+    content = {"clip_frames": self.clip_frames, "stride": self.stride or self.clip_frames, "fps": self.fps,
+               "aspect": self.aspect, "depth": self.depth, "hand_depth": self.hand_depth,
+               "caption_template": self.caption_template}
+    if self.rig.names != rig_lib.AGIBOT.names:  # manifests of AgiBot imports predate the key
+      content["cameras"] = list(self.rig.names)
+    return content
 
   def grid(self, source_fps: float) -> clips.Grid:
     return clips.Grid(self.clip_frames, self.stride or self.clip_frames, source_fps / (self.fps or source_fps))
@@ -105,11 +114,12 @@ def clip_id(key: str, k: int) -> str:
 
 def output_paths(dst: str, cid: str, settings: Settings) -> list[str]:
   """Every file of one clip: captions, depth controls, videos (the order they are renamed into place)."""
-  paths = [os.path.join(dst, "captions", v, f"{cid}.json") for v in registry.VIEW_NAMES]
+  views = settings.rig.names
+  paths = [os.path.join(dst, "captions", v, f"{cid}.json") for v in views]
   if settings.depth:
-    depth_views = registry.VIEW_NAMES if settings.hand_depth == "blank" else ("head_color",)
+    depth_views = views if settings.hand_depth == "blank" else (HEAD,)
     paths += [os.path.join(dst, DEPTH_FOLDER, v, f"{cid}.mp4") for v in depth_views]
-  return paths + [os.path.join(dst, "videos", v, f"{cid}.mp4") for v in registry.VIEW_NAMES]
+  return paths + [os.path.join(dst, "videos", v, f"{cid}.mp4") for v in views]
 
 
 def _done(dst: str, cid: str, settings: Settings) -> bool:
@@ -151,9 +161,9 @@ def plan_episode(episode: source.Episode, settings: Settings, backend: str) -> P
   try:
     media = episode.media(settings.depth)
     infos = tuple(_probe(blob, backend, episode.task) for blob in media.videos)
-    fps, num_frames = _fps_and_frames(media, infos)
+    fps, num_frames = _fps_and_frames(media, infos, settings.rig.names)
     if media.depth is not None:
-      _check_depth(media.depth, num_frames, infos[registry.VIEW_NAMES.index("head_color")])
+      _check_depth(media.depth, num_frames, infos[settings.rig.names.index(HEAD)])
     try:
       grid = settings.grid(fps)
     except ValueError as e:
@@ -180,18 +190,19 @@ def _probe(blob: source.Blob, backend: str, task: str) -> decode.StreamInfo:
   return info
 
 
-def _fps_and_frames(media: source.Media, infos: tuple[decode.StreamInfo, ...]) -> tuple[float, int]:
+def _fps_and_frames(media: source.Media, infos: tuple[decode.StreamInfo, ...],
+                    views: tuple[str, ...]) -> tuple[float, int]:
   """The episode's fps and frame count: declared by the source or equal across the views. Raises Unusable."""
   folder = os.path.dirname(media.videos[0].label)
   fps = media.fps or infos[0].fps
   if any(not math.isclose(i.fps, fps, rel_tol=_FPS_RTOL) for i in infos):
     raise source.Unusable(folder, "views differ in fps: " + ", ".join(
-        f"{v} {i.fps:g}" for v, i in zip(registry.VIEW_NAMES, infos)) + (
+        f"{v} {i.fps:g}" for v, i in zip(views, infos)) + (
             f" (metadata: {media.fps:g})" if media.fps else ""))
   num_frames = media.num_frames or infos[0].num_frames
   if media.num_frames is None and any(i.num_frames != num_frames for i in infos):
     raise source.Unusable(folder, "unequal frame counts: " + ", ".join(
-        f"{v} {i.num_frames}" for v, i in zip(registry.VIEW_NAMES, infos)))
+        f"{v} {i.num_frames}" for v, i in zip(views, infos)))
   for blob, info, first in zip(media.videos, infos, media.first_frames):
     if first + num_frames > info.num_frames:
       raise source.Unusable(blob.label, f"has {info.num_frames} frames, the episode is frames "
@@ -280,12 +291,13 @@ def _write_clip(plan: Plan, k: int, indices: np.ndarray, per_view: list[np.ndarr
   fps = settings.fps or plan.source_fps
   caption = captions.clip_caption(plan.episode.text, int(indices[0]), int(indices[-1]), settings.caption_template)
   videos = [clips.fit_aspect(x, settings.aspect) for x in per_view]
-  contents: list[str | np.ndarray] = [caption] * len(registry.VIEW_NAMES)
+  views = settings.rig.names
+  contents: list[str | np.ndarray] = [caption] * len(views)
   if settings.depth:
-    head_mm = _depth_clip(depth_frames, indices, per_view[registry.VIEW_NAMES.index("head_color")].shape[1:3])
+    head_mm = _depth_clip(depth_frames, indices, per_view[views.index(HEAD)].shape[1:3])
     contents.append(clips.fit_aspect(depth.to_video(head_mm), settings.aspect))
     if settings.hand_depth == "blank":
-      contents += [np.zeros_like(x) for v, x in zip(registry.VIEW_NAMES, videos) if v != "head_color"]
+      contents += [np.zeros_like(x) for v, x in zip(views, videos) if v != HEAD]
   contents += videos
   paths = output_paths(settings.dst, cid, settings)
   temps = [os.path.join(os.path.dirname(p), f".{cid}.{os.getpid()}.tmp{os.path.splitext(p)[1]}") for p in paths]
@@ -309,14 +321,16 @@ def discover(settings: Settings) -> tuple[str, list[source.Episode], list[source
   """(source kind, episodes, skipped items) of settings.src. Raises ValueError on a root of neither format."""
   s = settings
   if lerobot.is_root(s.src):
-    info = lerobot.read_info(s.src, s.video_keys)
+    info = lerobot.read_info(s.src, s.video_keys, s.rig.names)
     if s.depth:
       raise ValueError(f"{s.src}: --depth reads the raw release's head depth PNGs; a LeRobot root has none "
                        f"that the importer reads (import the raw release for depth)")
-    return (f"lerobot {info.version}",) + lerobot.discover(s.src, s.tasks, s.episodes, s.video_keys)
+    return (f"lerobot {info.version}",) + lerobot.discover(s.src, s.tasks, s.episodes, s.video_keys, s.rig.names)
   if raw.is_root(s.src):
     if s.video_keys:
       raise ValueError("--video_keys applies to LeRobot roots only")
+    if s.rig != rig_lib.AGIBOT:
+      raise ValueError(f"{s.src}: a raw AgiBot World root has the agibot rig's cameras, not rig {s.rig.describe()}")
     return ("raw",) + raw.discover(s.src, s.tasks, s.episodes)
   raise ValueError(f"{s.src}: neither a raw AgiBot World root (observations/, task_info/) nor a LeRobot root "
                    f"(meta/info.json)")
@@ -335,17 +349,17 @@ def _load_manifest(settings: Settings) -> dict:
     raise ValueError(f"{path}: unreadable manifest ({e}); move it away to start over") from None
   if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
     raise ValueError(f"{path}: not a manifest of this importer (format {MANIFEST_FORMAT})")
-  if (old := manifest.get("settings")) != settings.content():
-    changed = sorted(k for k in settings.content() if old.get(k) != settings.content()[k])
+  if (old := manifest.get("settings")) != (new := settings.content()):
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise ValueError(f"{path}: DST was imported with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in changed)}); "
                      f"rerun with them or import into a new DST")
   return manifest
 
 
-def _remove_stale_temps(dst: str) -> None:
+def _remove_stale_temps(dst: str, views: tuple[str, ...]) -> None:
   """Temporary files of an interrupted run (one importer per DST at a time)."""
   for folder in ("videos", "captions", DEPTH_FOLDER):
-    for view in registry.VIEW_NAMES:
+    for view in views:
       d = os.path.join(dst, folder, view)
       if os.path.isdir(d):
         for name in os.listdir(d):
@@ -357,7 +371,7 @@ def _episode_entry(plan: Plan, ks: list[int], settings: Settings) -> dict:
   spans = {k: (first, last) for k, first, last in plan.clips}
   return {
       "task": plan.episode.task, "episode": plan.episode.episode,
-      "videos": {v: b.label for v, b in zip(registry.VIEW_NAMES, plan.media.videos)},
+      "videos": {v: b.label for v, b in zip(settings.rig.names, plan.media.videos)},
       "first_frames": list(plan.media.first_frames),
       "depth": plan.depth_dir,
       "num_frames": plan.num_frames, "source_fps": plan.source_fps, "fps": settings.fps or plan.source_fps,
@@ -401,6 +415,8 @@ def _record(manifest: dict, settings: Settings, imported: list[tuple[Plan, list[
   manifest["skipped"].update({s.key: {"path": s.path, "reason": s.reason} for s in skips})
   utils.atomic_write(os.path.join(settings.dst, MANIFEST),
                      lambda f: json.dump(manifest, f, indent=1, ensure_ascii=False), mode="w")
+  utils.atomic_write(os.path.join(settings.dst, rig_lib.RIG_FILE),
+                     lambda f: json.dump(settings.rig.to_json(), f, indent=1, ensure_ascii=False), mode="w")
 
 
 def run(settings: Settings, progress: bool = False) -> Summary:
@@ -418,7 +434,7 @@ def run(settings: Settings, progress: bool = False) -> Summary:
   kind, episodes, skips = discover(settings)
   manifest = _load_manifest(settings)
   os.makedirs(settings.dst, exist_ok=True)
-  _remove_stale_temps(settings.dst)
+  _remove_stale_temps(settings.dst, settings.rig.names)
   with concurrent.futures.ThreadPoolExecutor(settings.workers) as pool:
     planned = list(tqdm(pool.map(functools.partial(plan_episode, settings=settings, backend=backend), episodes),
                         total=len(episodes), desc="plan", unit="episode", disable=not progress))
@@ -445,7 +461,7 @@ def run(settings: Settings, progress: bool = False) -> Summary:
     log.warning("skipped %s", s)
   _record(manifest, settings, imported, skips)
   if settings.depth and settings.hand_depth == "none":
-    log.warning("head depth only: a depth run needs %s/<view> for all three views; add hand-view depth "
+    log.warning("head depth only: a depth run needs %s/<view> for every camera; add hand-view depth "
                 "(e.g. Video-Depth-Anything on the hand clips) or import into a new DST with --hand_depth=blank",
                 DEPTH_FOLDER)
   return Summary(kind, sum(len(ks) for _, ks in imported), sum(len(r.written) for r in results.values()),

@@ -1,4 +1,5 @@
-"""LeRobot conversions of AgiBot World: codebase v2.0/v2.1 and v3.0 (shared spec agibot_world_formats.md §2).
+"""LeRobot roots, codebase v2.0/v2.1 and v3.0: AgiBot World's conversions and any other robot's dataset (shared spec
+agibot_world_formats.md §2).
 
   v2.x  meta/episodes.jsonl, meta/tasks.jsonl; one MP4 per episode and camera at `video_path`
         (videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4); frame 0 = episode start.
@@ -6,14 +7,16 @@
         `video_path` (videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4); an episode is
         frames [round(from_timestamp·fps), round(to_timestamp·fps)) of its camera's file.
 
-The camera keys come from `meta/info.json` `features` (dtype "video"): head `observation.images.top_head`
-(the OpenDriveLab and LeRobot ports) or `observation.images.head` (any4lerobot); hands
-`observation.images.hand_{left,right}`; `video_keys` overrides them (e.g. the fisheye hands of dexhand tasks).
+The cameras are a rig's (agibot_jax/rig.py), and each reads one video feature of `meta/info.json` `features`
+(dtype "video"): `video_keys`, one per camera in the rig's order (`camera_map`: `import_lerobot --cameras
+KEY=VIEW,...`, or a rig camera's own feature `observation.images.<camera>`), or for the agibot rig AgiBot World's
+(`DEFAULT_KEYS`): head `observation.images.top_head` (the OpenDriveLab and LeRobot ports) or
+`observation.images.head` (any4lerobot), hands `observation.images.hand_{left,right}`.
 
 Clip ids are `<dataset>_<episode_index>_c<k>`, <dataset> the root folder's name, as LeRobot datasets carry no
 AgiBot task or episode id. Texts: the episode's task string; any4lerobot's `"<task_name> | <scene>"` is split
-in two; LeRobot's own port also stores per-frame `action_text` and `init_scene_text` columns in the data
-parquet, read (when present) for the scene and the sub-action segments. No depth is read from LeRobot roots.
+in two; LeRobot's own port of AgiBot World also stores per-frame `action_text` and `init_scene_text` columns in the
+data parquet, read (when present) for the scene and the sub-action segments. No depth is read from LeRobot roots.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 
-from agibot_jax import registry
+from agibot_jax import rig as rig_lib
 from agibot_jax.data.agibot_world import captions, source
 
 log = logging.getLogger(__name__)
 
+# AgiBot World's video features of the agibot rig's cameras (the conversions disagree on the head's).
 DEFAULT_KEYS = {"head_color": ("observation.images.top_head", "observation.images.head"),
                 "hand_left": ("observation.images.hand_left",),
                 "hand_right": ("observation.images.hand_right",)}
@@ -39,6 +44,34 @@ A4L_SEPARATOR = " | "
 
 def is_root(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "meta", "info.json"))
+
+
+def caption_prefix(camera: str) -> str:
+  """The caption prefix a rig made from a camera map gives `camera` (edit it in DST/rig.json to say where the camera
+  is, as the agibot rig's do)."""
+  return f"The video is captured from the {camera.replace('_', ' ')} camera."
+
+
+def camera_map(pairs: Sequence[tuple[str, str]], rig: rig_lib.Rig | None = None,
+               name: str = "lerobot") -> tuple[rig_lib.Rig, tuple[str, ...]]:
+  """(rig, the video feature of each of its cameras) of an import: `pairs` (video feature, camera) as given by
+  `--cameras`, and
+    no `rig`: a rig of those cameras in that order, view rows 0, 1, 2, every camera the others' neighbour, and
+      `caption_prefix` prefixes;
+    a `rig`: its cameras, each reading the feature `pairs` maps to it, else `observation.images.<camera>`.
+  Raises ValueError (rig.RigError) naming the camera, e.g. for more cameras than the network has view rows.
+  """
+  views = [v for _, v in pairs]
+  if len(set(views)) != len(views):
+    raise rig_lib.RigError(f"--cameras maps two video features to one camera: {', '.join(views)}")
+  if rig is None:
+    rig = rig_lib.from_cameras([{"name": v, "view": i, "caption_prefix": caption_prefix(v)}
+                                for i, v in enumerate(views)], name=name)
+    return rig, tuple(k for k, _ in pairs)
+  if unknown := [v for v in views if v not in rig.names]:
+    raise rig_lib.RigError(f"--cameras: {', '.join(unknown)} is not a camera of rig {rig.describe()}")
+  feature = {v: k for k, v in pairs}
+  return rig, tuple(feature.get(v, f"observation.images.{v}") for v in rig.names)
 
 
 def _pq():
@@ -56,7 +89,7 @@ class Info:
   root: str
   version: str  # "v2.0" | "v2.1" | "v3.0"
   fps: float
-  video_keys: tuple[str, ...]  # per view, registry.VIEW_NAMES order
+  video_keys: tuple[str, ...]  # per camera, in the rig's order
   video_path: str
   data_path: str
   chunks_size: int
@@ -66,8 +99,9 @@ class Info:
     return self.version.startswith("v3")
 
 
-def read_info(root: str, video_keys: tuple[str, ...] = ()) -> Info:
-  """meta/info.json of `root`. Raises ValueError naming the file and the key."""
+def read_info(root: str, video_keys: tuple[str, ...] = (), views: tuple[str, ...] = rig_lib.AGIBOT.names) -> Info:
+  """meta/info.json of `root`, read for the cameras `views` (module docstring). Raises ValueError naming the file and
+  the key."""
   path = os.path.join(root, "meta", "info.json")
   try:
     with open(path, encoding="utf-8") as f:
@@ -83,14 +117,16 @@ def read_info(root: str, video_keys: tuple[str, ...] = ()) -> Info:
     raise ValueError(f"{path}: codebase_version {version!r} is not supported (v2.0, v2.1 or v3.0)")
   videos = sorted(k for k, feat in features.items() if isinstance(feat, dict) and feat.get("dtype") == "video")
   if video_keys:
-    if len(video_keys) != len(registry.VIEW_NAMES) or (unknown := [k for k in video_keys if k not in videos]):
-      raise ValueError(f"{path}: --video_keys needs {len(registry.VIEW_NAMES)} of its video features "
-                       f"{videos} (order {', '.join(registry.VIEW_NAMES)}), got {list(video_keys)}")
+    if len(video_keys) != len(views):
+      raise ValueError(f"{path}: --video_keys needs {len(views)} of its video features {videos} "
+                       f"(order {', '.join(views)}), got {list(video_keys)}")
+    if unknown := [k for k in video_keys if k not in videos]:
+      raise ValueError(f"{path}: {', '.join(unknown)} is not among its video features {videos}")
   else:
-    chosen = {v: next((k for k in DEFAULT_KEYS[v] if k in videos), None) for v in registry.VIEW_NAMES}
+    chosen = {v: next((k for k in DEFAULT_KEYS.get(v, ()) if k in videos), None) for v in views}
     if missing := [v for v, k in chosen.items() if k is None]:
-      raise ValueError(f"{path}: no video feature for view(s) {', '.join(missing)} among {videos}; "
-                       f"name them with --video_keys")
+      raise ValueError(f"{path}: no video feature for view(s) {', '.join(missing)} among {videos}; name them with "
+                       f"--video_keys (import_agibot_world) or --cameras KEY=VIEW,... (import_lerobot)")
     video_keys = tuple(chosen.values())
   _pq()
   return Info(os.path.abspath(root), version, fps, tuple(video_keys), video_path, data_path, chunks_size)
@@ -128,8 +164,12 @@ def _read_parquet_rows(pattern: str) -> list[dict]:
     try:
       rows += _pq().read_table(path).to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-      raise ValueError(f"{path}: unreadable parquet ({e})") from None
+      raise ValueError(f"{path}: unreadable parquet ({_one_line(e)})") from None
   return rows
+
+
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
 
 
 def _task_indices(info: Info) -> dict[str, int]:
@@ -143,7 +183,9 @@ def _task_indices(info: Info) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=8)
 def _frame_texts(path: str) -> dict[int, list[tuple[int, str, str]]]:
-  """Episode -> [(frame_index, action_text, init_scene_text)] of one data parquet ({} without the columns)."""
+  """Episode -> [(frame_index, action_text, init_scene_text)] of one data parquet ({} without the columns).
+
+  Raises source.Unusable when the file does not read: its episodes are skipped, the others imported."""
   if not os.path.isfile(path):
     return {}
   try:
@@ -153,7 +195,7 @@ def _frame_texts(path: str) -> dict[int, list[tuple[int, str, str]]]:
     columns = [c for c in ("episode_index", "frame_index", "action_text", "init_scene_text") if c in names]
     rows = _pq().read_table(path, columns=columns).to_pylist()
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: unreadable parquet ({e})") from None
+    raise source.Unusable(path, f"unreadable parquet ({_one_line(e)})") from None
   by_episode: dict[int, list[tuple[int, str, str]]] = {}
   for r in rows:
     by_episode.setdefault(int(r["episode_index"]), []).append(
@@ -174,10 +216,11 @@ def _episode_text(tasks: list[str], frames: list[tuple[int, str, str]]) -> capti
   return captions.EpisodeText(name, scene, tuple(segments))
 
 
-def discover(root: str, tasks: tuple[str, ...] = (), episodes: tuple[str, ...] = (),
-             video_keys: tuple[str, ...] = ()) -> tuple[list[LeRobotEpisode], list[source.Skip]]:
-  """Episodes of a LeRobot root (filtered by task_index / episode_index), sorted; and what was skipped."""
-  info = read_info(root, video_keys)
+def discover(root: str, tasks: tuple[str, ...] = (), episodes: tuple[str, ...] = (), video_keys: tuple[str, ...] = (),
+             views: tuple[str, ...] = rig_lib.AGIBOT.names) -> tuple[list[LeRobotEpisode], list[source.Skip]]:
+  """Episodes of a LeRobot root (filtered by task_index / episode_index), sorted, each with the videos of the
+  cameras `views` (`read_info`); and what was skipped."""
+  info = read_info(root, video_keys, views)
   name = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.basename(info.root))
   meta = os.path.join(info.root, "meta")
   episodes_meta = (os.path.join(meta, "episodes", "chunk-*", "file-*.parquet") if info.packed

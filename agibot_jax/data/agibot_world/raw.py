@@ -18,7 +18,7 @@ import logging
 import os
 import tarfile
 
-from agibot_jax import registry
+from agibot_jax import rig as rig_lib
 from agibot_jax.data.agibot_world import captions, source
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ class RawEpisode:
                     and n.endswith(DEPTH_SUFFIX))
       if not depth:
         raise source.Unusable(os.path.join(where, "depth"), f"no {DEPTH_PREFIX}*{DEPTH_SUFFIX} frames (--depth)")
-    return source.Media(videos=tuple(files[f"videos/{VIDEO_FILES[v]}"] for v in registry.VIEW_NAMES),
-                        first_frames=(0,) * len(registry.VIEW_NAMES), num_frames=None, fps=None, depth=depth)
+    return source.Media(videos=tuple(files[f"videos/{VIDEO_FILES[v]}"] for v in rig_lib.AGIBOT.names),
+                        first_frames=(0,) * len(rig_lib.AGIBOT.names), num_frames=None, fps=None, depth=depth)
 
   def _folder_files(self) -> dict[str, source.Blob]:
     """`videos/<name>` and `depth/<name>` -> file."""

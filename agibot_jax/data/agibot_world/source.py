@@ -42,7 +42,7 @@ class Blob:
 
 @dataclasses.dataclass(frozen=True)
 class Media:
-  """The files of one episode; per-view tuples follow registry.VIEW_NAMES."""
+  """The files of one episode; per-view tuples follow the rig's cameras (`importer.Settings.rig`)."""
   videos: tuple[Blob, ...]
   first_frames: tuple[int, ...]  # the episode's first frame in each video (LeRobot v3 packs episodes), else 0
   num_frames: int | None  # declared by the source's metadata (LeRobot); None: the videos' own frame count

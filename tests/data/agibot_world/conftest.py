@@ -25,6 +25,11 @@ VIEW_FILES = {"head_color": "head_color.mp4", "hand_left": "hand_left_color.mp4"
 LEROBOT_KEYS = {"v2.1": ("observation.images.head", "observation.images.hand_left", "observation.images.hand_right"),
                 "v3.0": ("observation.images.top_head", "observation.images.hand_left",
                          "observation.images.hand_right")}
+# LeRobot's own example robots: ALOHA (two arms, four cameras; lerobot/aloha_* datasets) and a single arm with two
+# cameras (koch / so100 datasets).
+ALOHA_KEYS = ("observation.images.cam_high", "observation.images.cam_left_wrist", "observation.images.cam_low",
+              "observation.images.cam_right_wrist")
+SINGLE_ARM_KEYS = ("observation.images.laptop", "observation.images.phone")
 
 
 def frames(view: int, start: int, count: int, seed: int = 0) -> np.ndarray:
@@ -119,25 +124,38 @@ def write_shard(task_dir: pathlib.Path, episodes: list[int], num_frames: int = 2
 
 
 def write_lerobot(root: pathlib.Path, version: str, lengths: list[int], tasks: list[str],
-                  action_texts: dict[int, list[tuple[int, int, str]]] | None = None) -> None:
-  """A LeRobot root: v2.1 (one MP4 per episode and camera) or v3.0 (all episodes packed in one MP4 per camera).
+                  action_texts: dict[int, list[tuple[int, int, str]]] | None = None, *,
+                  keys: tuple[str, ...] | None = None, robot_type: str = "a2d") -> None:
+  """A LeRobot root: v2.1 (one MP4 per episode and camera) or v3.0 (all episodes packed in one MP4 per camera), its
+  meta/info.json in LeRobot's layout (video features with their `info`, the per-frame index features).
 
-  Episode e has lengths[e] frames, task tasks[e]; its frames are `frames(view, 0, length, seed=e)`.
-  `action_texts` adds LeRobot-port per-frame `action_text` / `init_scene_text` columns to the data parquet.
+  Episode e has lengths[e] frames, task tasks[e]; camera v (of `keys`, default AgiBot World's of the version) films
+  `frames(v, 0, length, seed=e)`. `action_texts` adds LeRobot-port per-frame `action_text` / `init_scene_text`
+  columns to the data parquet.
   """
   import pyarrow as pa
   import pyarrow.parquet as pq
 
-  keys = LEROBOT_KEYS[version]
+  keys = keys or LEROBOT_KEYS[version]
   packed = version == "v3.0"
-  features = {k: {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"]} for k in keys}
-  features["observation.state"] = {"dtype": "float32", "shape": [2]}
-  info = {"codebase_version": version, "robot_type": "a2d", "fps": FPS, "chunks_size": 1000,
-          "total_episodes": len(lengths), "features": features}
+  video_info = {"video.height": H, "video.width": W, "video.codec": "h264", "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False, "video.fps": FPS, "video.channels": 3, "has_audio": False}
+  features = {k: {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"], "info": video_info}
+              for k in keys}
+  features["observation.state"] = {"dtype": "float32", "shape": [2], "names": {"motors": ["joint_0", "joint_1"]}}
+  features["action"] = {"dtype": "float32", "shape": [2], "names": {"motors": ["joint_0", "joint_1"]}}
+  for name in ("episode_index", "frame_index", "index", "task_index"):
+    features[name] = {"dtype": "int64", "shape": [1], "names": None}
+  features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+  info = {"codebase_version": version, "robot_type": robot_type, "total_episodes": len(lengths),
+          "total_frames": int(sum(lengths)), "total_tasks": len(set(tasks)), "chunks_size": 1000, "fps": FPS,
+          "splits": {"train": f"0:{len(lengths)}"}, "features": features}
   if packed:
+    info.update(data_files_size_in_mb=100, video_files_size_in_mb=500)
     info["data_path"] = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     info["video_path"] = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
   else:
+    info.update(total_chunks=1, total_videos=len(lengths) * len(keys))
     info["data_path"] = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
     info["video_path"] = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
   (root / "meta").mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import rig
 from agibot_jax.data.agibot_world import captions
 
 TEXT = captions.EpisodeText("Stock the shelf", "A shelf and a crate of cans ", (
@@ -20,7 +20,7 @@ TEXT = captions.EpisodeText("Stock the shelf", "A shelf and a crate of cans ", (
 def test_default_template(first, last, actions):
   caption = captions.clip_caption(TEXT, first, last)
   assert caption == " ".join(f"Stock the shelf. A shelf and a crate of cans. {actions}".split())
-  assert not any(v.caption_prefix in caption for v in registry.VIEWS.values())
+  assert not any(v.caption_prefix in caption for v in rig.AGIBOT.cameras)
 
 
 def test_custom_template_and_missing_fields():

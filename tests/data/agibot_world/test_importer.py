@@ -14,10 +14,10 @@ import shutil
 import numpy as np
 import pytest
 
-from agibot_jax import registry
+from agibot_jax import rig
 from agibot_jax import video_io as video
 from agibot_jax.data import inspect, pipeline
-from agibot_jax.data.agibot_world import decode, depth, importer, raw
+from agibot_jax.data.agibot_world import decode, depth, importer, lerobot, raw
 from tests.data.agibot_world import conftest
 from tests.data.conftest import tiny_config
 
@@ -55,7 +55,7 @@ def test_clip_count_and_frame_ranges(imported):
   assert (summary.clips, summary.written, summary.episodes) == (11, 11, 5)
   ids = sorted(c for ranges in clips.values() for c in ranges)
   for folder in ("videos", importer.DEPTH_FOLDER):
-    for view in registry.VIEW_NAMES:
+    for view in rig.AGIBOT.names:
       assert sorted(p[:-4] for p in os.listdir(dst / folder / view)) == ids
   info = video.probe(str(dst / "videos" / "hand_left" / "328_2002_c1.mp4"))
   assert (info.num_frames, info.fps, info.height, info.width) == (9, 30.0, conftest.H, conftest.W)
@@ -69,7 +69,7 @@ def test_pixels_equal_the_source_frame(imported, raw_root, key, k, j):
   dst, _, manifest = imported
   first = manifest["episodes"][key]["clips"][f"{key}_c{k}"][0]
   episode = next(e for e in raw.discover(str(raw_root))[0] if f"{e.task}_{e.episode}" == key)
-  for view, blob in zip(registry.VIEW_NAMES, episode.media(want_depth=False).videos):
+  for view, blob in zip(rig.AGIBOT.names, episode.media(want_depth=False).videos):
     info = decode.probe(blob)
     src = [f for _, f in zip(range(first + j + 2), decode.iter_frames(blob, info, 0, "imageio"))]
     out = _frame(dst / "videos" / view / f"{key}_c{k}.mp4", j)
@@ -85,7 +85,7 @@ def test_captions_follow_the_template(imported):
               "c1": f"{base} Pick a can from the crate. Place the can on the shelf.",
               "c2": f"{base} Place the can on the shelf."}
   for c, caption in expected.items():
-    for view in registry.VIEW_NAMES:
+    for view in rig.AGIBOT.names:
       assert json.loads((dst / "captions" / view / f"327_1001_{c}.json").read_text()) == {"caption": caption}
   assert json.loads((dst / "captions" / "head_color" / "328_2001_c0.json").read_text()) == {
       "caption": "Stock the shelf 328. A shelf and a crate of cans."}
@@ -128,7 +128,7 @@ def test_inspect_and_a_batch_accept_the_output(imported, capsys):
   assert "samples:        11" in capsys.readouterr().out
   batch = next(pipeline.from_config(tiny_config("depth", dst), num_epochs=1))
   assert batch["video"].shape == batch["control_input_depth"].shape == (1, 3, 27, 64, 96)
-  assert batch["ai_caption"][0][0].startswith(registry.view("head_color").caption_prefix + " Stock the shelf")
+  assert batch["ai_caption"][0][0].startswith(rig.AGIBOT.cameras[0].caption_prefix + " Stock the shelf")
 
 
 def test_resume_writes_only_what_is_missing(imported, raw_root, tmp_path):
@@ -192,7 +192,7 @@ def test_lerobot_roots(tmp_path, version, backend):
   assert manifest["episodes"]["ds_1"]["clips"] == {"ds_1_c0": [0, 8]}
   assert manifest["episodes"]["ds_1"]["first_frames"] == ([20] * 3 if version == "v3.0" else [0] * 3)
   for v in range(3):
-    out = video.read_frames(str(dst / "videos" / registry.VIEW_NAMES[v] / "ds_1_c0.mp4"), 0, 9, "imageio")
+    out = video.read_frames(str(dst / "videos" / rig.AGIBOT.names[v] / "ds_1_c0.mp4"), 0, 9, "imageio")
     truth = conftest.frames(v, 0, 9, seed=1)
     assert max(_mean_abs(o, t) for o, t in zip(out, truth)) < 2 * CODEC_LOSS  # source encode + re-encode
     assert _mean_abs(out[0], conftest.frames(v, 1, 1, seed=1)[0]) > WRONG_FRAME
@@ -200,3 +200,33 @@ def test_lerobot_roots(tmp_path, version, backend):
       "Wipe. A shelf and a crate of cans. Pick a can. Wipe the table.")
   with pytest.raises(ValueError, match="--depth reads the raw release"):
     importer.run(_settings(root, tmp_path / "dst2", depth=True))
+
+
+def test_any_lerobot_dataset_with_a_camera_map(tmp_path, capsys):
+  """An ALOHA-style v3.0 root (four cameras, the episodes packed in one MP4 per camera), two of its cameras imported
+  under the map's names: the right source frames (episode 1 starts at packed frame 20) and the task as caption;
+  DST/rig.json is the rig to train with, and inspect accepts the output with it."""
+  root = tmp_path / "aloha_cups"
+  conftest.write_lerobot(root, "v3.0", [20, 14], ["Put the cup in the bin", "Stack the cups"],
+                         keys=conftest.ALOHA_KEYS, robot_type="aloha")
+  two, keys = lerobot.camera_map([(conftest.ALOHA_KEYS[0], "head"), (conftest.ALOHA_KEYS[3], "right_wrist")],
+                                 name="dst")
+  dst = tmp_path / "dst"
+  summary = importer.run(_settings(root, dst, rig=two, video_keys=keys))
+  assert (summary.kind, summary.clips) == ("lerobot v3.0", 3)
+  assert sorted(os.listdir(dst / "videos")) == sorted(os.listdir(dst / "captions")) == ["head", "right_wrist"]
+  manifest = json.loads((dst / importer.MANIFEST).read_text())
+  assert manifest["settings"]["cameras"] == ["head", "right_wrist"]
+  assert list(manifest["episodes"]["aloha_cups_1"]["videos"]) == ["head", "right_wrist"]
+  out = video.read_frames(str(dst / "videos" / "right_wrist" / "aloha_cups_1_c0.mp4"), 0, 9, "imageio")
+  truth = conftest.frames(3, 0, 9, seed=1)  # the fourth camera, cam_right_wrist
+  assert max(_mean_abs(o, t) for o, t in zip(out, truth)) < 2 * CODEC_LOSS  # source encode + re-encode
+  assert _mean_abs(out[0], conftest.frames(0, 0, 1, seed=1)[0]) > WRONG_FRAME  # not cam_high's
+  assert json.loads((dst / "captions" / "head" / "aloha_cups_1_c0.json").read_text()) == {"caption": "Stack the cups."}
+  assert rig.parse(str(dst / rig.RIG_FILE)) == two
+  config = tiny_config("edge", dst)
+  config.rig = str(dst / rig.RIG_FILE)
+  assert inspect.run(config) == 0, capsys.readouterr().err
+  assert "rig:            dst (head=0, right_wrist=1)" in capsys.readouterr().out
+  with pytest.raises(ValueError, match=r"imported with other settings \(cameras=\['head', 'right_wrist'\]\)"):
+    importer.run(_settings(root, dst, video_keys=conftest.ALOHA_KEYS[:3]))  # the agibot rig's three folders
