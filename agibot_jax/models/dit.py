@@ -515,6 +515,12 @@ class AdaLNModulation(nn.Module):
     return m + adaln_lora_B3D[:, : self.chunks * d]
 
 
+def kernel_compute_dtype(cfg: DiTConfig, path: tuple[str, ...]):
+  """The dtype a block kernel at `path` (in the params tree) is computed in: float32 inside the adaLN modulation MLPs
+  (`AdaLNModulation`, named adaln_modulation_*), `cfg.dtype` elsewhere."""
+  return F32 if any(name.startswith("adaln_modulation") for name in path) else jnp.dtype(cfg.dtype)
+
+
 class AttentionProjections(nn.Module):
   """q/k/v/output projections with per-head qk-RMSNorm (spec §5.3); attention itself is outside."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -99,16 +99,20 @@ def init_adapters(params, lora: LoraConfig, seed: int) -> dict:
   return traverse_util.unflatten_dict(out)
 
 
-def merged(params, scale: float):
-  """`params` with each kernel that has adapters replaced by W + scale·A@B (float32), the adapters dropped. A tree
-  without adapters comes back as it is."""
+def merged(params, scale: float, dtype_of: Callable[[Path], Any] = lambda path: jnp.float32):
+  """`params` with each kernel that has adapters replaced by W + scale·A@B, the adapters dropped. A tree without
+  adapters comes back as it is. The sum is float32, rounded to `dtype_of(kernel path)`: the train step rounds to the
+  dtype each layer computes in (`dit.kernel_compute_dtype`), which is what the layer's own cast would do, so the
+  forward is unchanged while the merged kernels and their gradients take half the memory (1.34 -> 0.67 GiB each on
+  the 2B in bf16)."""
   flat = traverse_util.flatten_dict(params)
   if not any(p[-1] == A for p in flat):
     return params
   for path in [p for p in flat if p[-1] == A]:
     a, b = flat.pop(path), flat.pop(path[:-1] + (B,))
     kernel = path[:-1] + (KERNEL,)
-    flat[kernel] = jnp.asarray(flat[kernel], jnp.float32) + scale * jnp.matmul(a, b)
+    summed = jnp.asarray(flat[kernel], jnp.float32) + scale * jnp.matmul(a, b)
+    flat[kernel] = summed.astype(dtype_of(kernel))
   return traverse_util.unflatten_dict(flat)
 
 

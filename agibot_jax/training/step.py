@@ -16,6 +16,7 @@ same either way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -67,9 +68,11 @@ def make_loss_fn(model: dit.MultiViewControlDiT, config):
   compute_dtype = jnp.dtype(model.cfg.dtype)
   control_weight = float(config.model.control_weight)
   lora_scale = lora.LoraConfig.from_config(config.model).scale
+  kernel_dtype = functools.partial(dit.kernel_compute_dtype, model.cfg)  # merged kernels as their layers compute
 
   def loss_fn(trainable, frozen, micro):
-    apply_fn = network_fn(model, lora.merged(optim.merge_params(trainable, frozen), lora_scale), micro, control_weight)
+    params = lora.merged(optim.merge_params(trainable, frozen), lora_scale, kernel_dtype)
+    apply_fn = network_fn(model, params, micro, control_weight)
     draws = objective.sample_draws(micro["key"], step_cfg.objective, micro["x0_BTHWC"].shape, step_cfg.num_views)
     loss, _ = objective.rectified_flow_loss(apply_fn, micro["x0_BTHWC"], micro["crossattn_emb_BMC"], draws,
                                             num_views=step_cfg.num_views, compute_dtype=compute_dtype)

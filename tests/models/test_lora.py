@@ -103,6 +103,21 @@ def test_merge_is_w_plus_scaled_a_b_and_drops_the_adapters():
   assert lora.merged({"x": {"kernel": w}}, 1.0)["x"]["kernel"] is w  # no adapters: untouched
 
 
+def test_the_step_merges_each_kernel_in_the_dtype_its_layer_computes_in():
+  # The train step rounds merged kernels to their layer's compute dtype (what the layer's own cast does): bf16 for
+  # the attention/MLP kernels of a bf16 network, float32 for the adaLN modulation MLPs, which compute in float32.
+  cfg = dit.DiTConfig.from_config({**edge.get_config("tiny").model.net, "dtype": "bfloat16"})
+  rng = np.random.default_rng(1)
+  w, a, b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 6, 5), (2, 6, 3), (2, 3, 5)))
+  params = {"control_blocks": {name: {"kernel": w, "lora_a": a, "lora_b": b}
+                               for name in ("mlp_layer1", "adaln_modulation_mlp")}}
+  out = lora.merged(params, 0.5, lambda path: dit.kernel_compute_dtype(cfg, path))["control_blocks"]
+  in_float32 = np.asarray(lora.merged(params, 0.5)["control_blocks"]["mlp_layer1"]["kernel"])
+  assert out["mlp_layer1"]["kernel"].dtype == jax.numpy.bfloat16
+  np.testing.assert_array_equal(np.asarray(out["mlp_layer1"]["kernel"]), in_float32.astype(jax.numpy.bfloat16))
+  assert out["adaln_modulation_mlp"]["kernel"].dtype == np.float32
+
+
 def test_adapter_axes_follow_the_kernel_with_the_rank_replicated():
   assert lora.adapter_axes(("layers", "embed", "mlp"), lora.A) == ("layers", "embed", None)
   assert lora.adapter_axes(("layers", "embed", "mlp"), lora.B) == ("layers", None, "mlp")
