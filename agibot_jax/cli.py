@@ -285,8 +285,9 @@ def run(main: Callable[..., int | None], *, positional: Sequence[str] = (), requ
     if len(extra) != len(positional):
       strays = extra[len(positional):]
       what = f"unexpected argument(s) {strays}" if strays else f"missing argument(s) {list(positional[len(extra):])}"
-      fail(f"{what}; config overrides are KEY=VALUE (e.g. trainer.max_iter=10) or --config.KEY=VALUE"
-           f"{_stray_hint(strays)}")
+      how = ("config overrides are KEY=VALUE (e.g. trainer.max_iter=10) or --config.KEY=VALUE"
+             if "config" in flags.FLAGS else f"it takes {' '.join(positional).upper()} (--help)")
+      fail(f"{what}; {how}{_stray_hint(strays)}")
     config = flags.FLAGS.config if "config" in flags.FLAGS else None
     if line.experiment is not None and config is not None and config.control_type != line.experiment:
       fail(f"experiment=transfer2_agibot_posttrain_{line.experiment}_example asks for control {line.experiment!r} "

@@ -31,7 +31,8 @@ def test_import_then_refusals(tmp_path):
   assert refused.returncode == 2 and "REFUSED" in refused.stderr and "--depth reads the raw release" in refused.stderr
   rerun = _run(src, dst, "--clip_frames=9")
   assert rerun.returncode == 2 and "other settings (aspect='crop')" in rerun.stderr
-  assert _run(src).returncode == 1  # usage: SRC and DST
+  usage = _run(src)  # SRC without DST
+  assert usage.returncode == 2 and usage.stderr.strip().endswith("missing argument(s) ['dst']; it takes SRC DST (--help)")
 
 
 def test_every_episode_skipped_exits_2_in_one_line(monkeypatch, capsys):

@@ -52,9 +52,9 @@ def one_device(dataset_dir, eight_devices):
   c = tiny.config(dataset_dir)
   _, samples = validation.split_samples(c, [], required=True)
   mesh = sharding.make_mesh(1, 1, 1)
-  jax.set_mesh(mesh)
-  validator, cfg = tiny.validator(dataset_dir, mesh, samples)
-  return c, validator, tiny.params(cfg, mesh), mesh
+  with jax.set_mesh(mesh):  # the module's tests run under it; later test files see no mesh
+    validator, cfg = tiny.validator(dataset_dir, mesh, samples)
+    yield c, validator, tiny.params(cfg, mesh), mesh
 
 
 def test_held_out_split_is_seeded_order_free_and_complete():
