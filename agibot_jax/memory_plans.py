@@ -194,7 +194,7 @@ def choose(config, mesh, text_channels: int, *, compile_fn: Callable = compile_s
   """The config of the fastest plan that fits `model.memory_budget_gib` and survives a trial step; `config` itself
   when the budget is 0. Raises NoPlanFits (one line listing what the plans compiled need) when none does.
 
-  The plans as configured is compiled first (it fits on large cards); below it, each plan needs less than the one
+  The plan as configured is compiled first (it fits on large cards); below it, each plan needs less than the one
   before, so a bisection finds the fastest that fits in at most three more compilations (20-50 s each for the 2B
   step). `compile_fn(config, mesh, text_channels)` gives a `CompiledStep`-like object with `.memory` (a StepMemory)
   that `trial` runs; both are arguments so that tests can script them.

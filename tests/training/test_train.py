@@ -202,8 +202,8 @@ def test_one_camera_rig_trains(tmp_path):
   assert saved["dataloader_train"]["dataset"]["views"] == ["wrist"] and '"view":1' in saved["rig"]
 
 
-LOW_MEMORY = {"model.net.remat_policy": "full", "model.net.offload_block_inputs": True, "model.net.mlp_chunks": 3,
-              "model.offload_optimizer_state": True}
+LOW_MEMORY = {"model.net.remat_policy": "full", "model.net.offload_block_inputs": True, "model.net.remat_sublayers": True,
+              "model.net.mlp_chunks": 3, "model.offload_optimizer_state": True}
 
 
 @pytest.mark.slow
