@@ -357,8 +357,10 @@ def _skip(error: _Unrestorable, older: list[int]) -> None:
   """Names a checkpoint a read-only command skips (once per process), which it leaves where it is."""
   message = f"{error}; {f'reading checkpoint {older[0]} instead' if older else 'no older checkpoint'} (it stays " \
             "in place: this command only reads)"
-  if message not in _skipped_reported:
-    _skipped_reported.add(message)
+  # Keyed by checkpoint and item, not the reason: two reads of one damaged item can name different missing arrays.
+  item = str(error).split(" does not restore", 1)[0]
+  if item not in _skipped_reported:
+    _skipped_reported.add(item)
     log.warning("%s", message)
 
 
