@@ -43,6 +43,7 @@ PLANS = (
     ("+ a checkpoint per sub-layer", {"model.net.remat_sublayers": True}),
     ("+ optimizer state and EMA in host memory", {"model.offload_optimizer_state": True}),
     ("+ MLP in token slices", {"model.net.mlp_chunks": 8}),
+    ("+ block inputs kept per segment of 3 blocks", {"model.net.remat_segment_blocks": 3}),
 )
 RESERVE_GIB = 0.5
 

@@ -215,6 +215,10 @@ def check_config(config) -> None:
       sharding.make_mesh(**config.mesh)
     except ValueError as e:
       problems.append(str(e))
+  try:  # the network's own checks (remat settings, head count, ...)
+    dit.DiTConfig.from_config(config.model.net)
+  except (KeyError, TypeError, ValueError) as e:
+    problems.append(f"model.net: {e.args[0] if e.args else e}")
   try:
     lora_cfg = lora.LoraConfig.from_config(config.model)
     if lora_cfg.rank and not problems:  # its targets against the control blocks' kernels (an abstract init, ~1 s)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # README's card table, run: each row's command (the 2B train step, 3 views x 93 frames, batch 1, synthetic latents and
 # raw text as from the caches) in JAX's memory pool capped to what that card gives (XLA_PYTHON_CLIENT_MEM_FRACTION
-# of this GPU's memory), 1 warm-up and 3 timed steps. Prints per row the plan the budget chose, s/step, the allocator's
+# of this GPU's memory), 1 warm-up and 3 timed steps (WARMUP, STEPS). Prints per row the plan the budget chose, s/step, the allocator's
 # peak and PASS/FAIL, then the table as markdown. Run from the repo root on the GPU machine with the wheels of
 # shared/device/wheels.sh on PYTHONPATH:
 #   bash benchmarks/gpu_card_table.sh OUT_DIR                  # every row this GPU can emulate
 #   ROWS="24/432 40/432 24/432/lora16" bash benchmarks/gpu_card_table.sh   # some rows
+#   ROWS="48/720" WARMUP=0 ROW_TIMEOUT_S=560 bash benchmarks/gpu_card_table.sh   # a 720p row, in one 10-minute call
 # Rows: card/resolution[/loraR] (loraR: --config.model.lora.rank=R, which changes what is trained). Pools (GiB): .95 of the smallest card of the class (the README's advice below 80 GB):
 # 24 GB (RTX 4090, 23.99 GiB) 22.3 (the issue's 22.5 GB); 40 GB (A100 40GB) 38.0; 48 GB (L40S, 44.99 GiB) 42.7;
 # 80 GB at the default .75 (432x768) or .95 (720p); 141 GB only on an H200 itself.
@@ -24,15 +25,16 @@ setting() {  # card resolution -> "pool_gib budget_gib"
   esac
 }
 rows=${ROWS:-"80/432 48/432 40/432 24/432 80/720 48/720 141/432 141/720"}
+warmup=${WARMUP:-1}; steps=${STEPS:-3}  # 720p: WARMUP=0 saves a ~60 s step (the median of 3 ignores a slow first one)
 summary='
 import json, sys
 row, log = sys.argv[1], sys.argv[2]
 lines = [l for l in open(log) if l.startswith("{")]
 plans = [l.split("memory plan ", 1)[1].strip()[:160] for l in open(log) if "memory plan " in l]
 r = json.loads(lines[-1]) if lines else {}
-ok = bool(r.get("step_s_median")) and len(r.get("losses", [])) == 4
+ok = bool(r.get("step_s_median")) and len(r.get("losses", [])) == int(sys.argv[3])
 keys = ("pool_gib", "memory_budget_gib", "lora_rank", "remat", "offload_block_inputs", "remat_sublayers", "offload_optimizer_state",
-        "mlp_chunks", "step_s_median", "peak_memory_gib", "losses", "compile_s")
+        "mlp_chunks", "remat_segment_blocks", "step_s_median", "peak_memory_gib", "losses", "compile_s")
 print(json.dumps({"row": row, "result": "PASS" if ok else "FAIL", **{k: r.get(k) for k in keys}, "plans": plans}))'
 for row in $rows; do
   IFS=/ read -r card res variant <<< "$row"
@@ -44,15 +46,15 @@ for row in $rows; do
   if python3 -c "import sys; sys.exit(0 if $frac <= 0.97 else 1)"; then :; else
     echo "{\"row\": \"$row\", \"result\": \"not run: this GPU has $total_gib GiB\"}" | tee -a "$out/rows.jsonl"; continue
   fi
-  cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=$frac python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup 1 --steps 3 --config.dataloader_train.dataset.resolution_hw=$hw --config.model.memory_budget_gib=$budget ${extra[*]}"
+  cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=$frac python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup $warmup --steps $steps --config.dataloader_train.dataset.resolution_hw=$hw --config.model.memory_budget_gib=$budget ${extra[*]}"
   echo "== $row: $cmd"
   # One compilation cache per row: the chosen plan compiles once for the chooser and once for the timed run.
   JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache_${card}_$res$variant XLA_PYTHON_CLIENT_MEM_FRACTION=$frac timeout ${ROW_TIMEOUT_S:-420} \
-    python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup 1 --steps 3 \
+    python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup "$warmup" --steps "$steps" \
     --config.dataloader_train.dataset.resolution_hw="$hw" --config.model.memory_budget_gib="$budget" "${extra[@]}" \
     > "$out/row_${card}_$res$variant.log" 2>&1
   echo "   exit $?"
-  python3 -c "$summary" "$row" "$out/row_${card}_$res$variant.log" | tee -a "$out/rows.jsonl"
+  python3 -c "$summary" "$row" "$out/row_${card}_$res$variant.log" $((warmup + steps)) | tee -a "$out/rows.jsonl"
 done
 python3 - "$out/rows.jsonl" <<'PY'
 import json, sys
@@ -63,6 +65,7 @@ for line in open(sys.argv[1]):
   plan = f"{r.get('remat')}" + "".join(f" +{k}" for k in ("offload_block_inputs", "remat_sublayers",
                                                            "offload_optimizer_state") if r.get(k))
   plan += f" mlp_chunks={r['mlp_chunks']}" if (r.get("mlp_chunks") or 1) > 1 else ""
+  plan += f" segments of {r['remat_segment_blocks']}" if (r.get("remat_segment_blocks") or 1) > 1 else ""
   plan += f" LoRA rank {r['lora_rank']}" if r.get("lora_rank") else ""
   print(f"| {r['row']} | {r.get('pool_gib')} | {r.get('memory_budget_gib')} | {plan} | {r.get('step_s_median')} | "
         f"{r.get('peak_memory_gib')} | {r['result']} |")

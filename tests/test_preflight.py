@@ -84,6 +84,19 @@ def test_check_config_names_what_contradicts_the_rig():
   assert "model.net.cross_view_attn_map: the cross-view neighbours are the rig's" in str(e.value)
 
 
+@pytest.mark.parametrize("settings,message", [
+    ({"remat_policy": "save_self_attention", "offload_block_inputs": True},
+     "model.net: offload_block_inputs keeps only the block inputs, in host memory: it needs remat_policy 'full', "
+     "got 'save_self_attention'"),
+    ({"remat_segment_blocks": 0}, "model.net: remat_segment_blocks must be >= 1, got 0")])
+def test_check_config_names_what_the_network_refuses(settings, message):
+  config = base.get_config("edge", "tiny")
+  for key, value in settings.items():
+    config.model.net[key] = value
+  with pytest.raises(cli.ConfigError, match="^config: " + re.escape(message) + "$"):
+    preflight.check_config(preflight.resolve(config))
+
+
 def test_sampling_reads_the_data_the_checkpoint_was_trained_on(tmp_path, dataset_dir):
   """Issue 31, item 1: sample/eval of a run trained with its own dataset_dir read that dataset (and its held-out
   fraction), not `<workdir>/example_data`; a path given on the command line wins."""

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from agibot_jax import rig, sharding
-from agibot_jax.models import remat
+from agibot_jax.models import offload_scan, remat
 from agibot_jax.models.attention import dot_product_attention
 
 Array = jax.Array
@@ -100,6 +100,7 @@ class DiTConfig:
   offload_block_inputs: bool = False
   remat_sublayers: bool = False
   mlp_chunks: int = 1
+  remat_segment_blocks: int = 1
   context_local_attention: bool = True
 
   def __post_init__(self):
@@ -112,6 +113,10 @@ class DiTConfig:
       raise ValueError("remat_sublayers needs a remat_policy other than 'none'")
     if self.mlp_chunks < 1:
       raise ValueError(f"mlp_chunks must be >= 1, got {self.mlp_chunks}")
+    if self.remat_segment_blocks < 1:
+      raise ValueError(f"remat_segment_blocks must be >= 1, got {self.remat_segment_blocks}")
+    if self.remat_segment_blocks > 1 and self.remat_policy == "none":
+      raise ValueError("remat_segment_blocks needs a remat_policy other than 'none'")
 
   @property
   def head_dim(self) -> int:
@@ -728,21 +733,44 @@ def _main_blocks(cfg: DiTConfig, t: int, s: int, stacked_params, x_BVLD, layers,
   so they run ahead of the layer scan: differentiating the control branch then gives them no backward pass.
   One scan over all blocks would not (its carry is differentiated in every iteration), which costs a whole
   block's backward and recomputation per step.
+
+  What the scan keeps for the backward: each block's input (on the device, or in host memory with
+  `offload_block_inputs`), or with `remat_segment_blocks=k` each k-th one: a segment of k blocks is recomputed
+  from its input in the backward, keeping its k block inputs meanwhile, so each block runs forward once more.
   """
   block = MainBlock(cfg, t, s)
+  shared = (stacked_params, layers, ctx, hints_KBVLD, scale_B)
 
-  def apply_block(x, i):
+  def apply_block(x, i, shared):
+    stacked_params, layers, *rest = shared
     p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked_params)
-    layer = jax.tree.map(lambda a: a[i], layers)
-    return block.apply({"params": p}, x, layer, ctx, hints_KBVLD, scale_B)[0]
+    return block.apply({"params": p}, x, jax.tree.map(lambda a: a[i], layers), *rest)[0]
 
-  if cfg.remat_policy != "none":
-    apply_block = jax.checkpoint(apply_block, policy=_block_policy(cfg), prevent_cse=False)
+  def checkpointed(offload: bool):
+    if cfg.remat_policy == "none":
+      return apply_block
+    return jax.checkpoint(apply_block, policy=remat.policy(cfg.remat_policy, offload), prevent_cse=False)
+
+  def run_blocks(x, ids, shared):  # one segment: a scan over its blocks, each a checkpoint of its own
+    return jax.lax.scan(lambda x, i: (checkpointed(False)(x, i, shared), None), x, ids)[0]
+
   first = cfg.control_layers[0] + 1
   for i in range(first):
-    x_BVLD = apply_block(x_BVLD, i)
-  x_BVLD, _ = jax.lax.scan(lambda x, i: (apply_block(x, i), None), x_BVLD, jnp.arange(first, cfg.num_blocks))
-  return x_BVLD
+    x_BVLD = checkpointed(cfg.offload_block_inputs)(x_BVLD, i, shared)
+  k = cfg.remat_segment_blocks
+  ids = jnp.arange(first, cfg.num_blocks)
+  if k == 1 and not cfg.offload_block_inputs:
+    return run_blocks(x_BVLD, ids, shared)
+  if k == 1:  # each block's input to the host; the backward recomputes the block from it
+    return offload_scan.scan_offloading_inputs(apply_block, x_BVLD, ids, shared)
+  whole = len(ids) // k * k
+  segments = ids[:whole].reshape(-1, k)
+  if cfg.offload_block_inputs:
+    x_BVLD = offload_scan.scan_offloading_inputs(run_blocks, x_BVLD, segments, shared)
+  else:
+    segment = jax.checkpoint(run_blocks, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+    x_BVLD = jax.lax.scan(lambda x, seg: (segment(x, seg, shared), None), x_BVLD, segments)[0]
+  return run_blocks(x_BVLD, ids[whole:], shared) if whole < len(ids) else x_BVLD
 
 
 # ----------------------------------------------------------------------------------------------

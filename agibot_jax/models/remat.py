@@ -10,8 +10,9 @@ recomputing:
   save_attention                     the block input and what all three attention kernels keep
 
 The scan stacks the block inputs (one (B, V, L, D) tensor per layer) on the device, unless
-`model.net.offload_block_inputs` moves them to pinned host memory (needed for 720p on one GPU;
-the copies overlap the step only in part, BENCHMARKS.md).
+`model.net.offload_block_inputs` (with `full` only) keeps them in pinned host memory between the forward and the
+backward: the main blocks' through `offload_scan`, the 4 control blocks' through the policy (XLA still stacks them
+on the device before the move; `model.net.remat_segment_blocks` keeps fewer of them).
 
 A block's backward first recomputes what its policy did not keep, all of it at once: at 93k tokens every
 activation of one block together is several GiB. `model.net.remat_sublayers` gives each of the block's four
@@ -66,14 +67,15 @@ def policy(name: str, offload_block_inputs: bool = False):
   """The `jax.checkpoint` policy of `name`; None for "none" (no remat)."""
   if name not in POLICIES:
     raise ValueError(f"remat_policy must be one of {POLICIES}, got {name!r}")
+  if offload_block_inputs and name != "full":
+    raise ValueError(f"offload_block_inputs keeps only the block inputs, in host memory: it needs remat_policy 'full', "
+                     f"got {name!r}")
   if name == "none":
-    if offload_block_inputs:
-      raise ValueError("offload_block_inputs needs a remat_policy other than 'none'")
     return None
   saved = SAVED_ATTENTION[name]
-  if offload_block_inputs:
+  if offload_block_inputs:  # the control blocks' scan; the main blocks' is offload_scan's
     return jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=saved, names_which_can_be_offloaded=(BLOCK_INPUT,),
+        names_which_can_be_saved=(), names_which_can_be_offloaded=(BLOCK_INPUT,),
         offload_src="device", offload_dst="pinned_host")
   return jax.checkpoint_policies.save_only_these_names(*saved)  # the scan keeps the block inputs on device
 

@@ -105,3 +105,26 @@ def test_cudnn_path_leaves_even_lengths_unpadded_and_unmasked():
   q, k, v = (jnp.zeros((1, n, 2, 8), jnp.bfloat16) for n in (16, 30, 30))
   padded = attention.pad_to_even(q, k, v, None)
   assert all(a is b for a, b in zip(padded[:3], (q, k, v))) and padded[3:] == (None, None)
+
+
+@pytest.mark.gpu
+def test_cudnn_kernel_takes_odd_lengths_forward_and_backward_on_the_gpu():
+  """Issue 33 row 14 on the real kernel: odd query and key lengths with a key mask run forward and backward through
+  cuDNN (padded to even inside) and give the XLA path's values and gradients to bfloat16 rounding."""
+  assert jax.default_backend() == "gpu", "a GPU test: run it on the GPU machine (pytest -m gpu)"
+  rng = np.random.default_rng(3)
+  q = jnp.asarray(rng.standard_normal((2, 15, 4, 64)), jnp.bfloat16)
+  k, v = (jnp.asarray(rng.standard_normal((2, 29, 4, 64)), jnp.bfloat16) for _ in range(2))
+  kv_lengths = jnp.array([20, 29])
+
+  def loss(q, k, v, implementation):
+    o = dot_product_attention(q, k, v, kv_lengths_B=kv_lengths, implementation=implementation)
+    return jnp.sum(jnp.sin(o.astype(jnp.float32))), o
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
+  (_, got), got_grads = grad(q, k, v, "cudnn")
+  (_, want), want_grads = grad(q, k, v, "xla")
+  f32 = lambda a: np.asarray(a, np.float32)
+  np.testing.assert_allclose(f32(got), f32(want), atol=2e-2)  # bf16 outputs of size ~1: a few ulps
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(f32(g), f32(w), rtol=2e-2, atol=2e-2)

@@ -72,8 +72,7 @@ def _block_saves(cfg: dit.DiTConfig, policy) -> collections.Counter:
                              if not src.startswith(("from the argument p", "from the argument c")))
 
 
-@pytest.mark.parametrize("offload", [False, True])
-@pytest.mark.parametrize("name", remat.POLICIES[1:])
+@pytest.mark.parametrize("name,offload", [*((name, False) for name in remat.POLICIES[1:]), ("full", True)])
 def test_block_saves_its_input_and_its_policys_attention_only(name, offload):
   saved = _block_saves(_tiny_cfg(), remat.policy(name, offload))
   block_input = "host" if offload else "from the argument x"
@@ -172,13 +171,30 @@ def test_layer_scans_save_the_named_attention():
   assert set(stacked) == {cfg.num_control_blocks, cfg.num_blocks - first}, stacked
 
 
+@pytest.mark.parametrize("segment,offload,want", [
+    (1, False, {("device", 7)}), (1, True, {("host", 7)}),
+    (2, False, {("device", 3), ("device", 1)}), (2, True, {("host", 3), ("device", 1)})])
+def test_segments_keep_every_kth_main_block_input(segment, offload, want):
+  # 8 blocks: block 0 runs ahead, 7 scanned. Segments of 2: the scan keeps 3 segment inputs (one per 2 blocks), the
+  # last block, outside any segment, its own; a segment's 2 block inputs live only during its backward.
+  cfg = _tiny_cfg(num_blocks=8, remat_policy="full", remat_segment_blocks=segment, offload_block_inputs=offload)
+  model = dit.MultiViewControlDiT(cfg)
+  inputs = bench.synthetic_inputs(cfg, (4, 6), num_views=3, batch=1, key=jax.random.key(1))
+  saved = saved_residuals(lambda p: jnp.mean(jnp.square(model.apply({"params": p}, **inputs))), dit.abstract_params(cfg))
+  # (The 4 control blocks' inputs and their 4 hints are stacks of 4: not counted.)
+  stacks = {(a.memory_space.name.lower(), a.shape[0]) for a, _ in saved
+            if a.ndim == 5 and a.shape[-1] == cfg.model_channels and a.shape[0] != cfg.num_control_blocks}
+  assert stacks == want, stacks
+
+
 def test_offload_moves_stacked_block_inputs_to_host():
-  for name, offload, where in (("full", False, "device"), ("save_attention", True, "host")):
-    cfg, saved = _model_saves(name, offload)
+  for offload, where in ((False, "device"), (True, "host")):
+    cfg, saved = _model_saves("full", offload)
     # The main blocks' scan stacks its inputs (layers, B, V, L, D); it starts after block 0 (`dit._main_blocks`).
+    # Offloaded, the stack is offload_scan's output, written to the host block by block.
     stacked = [a.memory_space.name.lower() for a, _ in saved
                if a.ndim == 5 and a.shape[0] == cfg.num_blocks - 1 and a.shape[-1] == cfg.model_channels]
-    assert stacked == [where], (name, offload, stacked)
+    assert stacked == [where], (offload, stacked)
 
 
 @pytest.fixture(scope="module")
@@ -206,19 +222,44 @@ def no_remat(tiny):
 # ~35 s for the no-remat reference and ~15 s per policy on 2 CPU cores; the default run checks what each policy saves
 # (test_block_saves_its_input_and_its_policys_attention_only), the slow run that the gradients stay the same.
 @pytest.mark.slow
-@pytest.mark.parametrize("name,offload,sublayers,mlp_chunks", [
-    ("full", False, False, 1),
-    ("save_self_and_cross_view_attention", False, False, 1),
-    ("save_attention", True, False, 1),
-    ("full", True, True, 3)])  # the smallest memory plan's network: MLP in 3 token slices (summation order only changes)
-def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, sublayers, mlp_chunks):
+@pytest.mark.parametrize("name,offload,sublayers,mlp_chunks,segment", [
+    ("full", False, False, 1, 1),
+    ("save_self_and_cross_view_attention", False, False, 1, 1),
+    ("full", True, False, 1, 1),
+    ("full", False, False, 1, 2),  # 3 scanned blocks: a segment of 2 and one block outside
+    ("full", True, True, 3, 2)])  # the smallest memory plan's network: MLP in 3 token slices (summation order only changes)
+def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, sublayers, mlp_chunks, segment):
   cfg, params, inputs = tiny
   want_loss, want_grads = no_remat
   loss, grads = _loss_and_grads(dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload,
-                                                    remat_sublayers=sublayers, mlp_chunks=mlp_chunks), params, inputs)
+                                                    remat_sublayers=sublayers, mlp_chunks=mlp_chunks,
+                                                    remat_segment_blocks=segment), params, inputs)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+# Issue 30: host offload of scanned residuals once gave silently wrong gradients in XLA's GPU backend (fixed in 2026),
+# with memory that looked right. Only a GPU run can check it: offload against the same policy without it, on the
+# cuDNN path in the training dtypes and on the float32 XLA path. Offloading copies values, it computes nothing, so
+# the float32 gradients must agree to float32 rounding of a differently fused program; the bfloat16 ones to bf16's.
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,attention,rtol,sublayers", [("float32", "xla", 1e-5, False),
+                                                            ("bfloat16", "cudnn", 1e-2, True)])  # the smallest plan's
+def test_offload_keeps_the_gradients_on_the_gpu(tiny, dtype, attention, rtol, sublayers):
+  assert jax.default_backend() == "gpu", "a GPU test: run it on the GPU machine (pytest -m gpu)"
+  cfg, params, inputs = tiny
+  cfg = dataclasses.replace(cfg, dtype=dtype, attention=attention, remat_policy="full", remat_sublayers=sublayers)
+  want_loss, want_grads = _loss_and_grads(dataclasses.replace(cfg, offload_block_inputs=False), params, inputs)
+  loss, grads = _loss_and_grads(dataclasses.replace(cfg, offload_block_inputs=True), params, inputs)
+  np.testing.assert_allclose(loss, want_loss, rtol=rtol)
+  worst = 0.0
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    scale = float(np.max(np.abs(want))) or 1.0  # relative to the leaf's largest gradient: bf16 rounds per element
+    worst = max(worst, float(np.max(np.abs(got - want))) / scale)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+  print(f"offload vs none, {dtype} {attention} sublayers={sublayers}: largest difference {worst:.2e} of a leaf's max")
 
 
 def test_unexpected_residuals_fail_loudly():
@@ -237,8 +278,9 @@ def test_unknown_names_rejected():
     _tiny_cfg(remat_policy="none", remat_sublayers=True)
   with pytest.raises(ValueError, match="save_everything"):
     remat.policy("save_everything")
-  with pytest.raises(ValueError, match="offload_block_inputs"):
-    remat.policy("none", offload_block_inputs=True)
+  for name in ("none", "save_self_attention"):
+    with pytest.raises(ValueError, match="offload_block_inputs keeps only the block inputs.*'full'"):
+      remat.policy(name, offload_block_inputs=True)
   with pytest.raises(ValueError, match="selfattention"):
     remat.named_residuals(jnp.exp, "selfattention")
 

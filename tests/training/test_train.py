@@ -203,7 +203,7 @@ def test_one_camera_rig_trains(tmp_path):
 
 
 LOW_MEMORY = {"model.net.remat_policy": "full", "model.net.offload_block_inputs": True, "model.net.remat_sublayers": True,
-              "model.net.mlp_chunks": 3, "model.offload_optimizer_state": True}
+              "model.net.mlp_chunks": 3, "model.offload_optimizer_state": True, "model.net.remat_segment_blocks": 2}
 
 
 @pytest.mark.slow
