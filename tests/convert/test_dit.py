@@ -208,6 +208,7 @@ def test_hf_reference_resolves_from_local_cache_offline(tmp_path, monkeypatch):
     torch_io.resolve_source("hf://nvidia/Cosmos-Experimental/uuid-1234/other.pt")
 
 
+@pytest.mark.slow  # ~9 s; the golden DiT comparisons run in-process in tests/models/test_dit.py (default run)
 def test_parity_cli_on_golden(golden_dir):
   out = run_cli("convert.parity", "--golden", golden_dir / "dit_tiny.safetensors")
   assert out.returncode == 0, out.stderr

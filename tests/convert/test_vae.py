@@ -111,6 +111,7 @@ def test_rejects_wrong_shape(small_state, tmp_path):
   _rejects(state, tmp_path, "wrong shape for encoder.head.0.gamma", "(5, 1, 1, 1)")
 
 
+@pytest.mark.slow  # ~18 s; the same golden comparisons run in-process in tests/models/test_vae.py (default run)
 def test_parity_cli_on_golden(golden_dir):
   proc = run_cli("convert.parity", "--golden", golden_dir / "vae_tiny.safetensors")
   assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -124,6 +124,7 @@ def test_scores_of_every_sample_row_go_to_tensorboard(setup, cb, tmp_path, monke
   assert events.Scalars("sample_metrics/ema/n0_w1_g0/psnr")[0].step == 4
 
 
+@pytest.mark.slow  # ~14 s; the rows themselves: test_rows_are_six_samples_then_video_then_control
 def test_latent_batches_show_decoded_latents(setup, cb):
   _, _, _, vae_params, state, batch, _, _ = setup
   rows = cb.sample_rows(state.params(), batch, {})
