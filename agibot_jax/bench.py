@@ -11,7 +11,8 @@ compile time. The last line printed is one JSON object.
 
 `--compile_only` stops after compilation (no device memory beyond the weights and inputs is used, so a plan that
 would not fit can still be inspected); `--largest_buffers N` adds XLA's memory analysis of the compiled step and its
-N largest arrays (shape, dtype, GiB, the jax operation that makes them) to the JSON, to find what a plan keeps.
+N largest arrays (shape, dtype, GiB, device or host memory, the jax operation that makes them) to the JSON, to find
+what a plan keeps.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ def synthetic_model_batch(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
                 "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 # One HLO instruction that makes an array: `%name = bf16[3,2048]{1,0} fusion(...), ..., op_name="jit(f)/..."`.
-_HLO_ARRAY = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*(\w+)\[([\d,]*)\](?:\{[^}]*\})?\s+([\w-]+)\(")
+_HLO_ARRAY = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*(\w+)\[([\d,]*)\](\{[^}]*\})?\s+([\w-]+)\(")
 # One that makes several: `%name = (bf16[..]{..}, f32[..]{..}) custom-call(...)` (a multi-output fusion or kernel).
 _HLO_TUPLE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.-]+)\s*=\s*\((.*?)\)\s+(fusion|custom-call)\(")
-_SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
+_SHAPE = re.compile(r"(\w+)\[([\d,]*)\](\{[^}]*\})?")
+# A layout's memory space: `{4,3,2,1,0:S(5)}` is an array in host memory (XLA's host offload), none is the device's.
+_HOST_MEMORY_SPACE = ":S(5)"
 _HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.-]+)\s.*\{\s*$")
 _FUSION_BODY = re.compile(r"\bfusion\(.*\bcalls=%?([\w.-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -81,11 +84,12 @@ _NO_BUFFER = {"parameter", "get-tuple-element", "bitcast", "tuple"}
 
 
 def largest_buffers(hlo_text: str, n: int) -> list[dict]:
-  """The n largest arrays that instructions of an optimised HLO module make, largest first.
+  """The n largest arrays that instructions of an optimised HLO module make, largest first, each with its memory.
 
   Counted: instructions outside fusion bodies that allocate (a fusion's internals live in registers or shared
   memory; parameters, tuple accessors and bitcasts alias arrays made elsewhere). A map of where a plan's memory
-  goes, not the buffer assignment itself: XLA may still alias or reuse some of these.
+  goes, not the buffer assignment itself: XLA may still alias or reuse some of these, and an array in "host" memory
+  (offloaded) costs no device memory.
   """
   fusion_bodies = set(_FUSION_BODY.findall(hlo_text))
   found, computation = [], None
@@ -97,7 +101,7 @@ def largest_buffers(hlo_text: str, n: int) -> list[dict]:
     if computation in fusion_bodies:
       continue
     if m := _HLO_ARRAY.match(line):
-      name, shapes, opcode = m.group(1), [(m.group(2), m.group(3))], m.group(4)
+      name, shapes, opcode = m.group(1), [(m.group(2), m.group(3), m.group(4) or "")], m.group(5)
     elif m := _HLO_TUPLE.match(line):
       name, shapes, opcode = m.group(1), _SHAPE.findall(m.group(2)), m.group(3)
     else:
@@ -105,14 +109,15 @@ def largest_buffers(hlo_text: str, n: int) -> list[dict]:
     if opcode in _NO_BUFFER:
       continue
     op = _OP_NAME.search(line)
-    for i, (dtype, dims) in enumerate(shapes):
+    for i, (dtype, dims, layout) in enumerate(shapes):
       if dtype not in _DTYPE_BYTES:
         continue
       size = _DTYPE_BYTES[dtype]
       for d in dims.split(","):
         size *= int(d) if d else 1
-      found.append({"gib": size / 2**30, "array": f"{dtype}[{dims}]", "opcode": opcode, "op_name": op.group(1) if op else "",
-                    "instruction": name if len(shapes) == 1 else f"{name}#{i}"})
+      found.append({"gib": size / 2**30, "array": f"{dtype}[{dims}]", "opcode": opcode,
+                    "memory": "host" if _HOST_MEMORY_SPACE in layout else "device",
+                    "op_name": op.group(1) if op else "", "instruction": name if len(shapes) == 1 else f"{name}#{i}"})
   found.sort(key=lambda b: -b["gib"])
   return [{**b, "gib": round(b["gib"], 3)} for b in found[:n]]
 

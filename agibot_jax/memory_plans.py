@@ -43,7 +43,6 @@ PLANS = (
     ("+ a checkpoint per sub-layer", {"model.net.remat_sublayers": True}),
     ("+ optimizer state and EMA in host memory", {"model.offload_optimizer_state": True}),
     ("+ MLP in token slices", {"model.net.mlp_chunks": 8}),
-    ("+ block inputs kept per segment of 3 blocks", {"model.net.remat_segment_blocks": 3}),
 )
 RESERVE_GIB = 0.5
 
@@ -196,7 +195,7 @@ def choose(config, mesh, text_channels: int, *, compile_fn: Callable = compile_s
   when the budget is 0. Raises NoPlanFits (one line listing what the plans compiled need) when none does.
 
   The plan as configured is compiled first (it fits on large cards); below it, each plan needs less than the one
-  before, so a bisection finds the fastest that fits in at most three more compilations (20-50 s each for the 2B
+  before, so a bisection finds the fastest that fits in at most three more compilations (15-70 s each for the 2B
   step). `compile_fn(config, mesh, text_channels)` gives a `CompiledStep`-like object with `.memory` (a StepMemory)
   that `trial` runs; both are arguments so that tests can script them.
   """

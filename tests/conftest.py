@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -31,12 +32,22 @@ def pytest_configure(config):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="agibot-jax-test-xla-cache-")
-    os.environ["AGIBOT_TEST_OWN_XLA_CACHE"] = "1"
+    os.environ["AGIBOT_TEST_OWN_XLA_CACHE"] = str(os.getpid())  # pytest-xdist's workers inherit it, not own it
+
+
+def pytest_xdist_auto_num_workers(config):
+  """Workers for pytest-xdist's `-n auto` (pyproject's addopts): one per core, at most 4 (each holds its own
+  compiled programs, ~2 GB); none for GPU tests, which would share one GPU's memory."""
+  cores = len(os.sched_getaffinity(0))
+  if cores < 2 or re.search(r"(?<!not )\bgpu\b", config.getoption("markexpr") or ""):
+    return 0
+  return min(cores, 4)
 
 
 def pytest_unconfigure(config):
   del config
-  if os.environ.pop("AGIBOT_TEST_OWN_XLA_CACHE", None):
+  if os.environ.get("AGIBOT_TEST_OWN_XLA_CACHE") == str(os.getpid()):
+    del os.environ["AGIBOT_TEST_OWN_XLA_CACHE"]
     shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from agibot_jax import bench
 
 
-def test_largest_buffers_finds_the_scan_stack_and_a_kernel_tuple():
+def test_largest_buffers_finds_the_scan_stack_a_kernel_tuple_and_host_arrays():
   def loss(x):
     def body(c, _):
       c = jnp.tanh(c @ c)
@@ -30,6 +30,7 @@ ENTRY %main (p: bf16[8,16]) -> f32[8] {
   %p = bf16[8,16]{1,0} parameter(0)
   %attn = (bf16[8,16]{1,0}, f32[8,2,4]{2,1,0}, u8[0]{0}) custom-call(%p), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(f)/attention"}
   %fusion = f32[1024,1024]{1,0} fusion(%p), kind=kLoop, calls=%fused_computation
+  %stack = bf16[27,8,16]{2,1,0:S(5)} custom-call(%p), custom_call_target="MoveToHost"
   ROOT %r = f32[8]{0} reduce(%p)
 }
 """
@@ -39,3 +40,6 @@ ENTRY %main (p: bf16[8,16]) -> f32[8] {
   assert "big_inside" not in names and "p" not in names  # inside a fusion body; a parameter
   assert {"attn#0", "attn#1", "attn#2"} <= set(names)
   assert next(b for b in found if b["instruction"] == "attn#1")["array"] == "f32[8,2,4]"
+  # An offloaded array (memory space S(5)) is in host memory; the rest on the device.
+  memory = {b["instruction"]: b["memory"] for b in found}
+  assert memory["stack"] == "host" and memory["fusion"] == memory["attn#1"] == "device"

@@ -737,6 +737,8 @@ def _main_blocks(cfg: DiTConfig, t: int, s: int, stacked_params, x_BVLD, layers,
   What the scan keeps for the backward: each block's input (on the device, or in host memory with
   `offload_block_inputs`), or with `remat_segment_blocks=k` each k-th one: a segment of k blocks is recomputed
   from its input in the backward, keeping its k block inputs meanwhile, so each block runs forward once more.
+  Segments save device memory only where the inputs stay on the device: with `offload_block_inputs` the stack is
+  in host memory already, and segments raised the step's device need on an H100 (BENCHMARKS.md, "Card table").
   """
   block = MainBlock(cfg, t, s)
   shared = (stacked_params, layers, ctx, hints_KBVLD, scale_B)

@@ -5,9 +5,9 @@ which the scan's own differentiation stacks. Here the forward copies each iterat
 per-iteration output, and the backward scan runs in reverse: it fetches an input, recomputes the iteration under
 `jax.vjp` (checkpoints inside it, such as sub-layer or per-block ones, apply there) and pulls the cotangent
 through. Each iteration runs forward twice, as under full remat. Measured on an H100 (BENCHMARKS.md, "Card table"):
-the step's temporaries at 432x768 with sub-layer checkpoints fall by 1.8 GiB against the policy, but XLA (jax
-0.11.2) still assembles the stacked inputs on the device before moving them to the host (9.6 GiB at 432x768,
-26.7 GiB at 720p): `model.net.remat_segment_blocks` shortens that stack.
+the step's temporaries at 432x768 with sub-layer checkpoints fall by 1.8 GiB against the policy, and XLA's buffer
+assignment puts the stacked inputs in host memory (bf16[27,1,3,31104,2048] in memory space S(5), 9.6 GiB of host
+temporaries at 432x768), written one iteration at a time.
 
 Gradients: the carry's and each differentiated constant's (summed over iterations); the scanned inputs are
 indices (not differentiated), and constants that are not differentiated (frozen weights) get no gradient at all.

@@ -11,8 +11,8 @@ recomputing:
 
 The scan stacks the block inputs (one (B, V, L, D) tensor per layer) on the device, unless
 `model.net.offload_block_inputs` (with `full` only) keeps them in pinned host memory between the forward and the
-backward: the main blocks' through `offload_scan`, the 4 control blocks' through the policy (XLA still stacks them
-on the device before the move; `model.net.remat_segment_blocks` keeps fewer of them).
+backward: the main blocks' through `offload_scan`, the 4 control blocks' through the policy.
+`model.net.remat_segment_blocks` keeps fewer of the main blocks' inputs instead (one per segment of k blocks).
 
 A block's backward first recomputes what its policy did not keep, all of it at once: at 93k tokens every
 activation of one block together is several GiB. `model.net.remat_sublayers` gives each of the block's four
