@@ -32,6 +32,7 @@ from agibot_jax import params_io, registry, sharding
 from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, pipeline
 from agibot_jax.models import dit
+from agibot_jax.models import dit_config as dit_config_lib
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.text import provider as text_provider_lib
 from agibot_jax.training import checkpointing
@@ -141,10 +142,10 @@ def _random_ok(config, what: str, key: str, use: str = "") -> None:
   log.warning("%s: randomly initialised (demo%s; set %s for real weights)", what, use, key)
 
 
-def dit_config(config) -> dit.DiTConfig:
+def dit_config(config) -> dit_config_lib.DiTConfig:
   """The DiT of `model.net`, its cross-view neighbours those of the rig's cameras (`config.rig`)."""
   net = dict(config.model.net)
-  return dit.DiTConfig.from_config(
+  return dit_config_lib.DiTConfig.from_config(
       {**net, "cross_view_attn_map": rig_lib.parse(config.rig).cross_view_attn_map(int(net["n_cameras_emb"]))})
 
 
@@ -190,7 +191,7 @@ def text_devices():
   return jax.set_mesh(sharding.make_mesh(devices=jax.local_devices()))
 
 
-def build_text_provider(config, cfg: dit.DiTConfig):
+def build_text_provider(config, cfg: dit_config_lib.DiTConfig):
   """The run's text embeddings: a cache (`dataset.text_cache_dir`), the online encoder (`model.text_encoder.path`),
   or a random stand-in encoder for the demo; checked against the DiT's text input.
 
@@ -224,7 +225,7 @@ def build_text_provider(config, cfg: dit.DiTConfig):
   return provider
 
 
-def random_text_embedder(config, cfg: dit.DiTConfig):
+def random_text_embedder(config, cfg: dit_config_lib.DiTConfig):
   """The demo's stand-in text encoder: random weights (from `seed`), the DiT's text input width and token count."""
   from agibot_jax.text.demo import demo_text_embedder
 
@@ -249,7 +250,7 @@ def _host_array(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh, dtypes=None):
+def restore_dit_params(path: str, cfg: dit_config_lib.DiTConfig, mesh, dtypes=None):
   """DiT params of a `convert.dit` directory, restored directly into their mesh shardings; `dtypes`: an optional tree
   of dtypes (the params' tree) to cast to as they are read, else the model's parameter dtype."""
   meta = params_io.read_meta(path)
@@ -262,7 +263,7 @@ def restore_dit_params(path: str, cfg: dit.DiTConfig, mesh, dtypes=None):
   return params_io.restore_params(path, _with_shardings(abstract, shardings))
 
 
-def initial_params(config, cfg: dit.DiTConfig, mesh):
+def initial_params(config, cfg: dit_config_lib.DiTConfig, mesh):
   """The base DiT weights: the converted checkpoint at `checkpoint.load_path`, or random for the demo."""
   path = config.checkpoint.load_path
   if path:
@@ -274,7 +275,7 @@ def initial_params(config, cfg: dit.DiTConfig, mesh):
   return jax.jit(functools.partial(dit.init_params, cfg), out_shardings=param_shardings)(jax.random.key(config.seed))
 
 
-def initial_state(config, cfg: dit.DiTConfig, mesh, make, shardings):
+def initial_state(config, cfg: dit_config_lib.DiTConfig, mesh, make, shardings):
   """A step-0 train state (`make` of `state_target`) from the base weights, built without freeing anything large.
 
   The converted weights are read in the dtypes the state keeps (trained float32, frozen in `model.precision`) and
@@ -301,7 +302,7 @@ def state_dtypes(config, abstract_params):
 
   def one(path, a):
     keys = tuple(str(getattr(k, "key", k)) for k in path)
-    if trained(keys) or keys[0] in dit.BUFFER_GROUPS or not jnp.issubdtype(a.dtype, jnp.floating):
+    if trained(keys) or keys[0] in dit_config_lib.BUFFER_GROUPS or not jnp.issubdtype(a.dtype, jnp.floating):
       return a.dtype
     return low
   return jax.tree_util.tree_map_with_path(one, abstract_params)
@@ -384,7 +385,7 @@ def _with_shardings(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def state_target(config, cfg: dit.DiTConfig, mesh, tx, ema):
+def state_target(config, cfg: dit_config_lib.DiTConfig, mesh, tx, ema):
   """(TrainState of sharded ShapeDtypeStructs to restore into, its shardings, the `new_state` maker)."""
   make = functools.partial(new_state, config=config, tx=tx, ema=ema, seed=config.seed)
   abstract_state = jax.eval_shape(make, dit.abstract_params(cfg))
@@ -393,7 +394,7 @@ def state_target(config, cfg: dit.DiTConfig, mesh, tx, ema):
   return _with_shardings(abstract_state, shardings), shardings, make
 
 
-def init_or_restore(config, workdir: str, cfg: dit.DiTConfig, mesh, tx, ema, manager):
+def init_or_restore(config, workdir: str, cfg: dit_config_lib.DiTConfig, mesh, tx, ema, manager):
   """(state, data iterator state or None, state shardings): resumed from the workdir, else fresh from the base."""
   target, shardings, make = state_target(config, cfg, mesh, tx, ema)
   restored = checkpointing.restore_latest(manager, target, config, strict=bool(config.checkpoint.strict_resume))
@@ -411,7 +412,8 @@ class SamplingWeights:
   step: int | None
 
 
-def sampling_params(config, workdir: str | None, cfg: dit.DiTConfig, mesh, *, use_ema: bool = True) -> SamplingWeights:
+def sampling_params(config, workdir: str | None, cfg: dit_config_lib.DiTConfig, mesh, *,
+                    use_ema: bool = True) -> SamplingWeights:
   """The DiT weights to sample with: a training run's newest checkpoint (its EMA unless `use_ema` is False), of which
   only the weights are read (no optimizer state), or, without a run, the converted DiT at `checkpoint.load_path`."""
   if workdir is None:

@@ -30,14 +30,14 @@ from absl import flags
 
 from agibot_jax import assemble, cli, flops, memory_plans, preflight, sharding
 from agibot_jax import rig as rig_lib
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from agibot_jax.training.state import precision_dtype
 from agibot_jax.training.step import make_train_step
 
 
-def synthetic_inputs(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, key):
+def synthetic_inputs(cfg: dit_config.DiTConfig, latent_hw, num_views: int, batch: int, key):
   """Random inputs of the training shapes (3 views, one conditioned frame per view)."""
   h, w = latent_hw
   vt = num_views * cfg.state_t
@@ -55,7 +55,7 @@ def synthetic_inputs(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, 
   )
 
 
-def synthetic_model_batch(cfg: dit.DiTConfig, latent_hw, num_views: int, batch: int, pixel_hw, key, text_dtype):
+def synthetic_model_batch(cfg: dit_config.DiTConfig, latent_hw, num_views: int, batch: int, pixel_hw, key, text_dtype):
   """A train-step model batch (agibot_jax/training/step.py) of random latents and text."""
   inputs = synthetic_inputs(cfg, latent_hw, num_views, batch, key)
   return {

@@ -30,7 +30,7 @@ import numpy as np
 
 from agibot_jax import assemble, cli, sharding
 from agibot_jax import rig as rig_lib
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.training.state import precision_dtype
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ def ladder(config) -> list[tuple[str, ml_collections.FrozenConfigDict, dict]]:
   return out
 
 
-def model_batch_shapes(config, cfg: dit.DiTConfig, text_channels: int) -> dict[str, tuple[tuple[int, ...], object]]:
+def model_batch_shapes(config, cfg: dit_config.DiTConfig,
+                       text_channels: int) -> dict[str, tuple[tuple[int, ...], object]]:
   """name -> (shape, dtype) of the train step's model batch (agibot_jax/training/step.py) at the config's sizes."""
   ds = config.dataloader_train.dataset
   b, v = int(config.dataloader_train.batch_size), len(rig_lib.of_config(config).cameras)
@@ -113,7 +114,7 @@ def model_batch_shapes(config, cfg: dit.DiTConfig, text_channels: int) -> dict[s
   }
 
 
-def abstract_model_batch(config, cfg: dit.DiTConfig, mesh, text_channels: int) -> dict:
+def abstract_model_batch(config, cfg: dit_config.DiTConfig, mesh, text_channels: int) -> dict:
   """The model batch as ShapeDtypeStructs with the step's input shardings."""
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
           for k, (shape, dtype) in model_batch_shapes(config, cfg, text_channels).items()}

@@ -40,7 +40,7 @@ from agibot_jax import rig as rig_lib
 from agibot_jax.array_cache import INDEX_FILE, CacheMismatchError
 from agibot_jax.cli import ConfigError, UserError
 from agibot_jax.data import latent_cache, layout, pipeline, synthetic
-from agibot_jax.models import dit, lora
+from agibot_jax.models import dit, dit_config, lora
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.training import checkpointing
 from configs import base as base_config
@@ -216,14 +216,14 @@ def check_config(config) -> None:
     except ValueError as e:
       problems.append(str(e))
   try:  # the network's own checks (remat settings, head count, ...)
-    dit.DiTConfig.from_config(config.model.net)
+    dit_config.DiTConfig.from_config(config.model.net)
   except (KeyError, TypeError, ValueError) as e:
     problems.append(f"model.net: {e.args[0] if e.args else e}")
   try:
     lora_cfg = lora.LoraConfig.from_config(config.model)
     if lora_cfg.rank and not problems:  # its targets against the control blocks' kernels (an abstract init, ~1 s)
       # model.net's shapes: the rig's cross-view neighbours (assemble.dit_config) change no parameter
-      lora.adapted_kernels(dit.abstract_params(dit.DiTConfig.from_config(config.model.net)), lora_cfg)
+      lora.adapted_kernels(dit.abstract_params(dit_config.DiTConfig.from_config(config.model.net)), lora_cfg)
   except ValueError as e:
     problems.append(str(e))
   if problems:
@@ -418,7 +418,7 @@ def check_checkpoint_config(config, checkpoint: Checkpoint) -> None:
     return
   current = checkpointing.config_json(config)
   if checkpoint.trained is None:  # a converted DiT records its network only
-    current = {"model": {"net": json.loads(json.dumps(dataclasses.asdict(dit.DiTConfig.from_config(
+    current = {"model": {"net": json.loads(json.dumps(dataclasses.asdict(dit_config.DiTConfig.from_config(
         config.model.net))))}}
   structural, _ = checkpointing.config_changes(saved, current)
   if structural:

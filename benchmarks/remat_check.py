@@ -28,7 +28,7 @@ from absl import app, flags
 from jax._src.ad_checkpoint import saved_residuals  # the list that jax.ad_checkpoint.print_saved_residuals prints
 
 from agibot_jax import bench
-from agibot_jax.models import dit, remat
+from agibot_jax.models import dit, dit_config, remat
 from configs import base
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def named(src: str) -> str | None:
   return src.split("'")[1] if src.startswith("named '") else None
 
 
-def report(cfg: dit.DiTConfig, params, inputs) -> dict:
+def report(cfg: dit_config.DiTConfig, params, inputs) -> dict:
   """What the backward of `cfg`'s policy reads (block 0's named residuals, bytes) and which forwards it re-runs."""
   model = dit.MultiViewControlDiT(cfg)
   loss = lambda p, kw: jnp.mean(jnp.square(model.apply({"params": p}, **kw)))
@@ -76,7 +76,7 @@ def max_grad_diff(grads, want) -> float:
 def main(_):
   f = flags.FLAGS
   net = base.get_config("edge").model.net
-  cfg = dataclasses.replace(dit.DiTConfig.from_config(net), num_blocks=f.num_blocks, attention=f.attention,
+  cfg = dataclasses.replace(dit_config.DiTConfig.from_config(net), num_blocks=f.num_blocks, attention=f.attention,
                             param_dtype="bfloat16", remat_policy="full", offload_block_inputs=f.offload_block_inputs)
   latent_hw = (f.height // 8, f.width // 8)
   inputs = bench.synthetic_inputs(cfg, latent_hw, num_views=3, batch=1, key=jax.random.key(1))

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from agibot_jax import rig as rig_lib
 from agibot_jax import sharding
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.sampling import generate
 
@@ -53,7 +53,7 @@ def _timed(fn, repeats: int) -> dict:
   return {"first_s": round(first, 3), **timed, "peak_gib": _peak_gib()}, out
 
 
-def synthetic_model_batch(config, cfg: dit.DiTConfig, latent_hw, key) -> dict:
+def synthetic_model_batch(config, cfg: dit_config.DiTConfig, latent_hw, key) -> dict:
   """Random model batch (agibot_jax.assemble.model_batch's keys and dtypes), batch 1."""
   ds = config.dataloader_train.dataset
   v, (h, w) = len(rig_lib.of_config(config).cameras), latent_hw
@@ -78,7 +78,7 @@ def main(argv):
   mesh = sharding.make_mesh(**config.mesh)
   jax.set_mesh(mesh)
   ds = config.dataloader_train.dataset
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   vae_model = vae_lib.WanVAE(vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer))
   latent_hw = (ds.resolution_hw[0] // vae_model.cfg.spatial_factor, ds.resolution_hw[1] // vae_model.cfg.spatial_factor)
 

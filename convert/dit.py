@@ -156,10 +156,10 @@ def golden_inputs(t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def golden_parity(path: str, meta: dict):
   import jax
 
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit, dit_config
 
-  cfg = dit.DiTConfig.from_reference_kwargs(meta["constructor_kwargs"], param_dtype="float32", dtype="float32",
-                                            attention="xla", remat_policy="none")
+  cfg = dit_config.DiTConfig.from_reference_kwargs(meta["constructor_kwargs"], param_dtype="float32", dtype="float32",
+                                                   attention="xla", remat_policy="none")
   t = _golden_tensors(path)
   params = params_from_golden(path, cfg)
   inputs = golden_inputs(t)
@@ -209,14 +209,14 @@ def _training_checkpoint_params(src_dir: str, ema: bool):
   import jax
 
   from agibot_jax import preflight, sharding
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit, dit_config
   from agibot_jax.training import checkpointing
 
   workdir = preflight.training_workdir(src_dir)
   if workdir is None:
     raise FileNotFoundError(f"{src_dir}: no converted DiT (agibot_meta.json) and no training checkpoint")
   _, saved = checkpointing.checkpoint_to_read(workdir)
-  cfg = dit.DiTConfig.from_config(saved["model"]["net"])
+  cfg = dit_config.DiTConfig.from_config(saved["model"]["net"])
   shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(devices=jax.devices()[:1]))
   step, params = checkpointing.restore_weights(workdir, shardings, use_ema=ema)
   log.info("exporting step %d of %s (%s weights)", step, checkpointing.checkpoint_dir(workdir),
@@ -230,7 +230,7 @@ def jax_free(tree):
 
 def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True) -> None:
   """Converted DiT directory, or a training workdir (EMA or regular weights), -> reference `.pt`."""
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit_config
   from convert import torch_io
 
   if os.path.exists(os.path.join(src_dir, params_io.META_FILE)):
@@ -238,7 +238,7 @@ def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True
     if meta.get("model") != params_io.MODEL_DIT:
       raise ValueError(f"{src_dir} holds a {meta.get('model')!r} checkpoint, not a DiT")
     log.info("exporting the converted DiT %s (%s)", src_dir, meta.get("copy", "weights as converted"))
-    cfg = dit.DiTConfig.from_config(meta["config"])
+    cfg = dit_config.DiTConfig.from_config(meta["config"])
     params = params_io.to_numpy_tree(params_io.restore_params(src_dir))
   else:
     cfg, params = _training_checkpoint_params(src_dir, ema)
@@ -246,7 +246,7 @@ def export(src_dir: str, dst: str, *, dtype: str | None = None, ema: bool = True
 
 
 def main() -> int:
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit_config
   from convert import torch_io
 
   f = flags.FLAGS
@@ -258,7 +258,7 @@ def main() -> int:
     export(f.export, f.dst, dtype=f.dtype, ema=ema)
   else:
     config = f.config if f.config is not None else cli.load_config(DEFAULT_CONFIG)
-    convert(f.src, f.dst, dit.DiTConfig.from_config(config.model.net), ema=ema, dtype=f.dtype, force=f.force)
+    convert(f.src, f.dst, dit_config.DiTConfig.from_config(config.model.net), ema=ema, dtype=f.dtype, force=f.force)
   log.info("wrote %s", f.dst)
   cli.print_result({"dst": os.path.abspath(f.dst)})
   return 0

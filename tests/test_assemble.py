@@ -8,7 +8,7 @@ import pytest
 from flax import traverse_util
 
 from agibot_jax import assemble, params_io, preflight, sharding
-from agibot_jax.models import dit, lora
+from agibot_jax.models import dit_config, lora
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from configs import base, edge
@@ -59,7 +59,7 @@ def test_agibot_rig_builds_todays_network_step_and_resumes_todays_checkpoints():
   from agibot_jax.training import checkpointing, step
 
   config = preflight.resolve(base.get_config("edge", "tiny"))
-  todays = dit.DiTConfig.from_config({**config.model.net, "cross_view_attn_map": ((1, 2), (0, 2), (0, 1))})
+  todays = dit_config.DiTConfig.from_config({**config.model.net, "cross_view_attn_map": ((1, 2), (0, 2), (0, 1))})
   assert assemble.dit_config(config) == todays
   assert step.StepConfig.from_config(config).num_views == 3
   saved = json.loads(config.to_json_best_effort())
@@ -88,7 +88,7 @@ def test_lora_state_dtypes_freeze_the_control_kernels_in_the_precision(tmp_path)
   """Issue 30: with LoRA, `initial_state` reads the control blocks' kernels in `model.precision` (they join the frozen
   base), the groups still trained in full in float32. The build itself: the slow test below."""
   config = lora_config(tmp_path)
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   dtypes = traverse_util.flatten_dict(assemble.state_dtypes(config, abstract_params(cfg)))
   assert dtypes[("control_blocks", "mlp_layer1", "kernel")] == np.dtype("bfloat16")
   assert dtypes[("control_embedder", "kernel")] == np.dtype("float32")
@@ -99,7 +99,7 @@ def test_lora_state_builds_from_converted_weights_read_in_the_state_dtypes(tmp_p
   """Issue 30: `initial_state` from a converted DiT builds the LoRA state target's shapes and dtypes: the weights as
   stored (cast), the adapters drawn from the seed (`lora.init_adapters`), B = 0."""
   config = lora_config(tmp_path)
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   params = random_params(cfg)
   params_io.save_params(config.checkpoint.load_path, params, {"model": "dit"})
   tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)

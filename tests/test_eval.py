@@ -15,7 +15,7 @@ from agibot_jax import eval as eval_cmd
 from agibot_jax import params_io, sharding
 from agibot_jax.data import synthetic
 from agibot_jax.evaluation import report as report_lib
-from agibot_jax.models import dit
+from agibot_jax.models import dit_config
 from agibot_jax.models import vae as vae_lib
 from tests.conftest import REPO
 from tests.evaluation import tiny_validation as tiny
@@ -31,7 +31,7 @@ def converted(tmp_path_factory):
   """A converted DiT and VAE of random tiny weights."""
   root = tmp_path_factory.mktemp("converted")
   config = tiny.config()
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   params_io.save_params(str(root / "dit"), tiny.params(cfg, sharding.make_mesh(1, 1, 1)), {"model": "dit"})
   vae_model = vae_lib.WanVAE(vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer))
   params_io.save_params(str(root / "vae"), tiny_setup.random_vae_params(vae_model, 1),

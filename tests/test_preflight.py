@@ -15,7 +15,7 @@ import pytest
 from agibot_jax import cli, params_io, preflight
 from agibot_jax import rig as rig_lib
 from agibot_jax.data import layout, synthetic
-from agibot_jax.models import dit
+from agibot_jax.models import dit_config
 from configs import base
 from tests.conftest import write_config_checkpoint
 
@@ -137,7 +137,7 @@ def test_issue33_row2_converted_dit_of_another_model_refused(tmp_path):
   dit_dir = tmp_path / "dit"
   dit_dir.mkdir()
   config = tiny()
-  net = json.loads(json.dumps(dataclasses.asdict(dit.DiTConfig.from_config(config.model.net))))
+  net = json.loads(json.dumps(dataclasses.asdict(dit_config.DiTConfig.from_config(config.model.net))))
   (dit_dir / params_io.META_FILE).write_text(json.dumps({"model": "dit", "config": {**net, "model_channels": 256}}))
   with pytest.raises(cli.ConfigError, match=r"it was converted with another model .*model.net.model_channels: 256 "
                                             r"-> 128"):

@@ -35,7 +35,7 @@ from agibot_jax import rig as rig_lib
 from agibot_jax import video_io as video
 from agibot_jax.data import synthetic
 from agibot_jax.data.agibot_world import lerobot
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.models.qwen import QwenTextModel
 from agibot_jax.text import demo
@@ -151,7 +151,7 @@ def tiny_bundle(root: pathlib.Path, config) -> None:
   text encoder's tokenizer folder."""
   rng = np.random.default_rng(0)
   randomly = lambda tree: jax.tree.map(lambda a: (0.02 * rng.standard_normal(a.shape)).astype(a.dtype), tree)
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   params_io.save_params(str(root / "dit"), randomly(dit.abstract_params(cfg)),
                         {"model": params_io.MODEL_DIT, "config": json.loads(json.dumps(dataclasses.asdict(cfg)))})
   vae_model = vae_lib.WanVAE(vae_lib.VAEConfig.from_tokenizer_config(config.model.tokenizer))

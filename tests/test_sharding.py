@@ -33,7 +33,7 @@ def _mesh_worker() -> None:
   import optax
 
   from agibot_jax import sharding
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit, dit_config
   from agibot_jax.training.state import new_state, state_shardings
   from agibot_jax.training.step import make_train_step
   from configs import edge
@@ -47,7 +47,7 @@ def _mesh_worker() -> None:
   config.model.net.text_tokens_per_view = 8
   config.optimizer.clip_norm = 1e9
   # `step`: cross-view and text attention resharded by heads; `local_step` below: per device (the default).
-  cfg = dataclasses.replace(dit.DiTConfig.from_config(config.model.net), context_local_attention=False)
+  cfg = dataclasses.replace(dit_config.DiTConfig.from_config(config.model.net), context_local_attention=False)
   model = dit.MultiViewControlDiT(cfg)
   capture = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
                                          lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))

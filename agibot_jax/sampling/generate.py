@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_ops
 from agibot_jax.models import vae as vae_lib
 from agibot_jax.sampling import guidance as guidance_lib
 from agibot_jax.sampling import unipc
@@ -94,8 +94,8 @@ class Generator:
   def _denoise_fn(self, params, batch, noise_BTHWC, guidance, num_cond_frames, control_weight):
     b, vt, h, w, _ = noise_BTHWC.shape
     compute_dtype = jnp.dtype(self.dit_model.cfg.dtype)
-    mask_BTHW1 = dit.condition_mask(jnp.full((b,), num_cond_frames, jnp.int32), self.num_views, vt // self.num_views,
-                                h, w)
+    mask_BTHW1 = dit_ops.condition_mask(jnp.full((b,), num_cond_frames, jnp.int32), self.num_views,
+                                        vt // self.num_views, h, w)
     cond = {
         "emb": batch["crossattn_emb_BMC"],
         "control": batch["control_BTHWC"],

@@ -217,7 +217,7 @@ def sample(
     x_init: float32 (B, ...) starting noise (see `guidance.initial_noise`). Any latent layout.
     num_steps, shift: static schedule parameters (35 and 5.0 in the training callback).
     cond_latent: optional clean latent (same shape as x_init) for conditional frames.
-    cond_mask: optional mask broadcastable to x_init, 1 on conditional frames (`dit.condition_mask` layout).
+    cond_mask: optional mask broadcastable to x_init, 1 on conditional frames (`dit_ops.condition_mask` layout).
 
   Returns:
     x0: float32, x_init's shape, the sample at σ = 0.

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agibot_jax.models.dit import condition_mask
+from agibot_jax.models.dit_ops import condition_mask
 
 # apply_fn(x_in_BTHWC, timesteps_B, crossattn_emb_BMD, condition_mask_BTHW1, text_keep_BV) -> v_pred_BTHWC.
 # The network drops the text of views where text_keep_BV is False (MultiViewControlDiT's `text_keep_BV`). The control

@@ -33,12 +33,12 @@ PathPredicate = Callable[[tuple[str, ...]], bool]
 def trainable_predicate(config) -> PathPredicate:
   """Which parameter paths train: all but buffers with `model.train_base`; with `model.lora.rank` > 0 the control
   blocks' adapters and `model.lora.train_in_full` (models/lora.py); else the control branch."""
-  from agibot_jax.models import dit, lora
+  from agibot_jax.models import dit_config, lora
 
   if config.model.train_base:
-    return lambda path: str(path[0]) not in dit.BUFFER_GROUPS
+    return lambda path: str(path[0]) not in dit_config.BUFFER_GROUPS
   lora_cfg = lora.LoraConfig.from_config(config.model)
-  return lora_cfg.is_trainable if lora_cfg.rank else dit.is_trainable
+  return lora_cfg.is_trainable if lora_cfg.rank else dit_config.is_trainable
 
 
 def partition_params(params: Params, is_trainable: PathPredicate) -> tuple[Params, Params]:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from agibot_jax import sharding
-from agibot_jax.models import dit, lora
+from agibot_jax.models import dit_config, lora
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 
@@ -100,7 +100,7 @@ def new_state(params, config, tx: optax.GradientTransformation, ema: ema_lib.Pow
 
 def _keep_buffers_f32(frozen, params):
   """RoPE exponent buffers stay as loaded: rounding them again would change the frequencies."""
-  for group in dit.BUFFER_GROUPS:
+  for group in dit_config.BUFFER_GROUPS:
     if group in frozen:
       frozen = dict(frozen)
       frozen[group] = params[group]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agibot_jax import params_io
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from convert import dit as convert_dit
 from convert import mapping
 from tests.convert.reference import assert_bit_identical, reference_params, run_cli
@@ -29,12 +29,12 @@ def _read_2b_keys(golden_dir):
 
 def test_exported_buffers_match_the_reference_list(golden_dir):
   rows = {k: s for k, s, kind in _read_2b_keys(golden_dir) if convert_dit.is_ignored_key(k)}
-  bufs = convert_dit.reference_buffers(dit.DiTConfig())
+  bufs = convert_dit.reference_buffers(dit_config.DiTConfig())
   assert {k: v.shape for k, v in bufs.items()} == rows
 
 
 def test_2b_every_reference_key_maps_to_a_parameter_of_that_shape(golden_dir):
-  cfg = dit.DiTConfig()  # the 2B Agibot preset
+  cfg = dit_config.DiTConfig()  # the 2B Agibot preset
   abstract = dit.abstract_params(cfg)  # eval_shape: nothing allocated
   flat = mapping.flatten_tree(abstract)
   table = {e.torch_key: e for e in convert_dit.key_table(cfg)}
@@ -51,12 +51,12 @@ def test_2b_every_reference_key_maps_to_a_parameter_of_that_shape(golden_dir):
 
   count = lambda pred: sum(int(np.prod(v.shape)) for k, v in flat.items() if pred(k))
   assert count(lambda k: k[0] != "rope_buffers") == 2_931_913_728
-  assert count(lambda k: dit.is_trainable(k)) == 365_081_600
+  assert count(lambda k: dit_config.is_trainable(k)) == 365_081_600
 
 
 def _tiny_cfg():
-  return dit.DiTConfig(model_channels=64, num_heads=2, num_blocks=3, vace_block_every_n=2, adaln_lora_dim=8,
-                       crossattn_proj_in_channels=24, crossattn_emb_channels=16, state_t=2)
+  return dit_config.DiTConfig(model_channels=64, num_heads=2, num_blocks=3, vace_block_every_n=2, adaln_lora_dim=8,
+                              crossattn_proj_in_channels=24, crossattn_emb_channels=16, state_t=2)
 
 
 def _random_state(cfg, dtype, seed=0):
@@ -229,7 +229,7 @@ def test_export_from_a_training_workdir_takes_the_ema_or_regular_weights(tmp_pat
 
   config = edge.get_config("tiny")
   config.checkpoint.async_save = False
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   params = random_params(cfg)  # the weights' values do not matter here, and an eager init takes ~40 s
   tx = optim.make_optimizer(config)
   state = new_state(params, config, tx, ema_lib.PowerEMA.from_config(config), 0)
@@ -272,7 +272,7 @@ def test_export_and_sampling_of_a_lora_run_merge_the_adapters(tmp_path, torch_mo
   with checkpointing.make_manager(str(tmp_path), config) as manager:
     checkpointing.save(manager, state, {}, config)
   replicated = jax.sharding.NamedSharding(sharding.make_mesh(1, 1, 1), jax.sharding.PartitionSpec())
-  shardings = jax.tree.map(lambda _: replicated, abstract_params(dit.DiTConfig.from_config(config.model.net)))
+  shardings = jax.tree.map(lambda _: replicated, abstract_params(dit_config.DiTConfig.from_config(config.model.net)))
   w = np.asarray(state.frozen["control_blocks"]["mlp_layer2"]["kernel"][1])
   for use_ema, branch in ((True, state.ema), (False, state.trainable)):
     adapters = branch["control_blocks"]["mlp_layer2"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from agibot_jax import sharding
 from agibot_jax.evaluation import validation
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from configs import edge
 
 HW = (32, 48)  # pixels; latent 4x6, 2x3 patches: 18 tokens per view, which a context axis of 2 divides
@@ -37,7 +37,7 @@ def config(dataset_dir: str = ""):
   return c
 
 
-def params(cfg: dit.DiTConfig, mesh, seed: int = 0):
+def params(cfg: dit_config.DiTConfig, mesh, seed: int = 0):
   """Random DiT weights on `mesh` with non-zero control output projections (zero ones would hide the control)."""
   shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), mesh)
   key = jax.random.key(seed)
@@ -48,7 +48,7 @@ def params(cfg: dit.DiTConfig, mesh, seed: int = 0):
       lambda p, x: x + 0.02 if "after_proj" in jax.tree_util.keystr(p) else x, init(key))
 
 
-def _latent(pixels_BCTHW: np.ndarray, cfg: dit.DiTConfig) -> np.ndarray:
+def _latent(pixels_BCTHW: np.ndarray, cfg: dit_config.DiTConfig) -> np.ndarray:
   """Stand-in VAE: pixel frames 0, 4, 8 of each view, 8x8 average pooled, channels tiled to in_channels."""
   x = pixels_BCTHW.astype(np.float32) / 127.5 - 1.0
   b, c, vt, h, w = x.shape
@@ -58,7 +58,7 @@ def _latent(pixels_BCTHW: np.ndarray, cfg: dit.DiTConfig) -> np.ndarray:
   return np.tile(x, (1, 1, 1, 1, -(-cfg.in_channels // c)))[..., :cfg.in_channels]
 
 
-def prepare(loader_batch: dict, *, cfg: dit.DiTConfig, mesh) -> dict:
+def prepare(loader_batch: dict, *, cfg: dit_config.DiTConfig, mesh) -> dict:
   """Loader batch -> model batch on `mesh`, deterministic (text: one fixed random embedding)."""
   b = len(loader_batch["ai_caption"])
   emb = np.random.RandomState(0).standard_normal(
@@ -75,7 +75,7 @@ def prepare(loader_batch: dict, *, cfg: dit.DiTConfig, mesh) -> dict:
 
 def validator(dataset_dir: str, mesh, samples):
   c = config(dataset_dir)
-  cfg = dit.DiTConfig.from_config(c.model.net)
+  cfg = dit_config.DiTConfig.from_config(c.model.net)
   return validation.Validator(dit.MultiViewControlDiT(cfg), c, samples,
                               functools.partial(prepare, cfg=cfg, mesh=mesh)), cfg
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from agibot_jax.models import dit, lora
+from agibot_jax.models import dit, dit_config, lora
 from configs import edge
 from tests.training.lora_setup import abstract_params
 
 
 @pytest.fixture(scope="module")
 def tiny_abstract():
-  return abstract_params(dit.DiTConfig.from_config(edge.get_config("tiny").model.net))
+  return abstract_params(dit_config.DiTConfig.from_config(edge.get_config("tiny").model.net))
 
 
 def model_config(**lora_values) -> ml_collections.ConfigDict:
@@ -68,7 +68,7 @@ def test_targets_select_control_block_kernels(tiny_abstract):
 def test_adapters_are_stacked_float32_with_zero_b_and_seeded_a(tiny_abstract):
   cfg = lora.LoraConfig(rank=3, targets=("mlp_layer1", "cross_attn/k_proj"))
   adapters = traverse_util.flatten_dict(lora.init_adapters(tiny_abstract, cfg, seed=0))
-  blocks = dit.DiTConfig.from_config(edge.get_config("tiny").model.net).num_control_blocks
+  blocks = dit_config.DiTConfig.from_config(edge.get_config("tiny").model.net).num_control_blocks
   mlp = ("control_blocks", "mlp_layer1")
   assert adapters[mlp + ("lora_a",)].shape == (blocks, 128, 3)  # (blocks, in, r)
   assert adapters[mlp + ("lora_b",)].shape == (blocks, 3, 512)  # (blocks, r, out)
@@ -106,7 +106,7 @@ def test_merge_is_w_plus_scaled_a_b_and_drops_the_adapters():
 def test_the_step_merges_each_kernel_in_the_dtype_its_layer_computes_in():
   # The train step rounds merged kernels to their layer's compute dtype (what the layer's own cast does): bf16 for
   # the attention/MLP kernels of a bf16 network, float32 for the adaLN modulation MLPs, which compute in float32.
-  cfg = dit.DiTConfig.from_config({**edge.get_config("tiny").model.net, "dtype": "bfloat16"})
+  cfg = dit_config.DiTConfig.from_config({**edge.get_config("tiny").model.net, "dtype": "bfloat16"})
   rng = np.random.default_rng(1)
   w, a, b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 6, 5), (2, 6, 3), (2, 3, 5)))
   params = {"control_blocks": {name: {"kernel": w, "lora_a": a, "lora_b": b}

@@ -20,7 +20,7 @@ from jax._src.ad_checkpoint import saved_residuals  # the list that jax.ad_check
 from jax.extend import core as jax_core
 
 from agibot_jax import bench, sharding
-from agibot_jax.models import dit, remat
+from agibot_jax.models import dit, dit_config, dit_ops, remat
 from configs import base
 from tests.conftest import run_on_fake_cpu_devices
 
@@ -30,8 +30,8 @@ VIEWS, TOKENS_PER_FRAME = 3, 6  # one block's input: 3 views of state_t frames o
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-def _tiny_cfg(**changes) -> dit.DiTConfig:
-  return dataclasses.replace(dit.DiTConfig.from_config(base.get_config("edge", "tiny").model.net), **changes)
+def _tiny_cfg(**changes) -> dit_config.DiTConfig:
+  return dataclasses.replace(dit_config.DiTConfig.from_config(base.get_config("edge", "tiny").model.net), **changes)
 
 
 def _what(aval, src: str) -> str:
@@ -43,14 +43,14 @@ def _what(aval, src: str) -> str:
   return src.split(" from /")[0]
 
 
-def _block_loss(cfg: dit.DiTConfig, policy):
+def _block_loss(cfg: dit_config.DiTConfig, policy):
   """The sum of one control block's output under `jax.checkpoint(policy)` (None: no checkpoint), and its arguments
   (abstract weights, random block input and shared block context)."""
   t, s = cfg.state_t, TOKENS_PER_FRAME
   block = dit.ControlBlock(cfg, t, s)
   keys = iter(jax.random.split(jax.random.key(0), 8))
   normal = lambda *shape: jax.random.normal(next(keys), shape)
-  nbr_pos, nbr_count = dit.cross_view_neighbors(cfg, jnp.arange(VIEWS)[None])
+  nbr_pos, nbr_count = dit_ops.cross_view_neighbors(cfg, jnp.arange(VIEWS)[None])
   d, l = cfg.model_channels, t * s
   ctx = dit.BlockContext(normal(1, d), normal(1, 3 * d), normal(1, VIEWS, 9 * d),
                          normal(1, VIEWS, cfg.text_tokens_per_view, cfg.crossattn_emb_channels),
@@ -63,7 +63,7 @@ def _block_loss(cfg: dit.DiTConfig, policy):
   return (lambda p, x, c: jnp.sum(apply(p, x, c))), (params, x_BVLD, ctx)
 
 
-def _block_saves(cfg: dit.DiTConfig, policy) -> collections.Counter:
+def _block_saves(cfg: dit_config.DiTConfig, policy) -> collections.Counter:
   """What the backward of one control block under `policy` reads, other than the weights and the shared block
   context (arguments, always at hand): a count per `_what`. Traced only."""
   loss, args = _block_loss(cfg, policy)
@@ -81,7 +81,7 @@ def test_block_saves_its_input_and_its_policys_attention_only(name, offload):
   assert set(saved) == {block_input, *remat.SAVED_ATTENTION[name]}, saved
 
 
-def _attention_matmuls(cfg: dit.DiTConfig, policy) -> int:
+def _attention_matmuls(cfg: dit_config.DiTConfig, policy) -> int:
   """Matmuls in the gradient of one control block that read or write attention probabilities (…, H, Q, K)."""
   v, t, s, h = VIEWS, cfg.state_t, TOKENS_PER_FRAME, cfg.num_heads
   # Self-attention per view, cross-view attention per frame over 2 neighbours' tokens, text attention per view.

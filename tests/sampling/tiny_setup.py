@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.models import vae as vae_lib
 
 NUM_VIEWS = 3
@@ -30,7 +30,7 @@ def random_vae_params(model: vae_lib.WanVAE, seed: int):
   return jax.tree_util.tree_map_with_path(one, vae_lib.abstract_params(model))
 
 
-def make_model_batch(cfg: dit.DiTConfig, rng: np.random.RandomState, b: int = 1) -> dict:
+def make_model_batch(cfg: dit_config.DiTConfig, rng: np.random.RandomState, b: int = 1) -> dict:
   """A random model batch (agibot_jax.assemble.model_batch's keys) at LATENT_HW."""
   h, w = LATENT_HW
   vt = NUM_VIEWS * cfg.state_t
@@ -46,7 +46,7 @@ def make_model_batch(cfg: dit.DiTConfig, rng: np.random.RandomState, b: int = 1)
 
 def tiny_models(config):
   """(DiT model, DiT params, VAE model, VAE params) for a tiny config, at LATENT_HW."""
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   params = jax.jit(functools.partial(dit.init_params, cfg, latent_hw=LATENT_HW))(jax.random.key(0))
   # The zero-initialised control output projections would hide the control path: make them non-zero.
   params = jax.tree_util.tree_map_with_path(

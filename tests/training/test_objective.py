@@ -187,7 +187,7 @@ def test_bf16_compute_precision():
 def loss_golden(golden_dir):
   from safetensors.numpy import load_file
 
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit, dit_config
   from agibot_jax.training import optimizer
   from convert import dit as convert_dit
 
@@ -195,10 +195,10 @@ def loss_golden(golden_dir):
     dit_meta = json.load(f)
   with open(golden_dir / "loss_tiny.json") as f:
     meta = json.load(f)
-  cfg = dit.DiTConfig.from_reference_kwargs(dit_meta["constructor_kwargs"], param_dtype="float32", dtype="float32",
-                                            attention="xla", remat_policy="none")
+  cfg = dit_config.DiTConfig.from_reference_kwargs(dit_meta["constructor_kwargs"], param_dtype="float32",
+                                                   dtype="float32", attention="xla", remat_policy="none")
   params = convert_dit.params_from_golden(str(golden_dir / "dit_tiny.safetensors"), cfg)
-  trainable, frozen = optimizer.partition_params(params, dit.is_trainable)
+  trainable, frozen = optimizer.partition_params(params, dit_config.is_trainable)
   t = load_file(str(golden_dir / "loss_tiny.safetensors"))
   to_last = lambda a: jnp.asarray(np.moveaxis(a, 1, -1))
   model = dit.MultiViewControlDiT(cfg)
@@ -275,13 +275,13 @@ def test_one_bf16_train_step_composes(loss_golden):
   """draws → loss (bf16 net) → grads of the trainable partition → clip → AdamW → EMA, in one jit."""
   import dataclasses
 
-  from agibot_jax.models import dit
+  from agibot_jax.models import dit, dit_config
   from agibot_jax.training import ema, optimizer
 
   g = loss_golden
   config = base.get_config("edge", "tiny")
-  cfg = dit.DiTConfig.from_reference_kwargs(g["dit_kwargs"], param_dtype="float32", dtype="bfloat16", attention="xla",
-                                            remat_policy="none")
+  cfg = dit_config.DiTConfig.from_reference_kwargs(g["dit_kwargs"], param_dtype="float32", dtype="bfloat16",
+                                                   attention="xla", remat_policy="none")
   model = dit.MultiViewControlDiT(cfg)
   obj = ObjectiveConfig.from_config(config)
   opt = optimizer.make_optimizer(config)

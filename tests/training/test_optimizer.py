@@ -7,7 +7,7 @@ import optax
 import pytest
 import torch
 
-from agibot_jax.models import dit
+from agibot_jax.models import dit_config
 from agibot_jax.training import optimizer, schedule
 from configs import base
 
@@ -38,7 +38,7 @@ def _config(**optimizer_overrides):
 
 def test_partition_keeps_frozen_out_and_masters_in_fp32():
   params = _toy_params()
-  trainable, frozen = optimizer.partition_params(params, dit.is_trainable)
+  trainable, frozen = optimizer.partition_params(params, dit_config.is_trainable)
   assert set(trainable) == {"control_embedder", "control_before_proj", "control_blocks"}
   assert set(frozen) == {"blocks", "x_embedder"}
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trainable))  # bf16 q_norm promoted
@@ -52,7 +52,7 @@ def test_partition_keeps_frozen_out_and_masters_in_fp32():
 
 def test_trainable_predicate_follows_train_base():
   config = base.get_config("edge")
-  assert optimizer.trainable_predicate(config) is dit.is_trainable
+  assert optimizer.trainable_predicate(config) is dit_config.is_trainable
   config.model.train_base = True
   params = _toy_params()
   params["rope_buffers"] = {"n_cameras_3_dim_spatial_range": np.arange(4, dtype=np.float32) / 8}
@@ -63,7 +63,7 @@ def test_trainable_predicate_follows_train_base():
 
 def test_optimizer_state_covers_only_trainable_and_frozen_stay_untouched():
   params = _toy_params()
-  trainable, frozen = optimizer.partition_params(params, dit.is_trainable)
+  trainable, frozen = optimizer.partition_params(params, dit_config.is_trainable)
   opt = optimizer.make_optimizer(_config())
   state = opt.init(trainable)
   moments = [x for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0]

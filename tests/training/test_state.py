@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 from jax.sharding import AbstractMesh, AxisType
 
-from agibot_jax.models import dit, lora
+from agibot_jax.models import dit, dit_config, lora
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from agibot_jax.training.state import new_state, state_shardings
@@ -23,7 +23,7 @@ FULL_BRANCH = 365_081_600  # the 2B's control branch (tests/convert/test_dit.py)
 
 
 def abstract_state(config):
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
   return jax.eval_shape(lambda p: new_state(p, config, tx, ema, seed=0), abstract_params(cfg))
 
@@ -67,8 +67,8 @@ def test_adapters_are_sharded_like_their_kernel_with_the_rank_replicated():
   config.model.lora.rank = 4
   state = abstract_state(config)
   mesh = AbstractMesh((1, 2, 1), ("data", "fsdp", "context"), axis_types=(AxisType.Auto,) * 3)
-  shardings = state_shardings(state, dit.abstract_params(dit.DiTConfig.from_config(config.model.net), boxed=True),
-                              mesh)
+  shardings = state_shardings(state,
+                              dit.abstract_params(dit_config.DiTConfig.from_config(config.model.net), boxed=True), mesh)
   spec = lambda tree, *path: tuple(traverse_util.flatten_dict(tree)[path].spec)
   mlp2, q = ("control_blocks", "mlp_layer2"), ("control_blocks", "self_attn", "q_proj")
   assert spec(shardings.frozen, *mlp2, "kernel") == (None, None, "fsdp")  # (layers, mlp, embed)
@@ -90,4 +90,5 @@ def test_params_and_ema_params_merge_the_adapters():
     a, b = np.asarray(adapters[path + ("lora_a",)]), np.asarray(adapters[path + ("lora_b",)])
     np.testing.assert_allclose(np.asarray(flat[path + ("kernel",)]), w + 0.5 * a @ b, rtol=1e-6, atol=1e-7)
     assert not any(p[-1] in ("lora_a", "lora_b") for p in flat)
-    assert set(flat) == set(traverse_util.flatten_dict(abstract_params(dit.DiTConfig.from_config(config.model.net))))
+    assert set(flat) == set(traverse_util.flatten_dict(
+        abstract_params(dit_config.DiTConfig.from_config(config.model.net))))

@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from agibot_jax.training.state import new_state
@@ -43,7 +43,7 @@ def small_config(**overrides):
   return config
 
 
-def synthetic_batch(cfg: dit.DiTConfig, batch: int, num_views: int = 3, seed: int = 0) -> dict:
+def synthetic_batch(cfg: dit_config.DiTConfig, batch: int, num_views: int = 3, seed: int = 0) -> dict:
   """A model batch of the step's documented shapes (random latents and text)."""
   rng = np.random.default_rng(seed)
   h, w = LATENT_HW
@@ -66,7 +66,7 @@ def gradient_capture() -> optax.GradientTransformation:
 
 
 def build(config, tx):
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   params = jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0))
   ema = ema_lib.PowerEMA.from_config(config)
   return cfg, dit.MultiViewControlDiT(cfg), new_state(params, config, tx, ema, seed=0), ema
@@ -125,7 +125,7 @@ def two_adamw_steps(train_base: bool, lora_rank: int):
   tests below share each compiled step."""
   config = small_config(**{"model.train_base": train_base, "model.lora.rank": lora_rank, "optimizer.lr": 1e-2,
                            "scheduler.warm_up_steps": (1,)})
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
   state = new_state(released_like(jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0))), config, tx, ema,
                     seed=0)
@@ -146,11 +146,11 @@ def test_trainable_partition_and_frozen_base(train_base):
   state, new, metrics = two_adamw_steps(train_base, 0)
   groups = set(state.params())
   if train_base:
-    assert set(state.trainable) == groups - set(dit.BUFFER_GROUPS)
-    assert set(state.frozen) == set(dit.BUFFER_GROUPS) & groups
+    assert set(state.trainable) == groups - set(dit_config.BUFFER_GROUPS)
+    assert set(state.frozen) == set(dit_config.BUFFER_GROUPS) & groups
   else:
-    assert set(state.trainable) == set(dit.TRAINABLE_GROUPS) & groups and state.trainable
-    assert set(state.frozen) == groups - set(dit.TRAINABLE_GROUPS)
+    assert set(state.trainable) == set(dit_config.TRAINABLE_GROUPS) & groups and state.trainable
+    assert set(state.frozen) == groups - set(dit_config.TRAINABLE_GROUPS)
   adam = state.opt_state.inner_state[0]
   assert jax.tree.structure(adam.mu) == jax.tree.structure(state.trainable)
 
@@ -164,7 +164,7 @@ def test_trainable_partition_and_frozen_base(train_base):
   # With lr 1e-2 (after one warm-up step) nearly every trained tensor moves.
   assert len(moved) >= 0.5 * len(old_t), (len(moved), len(old_t))
   if train_base:
-    assert any(p[0] not in dit.TRAINABLE_GROUPS for p in moved), "the base must train with train_base=True"
+    assert any(p[0] not in dit_config.TRAINABLE_GROUPS for p in moved), "the base must train with train_base=True"
 
 
 @pytest.mark.slow  # ~27 s; the default run checks the projected text at the model (test_dit)
@@ -210,7 +210,7 @@ def test_optimizer_state_in_host_memory_gives_the_same_step():
   results = {}
   for offload in (False, True):
     config = small_config(**{"model.offload_optimizer_state": offload})
-    cfg, mesh = dit.DiTConfig.from_config(config.model.net), sharding.make_mesh(**config.mesh)
+    cfg, mesh = dit_config.DiTConfig.from_config(config.model.net), sharding.make_mesh(**config.mesh)
     tx, ema = optim.make_optimizer(config), ema_lib.PowerEMA.from_config(config)
     _, state_sh, make = assemble.state_target(config, cfg, mesh, tx, ema)
     state = jax.jit(make, out_shardings=state_sh)(jax.jit(lambda k: dit.init_params(cfg, k))(jax.random.key(0)))

@@ -38,7 +38,7 @@ import pytest
 from agibot_jax import assemble, preflight, sharding
 from agibot_jax import train as train_lib
 from agibot_jax.data import synthetic
-from agibot_jax.models import dit
+from agibot_jax.models import dit, dit_config
 from agibot_jax.training import checkpointing, loop
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
@@ -150,7 +150,7 @@ def test_resume_is_exact(dataset_dir, tmp_path):
   shutil.copytree(os.path.join(ckpts, "2"), os.path.join(checkpointing.checkpoint_dir(resumed), "2"))
 
   # The restored state equals what was saved, leaf by leaf, with the target shardings.
-  cfg = dit.DiTConfig.from_config(config.model.net)
+  cfg = dit_config.DiTConfig.from_config(config.model.net)
   mesh = sharding.make_mesh(**config.mesh)
   manager = checkpointing.make_manager(resumed, config)
   restored, data_state, shardings = assemble.init_or_restore(
@@ -222,7 +222,7 @@ def test_low_memory_plan_trains_the_same_and_resumes_across_plans(dataset_dir, t
     np.testing.assert_allclose(got[step]["grad_norm"], want[step]["grad_norm"], rtol=1e-5, err_msg=str(step))
 
   resolved = preflight.resolve(config, low)
-  cfg, mesh = dit.DiTConfig.from_config(resolved.model.net), sharding.make_mesh(**config.mesh)
+  cfg, mesh = dit_config.DiTConfig.from_config(resolved.model.net), sharding.make_mesh(**config.mesh)
   manager = checkpointing.make_manager(low, resolved)
   state, _, _ = assemble.init_or_restore(resolved, low, cfg, mesh, optim.make_optimizer(config),
                                          ema_lib.PowerEMA.from_config(config), manager)
@@ -503,7 +503,7 @@ def test_lora_cli_run_trains_and_its_export_round_trips(dataset_dir, tmp_path):
                ("--src", exported, "--dst", converted, "--config", "configs/edge.py:tiny", *cli_flags(net))):
     done = run_module("convert.dit", *args)
     assert done.returncode == 0, done.stderr[-3000:]
-  cfg = dit.DiTConfig.from_config(small_config(dataset_dir).model.net)
+  cfg = dit_config.DiTConfig.from_config(small_config(dataset_dir).model.net)
   shardings = sharding.param_shardings(dit.abstract_params(cfg, boxed=True), sharding.make_mesh(1, 1, 1))
   _, sampled = checkpointing.restore_weights(workdir, shardings)
   assert_trees_equal(params_io.to_numpy_tree(params_io.restore_params(converted)), sampled, "exported and converted")
