@@ -9,7 +9,7 @@ import pytest
 
 from agibot_jax import rig
 from agibot_jax import video_io as video
-from agibot_jax.data import controls, layout, pipeline, resize, synthetic
+from agibot_jax.data import controls, pipeline, resize, synthetic
 from tests.data.conftest import corrupt_mid_stream, tiny_config
 
 VIEWS = ("head_color", "hand_left", "hand_right")

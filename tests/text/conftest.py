@@ -2,7 +2,7 @@
 
 import pytest
 
-from agibot_jax.text.demo import QWEN25_VL_CHAT_TEMPLATE, build_demo_tokenizer as build_tokenizer  # noqa: F401
+from agibot_jax.text.demo import build_demo_tokenizer as build_tokenizer
 
 
 @pytest.fixture(scope="session")

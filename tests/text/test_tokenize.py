@@ -6,9 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from agibot_jax.text.demo import QWEN25_VL_CHAT_TEMPLATE
 from agibot_jax.text.tokenize import NUM_TOKENS, SYSTEM_PROMPT, load_tokenizer, render_prompt, tokenize_captions
-
-from .conftest import QWEN25_VL_CHAT_TEMPLATE
 
 EXPECTED = ("<|im_start|>system\nYou are a helpful assistant who will provide prompts to an image generator."
             "<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n")

@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 from jax.sharding import AbstractMesh, AxisType
 
-from agibot_jax.models import dit, dit_config, lora
+from agibot_jax.models import dit, dit_config
 from agibot_jax.training import ema as ema_lib
 from agibot_jax.training import optimizer as optim
 from agibot_jax.training.state import new_state, state_shardings
