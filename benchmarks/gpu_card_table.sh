@@ -34,7 +34,7 @@ plans = [l.split("memory plan ", 1)[1].strip()[:160] for l in open(log) if "memo
 r = json.loads(lines[-1]) if lines else {}
 ok = bool(r.get("step_s_median")) and len(r.get("losses", [])) == int(sys.argv[3])
 keys = ("pool_gib", "memory_budget_gib", "lora_rank", "remat", "offload_block_inputs", "remat_sublayers", "offload_optimizer_state",
-        "mlp_chunks", "remat_segment_blocks", "step_s_median", "peak_memory_gib", "losses", "compile_s")
+        "mlp_chunks", "cross_view_chunks", "remat_segment_blocks", "step_s_median", "peak_memory_gib", "losses", "compile_s")
 print(json.dumps({"row": row, "result": "PASS" if ok else "FAIL", **{k: r.get(k) for k in keys}, "plans": plans}))'
 for row in $rows; do
   IFS=/ read -r card res variant <<< "$row"
@@ -65,6 +65,7 @@ for line in open(sys.argv[1]):
   plan = f"{r.get('remat')}" + "".join(f" +{k}" for k in ("offload_block_inputs", "remat_sublayers",
                                                            "offload_optimizer_state") if r.get(k))
   plan += f" mlp_chunks={r['mlp_chunks']}" if (r.get("mlp_chunks") or 1) > 1 else ""
+  plan += f" cross_view_chunks={r['cross_view_chunks']}" if (r.get("cross_view_chunks") or 1) > 1 else ""
   plan += f" segments of {r['remat_segment_blocks']}" if (r.get("remat_segment_blocks") or 1) > 1 else ""
   plan += f" LoRA rank {r['lora_rank']}" if r.get("lora_rank") else ""
   print(f"| {r['row']} | {r.get('pool_gib')} | {r.get('memory_budget_gib')} | {plan} | {r.get('step_s_median')} | "

@@ -58,6 +58,7 @@ def dit_2b() -> ml_collections.ConfigDict:
   net.offload_block_inputs = False  # block inputs to host memory (720p on one 80 GB GPU)
   net.remat_sublayers = False  # a checkpoint per sub-layer inside each block's: one sub-layer's activations at a time
   net.mlp_chunks = 1  # each block's MLP over this many token slices, one at a time (smaller peak; the first MLP matmul runs once more)
+  net.cross_view_chunks = 1  # each block's cross-view attention over this many frame slices, one at a time (smaller peak; its forward runs once more)
   net.remat_segment_blocks = 1  # >1: the main blocks' scan keeps each k-th block input on the device (+1 forward)
   # Context parallelism: cross-view and text attention per device on its tokens, no reshard (2 H100s: 93% vs 86%).
   net.context_local_attention = True

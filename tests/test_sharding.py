@@ -21,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 2, 2), (2, 1, 4))
 # Meshes also run with model.net.context_local_attention (per-device cross-view and text attention).
 LOCAL_MESHES = ((2, 1, 4), (1, 1, 8))
+# Meshes also run with the cross-view attention over 2 frame slices (model.net.cross_view_chunks=2, per device).
+SLICED_MESHES = ((2, 1, 2),)
 # float32 with different reduction orders across shards: loss to 1e-5 relative, each gradient leaf to
 # 1e-5 of its largest entry (observed on CPU: loss 1.5e-7 relative, gradients 3.0e-7 of the leaf maximum).
 LOSS_RTOL, GRAD_ATOL_REL = 1e-5, 1e-5
@@ -69,6 +71,9 @@ def _mesh_worker() -> None:
   # The same network with cross-view and text attention run per device (model.net.context_local_attention=True).
   local_step = make_train_step(dit.MultiViewControlDiT(dataclasses.replace(cfg, context_local_attention=True)),
                                capture, config, None)
+  sliced_step = make_train_step(dit.MultiViewControlDiT(dataclasses.replace(cfg, context_local_attention=True,
+                                                                            cross_view_chunks=2)),
+                                capture, config, None)
 
   def run(mesh_shape, step_fn=step):
     devices = jax.devices()[:int(np.prod(mesh_shape))]
@@ -85,15 +90,17 @@ def _mesh_worker() -> None:
   ref, ref_metrics, _ = run((1, 1, 1))
   out = {"ref_loss": float(ref_metrics["loss"]), "meshes": {}}
   ref_grads = jax.tree_util.tree_flatten_with_path(ref.opt_state)[0]
-  for mesh_shape, local in [(m, False) for m in MESHES] + [(m, True) for m in LOCAL_MESHES]:
-    new, metrics, text = run(mesh_shape, local_step if local else step)
+  variants = ([(m, "", step) for m in MESHES] + [(m, " local", local_step) for m in LOCAL_MESHES]
+              + [(m, " sliced", sliced_step) for m in SLICED_MESHES])
+  for mesh_shape, variant, step_fn in variants:
+    new, metrics, text = run(mesh_shape, step_fn)
     worst = 0.0
     for (path, want), got in zip(ref_grads, jax.tree.leaves(new.opt_state)):
       scale = float(np.max(np.abs(np.asarray(want)))) or 1.0
       worst = max(worst, float(np.max(np.abs(np.asarray(got) - np.asarray(want)))) / scale)
     specs = {jax.tree_util.keystr(p): str(leaf.sharding.spec)
              for p, leaf in jax.tree_util.tree_flatten_with_path(new.trainable)[0]}
-    out["meshes"][str(mesh_shape) + (" local" if local else "")] = {
+    out["meshes"][str(mesh_shape) + variant] = {
         "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
         "ref_grad_norm": float(ref_metrics["grad_norm"]), "worst_grad_rel": worst, "specs": specs,
         "context_constraint": '[{"data", "fsdp"}, {}, {"context"}, {}]' in text,
@@ -156,6 +163,7 @@ def test_mesh_equivalence_on_8_fake_cpu_devices():
   # With context_local_attention, cross-view and text attention run per device (shard_map) where context is split.
   assert out["meshes"]["(2, 1, 4) local"]["per_device_attention"]
   assert not out["meshes"]["(2, 1, 4)"]["per_device_attention"]
+  assert out["meshes"]["(2, 1, 2) sliced"]["per_device_attention"]
 
 
 if __name__ == "__main__" and "--mesh-worker" in sys.argv:

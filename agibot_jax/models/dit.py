@@ -217,11 +217,32 @@ class Block(nn.Module):
     return x_BVLD + gate * sa.out(tokens_sharded(o, b, v)).reshape(b, v, l, d)
 
   def cross_view_attention(self, x_BVLD: Array, ctx: BlockContext) -> Array:
-    """Each token sees its neighbour views' tokens at the same frame. k/v are projected once per token, then gathered
-    into the per-frame layout (B·V, T, K·S, H, hd)."""
+    """Each token sees its neighbour views' tokens at the same frame (no RoPE, no modulation).
+
+    Frames are independent here, so `model.net.cross_view_chunks` = c > 1 runs the sub-layer over c interleaved
+    frame slices (frame f in slice f mod c), one at a time, each recomputed in the backward: its projections, the
+    gathered neighbour keys/values and their gradients then exist for T/c frames at a time. Same computation per
+    frame; the price is the sub-layer's forward once more.
+    """
     cfg, (b, v, l, d) = self.cfg, x_BVLD.shape
-    t, s = self.frames_per_view, self.tokens_per_frame
-    y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVLD)
+    t, s, c = self.frames_per_view, self.tokens_per_frame, cfg.cross_view_chunks
+    x_BVTSD = x_BVLD.reshape(b, v, t, s, d)
+    if c == 1 or self.is_initializing():
+      return x_BVLD + self.cross_view_frames(x_BVTSD, ctx).reshape(b, v, l, d)
+    if t % c:
+      raise ValueError(f"model.net.cross_view_chunks={c} does not divide the {t} latent frames per view")
+    slices_NBVTSD = jnp.moveaxis(x_BVTSD.reshape(b, v, t // c, c, s, d), 3, 0)
+    one_slice = lambda block, carry, x, ctx: (carry, block.cross_view_frames(x, ctx))
+    over_slices = nn.scan(nn.remat(one_slice, prevent_cse=False), variable_broadcast="params",
+                          split_rngs={"params": False}, in_axes=(0, nn.broadcast), length=c)
+    _, out_NBVTSD = over_slices(self, None, slices_NBVTSD, ctx)
+    return x_BVLD + jnp.moveaxis(out_NBVTSD, 0, 3).reshape(b, v, l, d)
+
+  def cross_view_frames(self, x_BVTSD: Array, ctx: BlockContext) -> Array:
+    """The cross-view sub-layer's update of T frames (B, V, T, S, D): k/v are projected once per token, then gathered
+    into the per-frame layout (B·V, T, K·S, H, hd)."""
+    cfg, (b, v, t, s, d) = self.cfg, x_BVTSD.shape
+    y = AffineLayerNorm(cfg.param_dtype, name="layer_norm_cross_view_attn")(x_BVTSD.reshape(b, v, t * s, d))
     cv = AttentionProjections(cfg, d, zero_init_output=True, name="cross_view_attn")
     q_NTSHK = cv.queries(y).reshape(b * v, t, s, cfg.num_heads, cfg.head_dim)
     k, val = cv.keys_values(y)
@@ -235,7 +256,7 @@ class Block(nn.Module):
                                                           name=remat.CROSS_VIEW_ATTENTION),
                                         (frames, frames, frames, frames[:2]), frames,
                                         q_NTSHK, frames_of(k), frames_of(val), kv_len_NT)
-    return x_BVLD + cv.out(o).reshape(b, v, l, d)
+    return cv.out(o).reshape(b, v, t, s, d)
 
   def text_attention(self, x_BVLD: Array, ctx: BlockContext) -> Array:
     """Text cross-attention, per view, over that view's 512 tokens (padding tokens attended)."""

@@ -78,6 +78,7 @@ class DiTConfig:
   offload_block_inputs: bool = False
   remat_sublayers: bool = False
   mlp_chunks: int = 1
+  cross_view_chunks: int = 1
   remat_segment_blocks: int = 1
   context_local_attention: bool = True
 
@@ -91,6 +92,8 @@ class DiTConfig:
       raise ValueError("remat_sublayers needs a remat_policy other than 'none'")
     if self.mlp_chunks < 1:
       raise ValueError(f"mlp_chunks must be >= 1, got {self.mlp_chunks}")
+    if self.cross_view_chunks < 1:
+      raise ValueError(f"cross_view_chunks must be >= 1, got {self.cross_view_chunks}")
     if self.remat_segment_blocks < 1:
       raise ValueError(f"remat_segment_blocks must be >= 1, got {self.remat_segment_blocks}")
     if self.remat_segment_blocks > 1 and self.remat_policy == "none":

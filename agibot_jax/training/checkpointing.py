@@ -70,7 +70,8 @@ IGNORED_KEYS = (
     "model.allow_random_init", "model.tokenizer.path",
     "model.text_encoder.path", "model.text_encoder.tokenizer", "model.text_encoder.compute_online",
     "model.net.attention", "model.net.remat_policy", "model.net.offload_block_inputs",
-    "model.net.remat_sublayers", "model.net.mlp_chunks", "model.net.remat_segment_blocks",
+    "model.net.remat_sublayers", "model.net.mlp_chunks", "model.net.cross_view_chunks",
+    "model.net.remat_segment_blocks",
     "model.net.context_local_attention", "model.offload_optimizer_state", "model.memory_budget_gib",
 )
 # Under STRUCTURAL_KEYS but only numerics (compute precision): a change is warned about.

@@ -211,18 +211,21 @@ def no_remat(tiny):
 # ~35 s for the no-remat reference and ~15 s per policy on 2 CPU cores; the default run checks what each policy saves
 # (test_block_saves_its_input_and_its_policys_attention_only), the slow run that the gradients stay the same.
 @pytest.mark.slow
-@pytest.mark.parametrize("name,offload,sublayers,mlp_chunks,segment", [
-    ("full", False, False, 1, 1),
-    ("save_self_and_cross_view_attention", False, False, 1, 1),
-    ("full", True, False, 1, 1),
-    ("full", False, False, 1, 2),  # 3 scanned blocks: a segment of 2 and one block outside
-    ("full", True, True, 3, 2)])  # the smallest memory plan's network: MLP in 3 token slices (summation order only changes)
-def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, sublayers, mlp_chunks, segment):
+@pytest.mark.parametrize("name,offload,sublayers,mlp_chunks,segment,cross_view_chunks", [
+    ("full", False, False, 1, 1, 1),
+    ("save_self_and_cross_view_attention", False, False, 1, 1, 1),
+    ("full", True, False, 1, 1, 1),
+    ("full", False, False, 1, 2, 1),  # 3 scanned blocks: a segment of 2 and one block outside
+    # the smallest memory plan's network (MLP in 3 token slices: summation order only changes), with the cross-view
+    # attention one frame at a time
+    ("full", True, True, 3, 2, 3)])
+def test_policy_keeps_the_gradients(tiny, no_remat, name, offload, sublayers, mlp_chunks, segment, cross_view_chunks):
   cfg, params, inputs = tiny
   want_loss, want_grads = no_remat
   loss, grads = _loss_and_grads(dataclasses.replace(cfg, remat_policy=name, offload_block_inputs=offload,
                                                     remat_sublayers=sublayers, mlp_chunks=mlp_chunks,
-                                                    remat_segment_blocks=segment), params, inputs)
+                                                    remat_segment_blocks=segment,
+                                                    cross_view_chunks=cross_view_chunks), params, inputs)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
