@@ -168,7 +168,8 @@ def main() -> int:
   pool = (device.memory_stats() or {}).get("bytes_limit")
   report = dict(mode=flags.FLAGS.mode, device=device.device_kind, resolution=[res_h, res_w], remat=cfg.remat_policy,
                 offload_block_inputs=cfg.offload_block_inputs, remat_sublayers=cfg.remat_sublayers,
-                mlp_chunks=cfg.mlp_chunks, cross_view_chunks=cfg.cross_view_chunks, remat_segment_blocks=cfg.remat_segment_blocks,
+                mlp_chunks=cfg.mlp_chunks, cross_view_chunks=cfg.cross_view_chunks,
+                remat_segment_blocks=cfg.remat_segment_blocks,
                 offload_optimizer_state=bool(config.model.offload_optimizer_state),
                 lora_rank=int(config.model.lora.rank), memory_budget_gib=float(config.model.memory_budget_gib),
                 pool_gib=None if pool is None else round(pool / 2**30, 2), compile_s=round(compile_s, 2))
