@@ -35,7 +35,7 @@ from agibot_jax.training.state import precision_dtype
 
 log = logging.getLogger(__name__)
 
-# (name, the settings it adds). `model.net.mlp_chunks` becomes the largest divisor of the tokens per view up to it.
+# (name, the settings it adds). A slice count becomes the largest divisor of what it slices up to it (SLICED).
 PLANS = (
     ("as configured", {}),
     ("full remat", {"model.net.remat_policy": "full"}),
@@ -43,6 +43,7 @@ PLANS = (
     ("+ a checkpoint per sub-layer", {"model.net.remat_sublayers": True}),
     ("+ optimizer state and EMA in host memory", {"model.offload_optimizer_state": True}),
     ("+ MLP in token slices", {"model.net.mlp_chunks": 8}),
+    ("+ cross-view attention in frame slices", {"model.net.cross_view_chunks": 8}),
 )
 RESERVE_GIB = 0.5
 
@@ -89,12 +90,12 @@ def tokens_per_view(config) -> int:
 
 def ladder(config) -> list[tuple[str, ml_collections.FrozenConfigDict, dict]]:
   """(name, config, the overrides it adds to `config`) of every plan, from the fastest."""
+  sliced = {"model.net.mlp_chunks": tokens_per_view(config),  # what each slice count must divide
+            "model.net.cross_view_chunks": int(config.model.net.state_t)}
   overrides, out = {}, []
   for name, changes in PLANS:
-    overrides.update(changes)
-    if "model.net.mlp_chunks" in changes:
-      limit = changes["model.net.mlp_chunks"]
-      overrides["model.net.mlp_chunks"] = max(n for n in range(1, limit + 1) if tokens_per_view(config) % n == 0)
+    for key, value in changes.items():
+      overrides[key] = max(n for n in range(1, value + 1) if sliced[key] % n == 0) if key in sliced else value
     out.append((name, with_overrides(config, overrides), dict(overrides)))
   return out
 

@@ -30,7 +30,8 @@ def scripted_by_plan(needs_gib):
 
 
 def _same_plan(a, b) -> bool:
-  keys = ("remat_policy", "offload_block_inputs", "remat_sublayers", "mlp_chunks", "remat_segment_blocks")
+  keys = ("remat_policy", "offload_block_inputs", "remat_sublayers", "mlp_chunks", "cross_view_chunks",
+          "remat_segment_blocks")
   return (all(a.model.net[k] == b.model.net[k] for k in keys)
           and a.model.offload_optimizer_state == b.model.offload_optimizer_state)
 
@@ -47,15 +48,15 @@ def overhead_gib(config, in_use):
 
 def test_budget_zero_runs_the_settings_as_written():
   config = tiny_config(0.0)
-  compile_fn, seen = scripted_by_plan([1.0] * 6)
+  compile_fn, seen = scripted_by_plan([1.0] * 7)
   assert memory_plans.choose(config, None, 96, compile_fn=compile_fn) is config and not seen
 
 
 def test_the_fastest_plan_whose_need_fits_is_taken():
   # Needs: the compiled step + what the devices hold + two batches + the reserve (module docstring). The plans as
-  # configured first, then a bisection of the rest (plans 1-5): 3, then 2, then 1.
+  # configured first, then a bisection of the rest (plans 1-6): 3, then 2.
   in_use = 0.75
-  needs = [6.0, 5.0, 3.0, 2.5, 1.5, 1.0]
+  needs = [6.0, 5.0, 3.0, 2.5, 1.5, 1.0, 0.8]
   overhead = overhead_gib(tiny_config(1.0), in_use)
   config = tiny_config(2.5 + overhead)
   compile_fn, seen = scripted_by_plan(needs)
@@ -70,7 +71,7 @@ def test_the_fastest_plan_whose_need_fits_is_taken():
   compile_fn, seen = scripted_by_plan(needs)
   chosen = memory_plans.choose(config, None, 96, compile_fn=compile_fn, trial=lambda step: None,
                                in_use_gib=lambda: in_use)
-  assert seen == [0, 3, 4] and chosen.model.offload_optimizer_state and chosen.model.net.mlp_chunks == 1
+  assert seen == [0, 3, 5, 4] and chosen.model.offload_optimizer_state and chosen.model.net.mlp_chunks == 1
 
   compile_fn, seen = scripted_by_plan(needs)  # a large card: the settings as written, one compilation
   assert memory_plans.choose(tiny_config(100.0), None, 96, compile_fn=compile_fn, trial=lambda step: None,
@@ -81,7 +82,7 @@ def test_an_out_of_memory_trial_steps_down_to_the_next_plan(caplog):
   # The estimate of plan 3 fits but its trial step runs out of memory (a fragmented pool): plan 4 is taken, with
   # one warning line naming the plan.
   config = tiny_config(2.6 + overhead_gib(tiny_config(1.0), 0.0))
-  compile_fn, seen = scripted_by_plan([6.0, 5.0, 3.0, 2.5, 1.5, 1.0])
+  compile_fn, seen = scripted_by_plan([6.0, 5.0, 3.0, 2.5, 1.5, 1.0, 0.8])
   tried = []
 
   def trial(step):
@@ -98,7 +99,7 @@ def test_an_out_of_memory_trial_steps_down_to_the_next_plan(caplog):
 
 
 def test_other_errors_in_the_trial_are_not_taken_for_memory():
-  compile_fn, _ = scripted_by_plan([1.0] * 6)
+  compile_fn, _ = scripted_by_plan([1.0] * 7)
 
   def trial(step):
     raise jax.errors.JaxRuntimeError("INTERNAL: cuDNN failed")
@@ -108,21 +109,21 @@ def test_other_errors_in_the_trial_are_not_taken_for_memory():
 
 
 def test_no_plan_fits_lists_what_each_needs():
-  compile_fn, seen = scripted_by_plan([6.0, 5.0, 3.0, 2.5, 1.5, 1.0])
+  compile_fn, seen = scripted_by_plan([6.0, 5.0, 3.0, 2.5, 1.5, 1.0, 0.8])
   with pytest.raises(memory_plans.NoPlanFits,
-                     match=r"memory_budget_gib=0.5: no memory plan fits \(as configured: 6\.\d+ GiB; .*MLP in token slices"):
+                     match=r"memory_budget_gib=0.5: no memory plan fits \(as configured: 6\.\d+ GiB; .*cross-view attention in "):
     memory_plans.choose(tiny_config(0.5), None, 96, compile_fn=compile_fn, in_use_gib=lambda: 0.0)
-  assert seen == [0, 3, 4, 5]
+  assert seen == [0, 3, 5, 6]
   assert issubclass(memory_plans.NoPlanFits, cli.ConfigError)  # train and bench end with its one line
 
 
 def test_the_smallest_plan_has_every_setting():
-  # The tiny clip has 3 x 4 x 6 = 72 tokens per view: 8 slices.
+  # The tiny clip has 3 x 4 x 6 = 72 tokens per view: 8 MLP slices; 3 latent frames: 3 cross-view slices.
   *_, (name, smallest, _) = memory_plans.ladder(tiny_config(0.0))
-  assert name == "+ MLP in token slices"
+  assert name == "+ cross-view attention in frame slices"
   assert smallest.model.net.remat_policy == "full" and smallest.model.net.offload_block_inputs
   assert smallest.model.net.remat_sublayers and smallest.model.offload_optimizer_state
-  assert smallest.model.net.mlp_chunks == 8
+  assert smallest.model.net.mlp_chunks == 8 and smallest.model.net.cross_view_chunks == 3
 
 
 def test_mlp_slices_divide_the_tokens_per_view():
