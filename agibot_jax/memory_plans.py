@@ -35,7 +35,7 @@ from agibot_jax.training.state import precision_dtype
 
 log = logging.getLogger(__name__)
 
-# (name, the settings it adds). A slice count becomes the largest divisor of what it slices up to it (SLICED).
+# (name, the settings it adds). A slice count becomes the largest divisor, up to it, of what it slices (`ladder`).
 PLANS = (
     ("as configured", {}),
     ("full remat", {"model.net.remat_policy": "full"}),

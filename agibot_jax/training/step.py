@@ -127,7 +127,7 @@ def make_train_step(model: dit.MultiViewControlDiT, tx: optax.GradientTransforma
     if offloaded:  # from host memory for the update only (state.py)
       # XLA starts a copy as soon as its operand exists: at the step's start, which kept the moments and the EMA on
       # the device through the forward and backward. Tied to the gradients by the barrier, they are copied after the
-      # backward (2.35 GiB off the smallest plan's 2B step at 432x768, measured: BENCHMARKS.md).
+      # backward (2.35 GiB off the 2B step at 432x768 in the MLP-slices plan, measured: BENCHMARKS.md).
       (opt_state, ema_state), grads = jax.lax.optimization_barrier(((opt_state, ema_state), grads))
       opt_state, ema_state = state_lib.to_memory((opt_state, ema_state), jax.memory.Space.Device)
     trainable, opt_state, new_ema = jax.lax.cond(finite, update, lambda *old: old, state.trainable, opt_state,
