@@ -35,7 +35,8 @@ r = json.loads(lines[-1]) if lines else {}
 ok = bool(r.get("step_s_median")) and len(r.get("losses", [])) == int(sys.argv[3])
 keys = ("pool_gib", "memory_budget_gib", "lora_rank", "remat", "offload_block_inputs", "remat_sublayers", "offload_optimizer_state",
         "mlp_chunks", "cross_view_chunks", "remat_segment_blocks", "step_s_median", "peak_memory_gib", "losses", "compile_s")
-print(json.dumps({"row": row, "result": "PASS" if ok else "FAIL", **{k: r.get(k) for k in keys}, "plans": plans}))'
+print(json.dumps({"row": row, "result": "PASS" if ok else "FAIL", **{k: r.get(k) for k in keys}, "plans": plans,
+                  "row_wall_s": int(sys.argv[4])}))'
 for row in $rows; do
   IFS=/ read -r card res variant <<< "$row"
   extra=()
@@ -48,13 +49,14 @@ for row in $rows; do
   fi
   cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=$frac python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup $warmup --steps $steps --config.dataloader_train.dataset.resolution_hw=$hw --config.model.memory_budget_gib=$budget ${extra[*]}"
   echo "== $row: $cmd"
+  start=$SECONDS
   # One compilation cache per row: the chosen plan compiles once for the chooser and once for the timed run.
   JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache_${card}_$res$variant XLA_PYTHON_CLIENT_MEM_FRACTION=$frac timeout ${ROW_TIMEOUT_S:-420} \
     python3 -m agibot_jax.bench --config configs/edge.py --mode train --warmup "$warmup" --steps "$steps" \
     --config.dataloader_train.dataset.resolution_hw="$hw" --config.model.memory_budget_gib="$budget" "${extra[@]}" \
     > "$out/row_${card}_$res$variant.log" 2>&1
-  echo "   exit $?"
-  python3 -c "$summary" "$row" "$out/row_${card}_$res$variant.log" $((warmup + steps)) | tee -a "$out/rows.jsonl"
+  rc=$?; echo "   exit $rc after $((SECONDS - start)) s"
+  python3 -c "$summary" "$row" "$out/row_${card}_$res$variant.log" $((warmup + steps)) $((SECONDS - start)) | tee -a "$out/rows.jsonl"
 done
 python3 - "$out/rows.jsonl" <<'PY'
 import json, sys
