@@ -31,8 +31,8 @@ from agibot_jax.models import offload_scan, remat
 from agibot_jax.models.attention import dot_product_attention
 from agibot_jax.models.dit_config import DiTConfig
 from agibot_jax.models.dit_ops import (AffineLayerNorm, RMSNorm, chunked_mlp, cross_view_neighbors, dense, gelu,
-                                       layer_norm, modulate, neighbour_frames, patchify, resize_nearest, rope_angles,
-                                       timestep_sinusoid, unpatchify)
+                                       interleaved_slices, joined_slices, layer_norm, modulate, neighbour_frames,
+                                       patchify, resize_nearest, rope_angles, timestep_sinusoid, unpatchify)
 
 Array = jax.Array
 F32 = jnp.float32
@@ -231,12 +231,11 @@ class Block(nn.Module):
       return x_BVLD + self.cross_view_frames(x_BVTSD, ctx).reshape(b, v, l, d)
     if t % c:
       raise ValueError(f"model.net.cross_view_chunks={c} does not divide the {t} latent frames per view")
-    slices_NBVTSD = jnp.moveaxis(x_BVTSD.reshape(b, v, t // c, c, s, d), 3, 0)
     one_slice = lambda block, carry, x, ctx: (carry, block.cross_view_frames(x, ctx))
     over_slices = nn.scan(nn.remat(one_slice, prevent_cse=False), variable_broadcast="params",
                           split_rngs={"params": False}, in_axes=(0, nn.broadcast), length=c)
-    _, out_NBVTSD = over_slices(self, None, slices_NBVTSD, ctx)
-    return x_BVLD + jnp.moveaxis(out_NBVTSD, 0, 3).reshape(b, v, l, d)
+    _, out_NBVTSD = over_slices(self, None, interleaved_slices(x_BVTSD, 2, c), ctx)
+    return x_BVLD + joined_slices(out_NBVTSD, 2).reshape(b, v, l, d)
 
   def cross_view_frames(self, x_BVTSD: Array, ctx: BlockContext) -> Array:
     """The cross-view sub-layer's update of T frames (B, V, T, S, D): k/v are projected once per token, then gathered

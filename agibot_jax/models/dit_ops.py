@@ -142,6 +142,19 @@ def gelu(x):
   return (0.5 * xf * (1.0 + jax.lax.erf(xf * F32(1 / math.sqrt(2))))).astype(x.dtype)
 
 
+def interleaved_slices(a: Array, axis: int, c: int) -> Array:
+  """`a` as c slices along a new leading axis: element i of `axis` goes to slice i mod c (the caller checks that c
+  divides its length). Interleaved, each slice spans the axis as the whole does, so its sharding is kept."""
+  n = a.shape[axis]
+  return jnp.moveaxis(a.reshape(*a.shape[:axis], n // c, c, *a.shape[axis + 1:]), axis + 1, 0)
+
+
+def joined_slices(slices: Array, axis: int) -> Array:
+  """The inverse of `interleaved_slices`: (c, …, n/c, …) back to (…, n, …)."""
+  a = jnp.moveaxis(slices, 0, axis + 1)
+  return a.reshape(*a.shape[:axis], -1, *a.shape[axis + 2:])
+
+
 def chunked_mlp(h_BVLD: Array, w1_DF: Array, w2_FD: Array, chunks: int) -> Array:
   """gelu(h·w1)·w2 over `chunks` interleaved token slices, one at a time, each recomputed in the backward.
 
@@ -150,10 +163,9 @@ def chunked_mlp(h_BVLD: Array, w1_DF: Array, w2_FD: Array, chunks: int) -> Array
   the backward. Token l goes to slice l mod `chunks`, so a slice keeps the token axis's sharding. Each token's
   row is computed as by the unchunked layers (same dtypes, same contraction).
   """
-  b, v, l, d = h_BVLD.shape
+  l = h_BVLD.shape[2]
   if l % chunks:
     raise ValueError(f"model.net.mlp_chunks={chunks} does not divide the {l} tokens per view")
-  slices_NBVSD = jnp.moveaxis(h_BVLD.reshape(b, v, l // chunks, chunks, d), 3, 0)
   contract = (((4 - 1,), (0,)), ((), ()))
 
   @jax.checkpoint
@@ -161,7 +173,7 @@ def chunked_mlp(h_BVLD: Array, w1_DF: Array, w2_FD: Array, chunks: int) -> Array
     hidden = jax.lax.dot_general(x_BVSD, w1_DF.astype(x_BVSD.dtype), contract)
     return jax.lax.dot_general(gelu(hidden), w2_FD.astype(x_BVSD.dtype), contract)
 
-  return jnp.moveaxis(jax.lax.map(one, slices_NBVSD), 0, 3).reshape(b, v, l, w2_FD.shape[-1])
+  return joined_slices(jax.lax.map(one, interleaved_slices(h_BVLD, 2, chunks)), 2)
 
 
 def modulate(x, shift, scale):
